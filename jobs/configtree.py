@@ -1,0 +1,253 @@
+"""Frozen-dataclass config trees: YAML in, dotted `--set` overrides, complete validation, YAML out.
+
+Every package owns the dataclasses of its own config section (`rl.config.AlgoConfig`,
+`rewards.config.RewardsConfig`, ...); `jobs.config` composes them into one tree. This module is the
+generic machinery and knows nothing about any section:
+
+- `build(cls, raw)` turns nested dicts into the dataclass tree, checking every key and value against
+  the type annotations (int, float, bool, str, Literal, Optional, nested dataclasses, list, tuple,
+  dict[str, X]). Cross-field checks live in each dataclass's `__post_init__`, which raises
+  `ValueError("<field>: <what is wrong>; <what is right>")`.
+- All problems are collected and raised as ONE `ConfigError` whose lines each name the dotted key,
+  the bad value and what would be right (valid keys, valid choices, expected type).
+- `apply_overrides(raw, ["a.b=1", ...])` edits the raw dict before it is built; values are parsed as
+  YAML scalars/flow collections, so `--set algo.mu=4` is an int and `--set model.path=null` is None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more invalid config entries; `problems` lists them, each naming its dotted key."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        head = f"invalid config{f' ({source})' if source else ''}"
+        super().__init__(head + ":\n  " + "\n  ".join(self.problems))
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"mapping ({tp.__name__})"
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
+    """Convert `value` to annotation `tp`; on failure append a problem and return a sentinel."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        for candidate in non_none:  # first type that accepts the value without problems
+            trial: list[str] = []
+            out = _convert(candidate, value, key, trial)
+            if not trial:
+                return out
+        problems.append(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+        return _INVALID
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        problems.append(f"{key}: {value!r} is not one of the valid choices {', '.join(map(repr, args))}")
+        return _INVALID
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            return _INVALID
+        return _build(tp, value, key, problems)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return _INVALID
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                problems.append(f"{key}: expected {len(args)} items, got {len(value)}")
+                return _INVALID
+            items = [_convert(a, v, f"{key}[{i}]", problems) for i, (a, v) in enumerate(zip(args, value))]
+        else:
+            item_tp = args[0] if args else Any
+            items = [_convert(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping, got {value!r}")
+            return _INVALID
+        key_tp, val_tp = args if args else (Any, Any)
+        return {
+            _convert(key_tp, k, f"{key}.{k}", problems): _convert(val_tp, v, f"{key}.{k}", problems)
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key}: expected true or false, got {value!r}")
+        return _INVALID
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{key}: expected an integer, got {value!r}")
+        return _INVALID
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{key}: expected a number, got {value!r}")
+        return _INVALID
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{key}: expected a string, got {value!r}")
+        return _INVALID
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return _INVALID
+
+
+class _Invalid:
+    def __repr__(self) -> str:
+        return "<invalid>"
+
+
+_INVALID = _Invalid()
+
+
+def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            problems.append(f"{key}: unknown key; valid keys here: {', '.join(sorted(fields))}")
+            continue
+        kwargs[name] = _convert(hints[name], value, key, problems)
+    if any(v is _INVALID for v in kwargs.values()) or _has_invalid(kwargs):
+        return _INVALID
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # __post_init__ checks: "<field>: message"
+        for line in str(exc).splitlines() or [""]:
+            problems.append(f"{prefix}.{line}" if prefix else line)
+        return _INVALID
+    except TypeError as exc:  # a required field without default was not given
+        problems.append(f"{prefix or '<root>'}: {exc}")
+        return _INVALID
+
+
+def _has_invalid(obj: Any) -> bool:
+    if obj is _INVALID:
+        return True
+    if isinstance(obj, dict):
+        return any(_has_invalid(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_invalid(v) for v in obj)
+    return False
+
+
+def build(cls: type, raw: dict | None, *, source: str | None = None) -> Any:
+    """Nested dict -> frozen dataclass tree, or one ConfigError listing every problem."""
+    problems: list[str] = []
+    out = _build(cls, raw or {}, "", problems)
+    if problems or out is _INVALID:
+        raise ConfigError(problems or ["invalid config"], source)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`"a.b.c=value"` -> (["a", "b", "c"], parsed value). Values are YAML (3 -> int, null -> None)."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r}: expected KEY=VALUE, e.g. algo.mu=4"])
+    key, _, value_text = text.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError([f"override {text!r}: empty key segment in {key!r}"])
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"override {text!r}: value is not valid YAML ({exc})"]) from None
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a deep copy of `raw` with each dotted override applied (unknown keys fail at build)."""
+    out = _deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError([f"override {text!r}: {where} is a value ({child!r}), not a section"])
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deepcopy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deepcopy(v) for v in obj]
+    return obj
+
+
+def to_dict(cfg: Any) -> Any:
+    """Dataclass tree -> plain YAML-safe data (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r} does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(data).__name__}"])
+    return data
+
+
+def write_yaml(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config; the file loads back to an equal tree through `build`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,1 @@
+"""Checked-in assets (the tiny tokenizer) and the script that rebuilds them."""

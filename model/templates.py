@@ -1,0 +1,123 @@
+"""Special tokens and prompt templates of LLaDA / MMaDA (shared/spec/models.md §2).
+
+The token strings are the upstream ones, so the same code works on the real 126k tokenizer and on
+the tiny checked-in twin. Ids are always looked up in the tokenizer at run time, never hard-coded.
+
+Chat template (LLaDA-8B-Instruct):
+
+    <|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>
+    <|start_header_id|>assistant<|end_header_id|>\\n\\n
+
+(without the line break after `<|eot_id|>`). The prompt string is tokenised as a whole, as
+upstream's `apply_chat_template(..., tokenize=True)` does; the special tokens are added tokens, so
+they are matched before the byte-level BPE runs on the text between them.
+
+Deviations: MMaDA's demo scripts use a single "\\n" after the headers; we use LLaDA's "\\n\\n" for
+both model types. The thinking instruction is our own wording of the MMaDA/R1-style instruction
+("reason inside <think> </think>, then answer"), with the answer asked for in \\boxed{} so that
+the math reward can read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"  # also the pad token
+MASK_TOKEN = "<|mdm_mask|>"
+START_HEADER_TOKEN = "<|start_header_id|>"
+END_HEADER_TOKEN = "<|end_header_id|>"
+EOT_TOKEN = "<|eot_id|>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+# MMaDA task tokens (reserved ids of the LLaDA tokenizer).
+SOI_TOKEN = "<|soi|>"  # start of image
+EOI_TOKEN = "<|eoi|>"  # end of image
+T2I_TOKEN = "<|t2i|>"  # text-to-image task
+MMU_TOKEN = "<|mmu|>"  # multimodal understanding task
+IPAD_TOKEN = "[iPAD]"  # left pad of the text-to-image prompt
+R2I_TOKEN = "<|r2i|>"  # reasoning-to-image task
+
+BOXED_PREFIX = "\\boxed{"  # the final answer is written as \boxed{...}
+
+THINKING_INSTRUCTION = (
+    "You should first think about the reasoning process in the mind and then provide the user with "
+    "the answer. The reasoning process is enclosed within <think> </think> tags, i.e. "
+    "<think> reasoning process here </think> answer here. Put the final answer in \\boxed{}."
+)
+THINKING_SEPARATOR = "\n"  # between the instruction and the user's text
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Ids of the special tokens in one tokenizer. The optional ones are None when absent."""
+
+    bos: int  # <|startoftext|>
+    eos: int  # <|endoftext|>
+    pad: int  # the tokenizer's pad token, else eos (upstream: pad = eos)
+    mask: int  # <|mdm_mask|>
+    start_header: int  # <|start_header_id|>
+    end_header: int  # <|end_header_id|>
+    eot: int  # <|eot_id|>
+    think_open: int | None = None  # <think>, when it is a single token
+    think_close: int | None = None  # </think>, when it is a single token
+    soi: int | None = None  # MMaDA <|soi|>
+    eoi: int | None = None  # MMaDA <|eoi|>
+    t2i: int | None = None  # MMaDA <|t2i|>
+    mmu: int | None = None  # MMaDA <|mmu|>
+    ipad: int | None = None  # MMaDA [iPAD]
+    r2i: int | None = None  # MMaDA <|r2i|>
+
+
+_REQUIRED = {
+    "bos": BOS_TOKEN,
+    "eos": EOS_TOKEN,
+    "mask": MASK_TOKEN,
+    "start_header": START_HEADER_TOKEN,
+    "end_header": END_HEADER_TOKEN,
+    "eot": EOT_TOKEN,
+}
+_OPTIONAL = {
+    "think_open": THINK_OPEN,
+    "think_close": THINK_CLOSE,
+    "soi": SOI_TOKEN,
+    "eoi": EOI_TOKEN,
+    "t2i": T2I_TOKEN,
+    "mmu": MMU_TOKEN,
+    "ipad": IPAD_TOKEN,
+    "r2i": R2I_TOKEN,
+}
+
+
+def special_ids(tokenizer) -> SpecialTokens:
+    """Look up the special ids by their upstream strings; a missing required token raises, naming it."""
+    vocab = tokenizer.get_vocab()  # includes the added tokens
+    missing = [text for text in _REQUIRED.values() if text not in vocab]
+    if missing:
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} (name_or_path={getattr(tokenizer, 'name_or_path', '?')!r}) "
+            f"lacks the special token(s) {missing}; a LLaDA/MMaDA tokenizer has all of "
+            f"{list(_REQUIRED.values())}"
+        )
+    ids = {name: vocab[text] for name, text in _REQUIRED.items()}
+    ids.update({name: vocab.get(text) for name, text in _OPTIONAL.items()})
+    pad = tokenizer.pad_token_id
+    return SpecialTokens(pad=ids["eos"] if pad is None else pad, **ids)
+
+
+def user_text(text: str, *, thinking: bool) -> str:
+    """The user turn's content: the thinking instruction (if asked) prepended to `text`."""
+    return f"{THINKING_INSTRUCTION}{THINKING_SEPARATOR}{text}" if thinking else text
+
+
+def chat_prompt_text(text: str, *, thinking: bool) -> str:
+    """One user turn in the LLaDA chat template, ending where the assistant's answer starts."""
+    return (
+        f"{BOS_TOKEN}{START_HEADER_TOKEN}user{END_HEADER_TOKEN}\n\n{user_text(text, thinking=thinking)}"
+        f"{EOT_TOKEN}{START_HEADER_TOKEN}assistant{END_HEADER_TOKEN}\n\n"
+    )
+
+
+def chat_prompt_ids(tokenizer, text: str, *, thinking: bool) -> list[int]:
+    """Token ids of `chat_prompt_text(text, thinking=thinking)` (BOS included, nothing else added)."""
+    return list(tokenizer(chat_prompt_text(text, thinking=thinking), add_special_tokens=False)["input_ids"])

@@ -1,0 +1,14 @@
+"""Suite-wide settings: keep Ray on loopback, DeepSpeed on CPU, and nothing on the network.
+
+These are set before any test module imports ray or deepspeed (pytest imports conftest first).
+"""
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # otherwise Ray binds the external interface
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # token auth breaks `ray status`/`ray job submit` in tests
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

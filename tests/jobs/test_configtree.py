@@ -1,0 +1,134 @@
+"""The generic config machinery: types, Literal choices, nesting, overrides, one error naming the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from jobs.configtree import ConfigError, apply_overrides, build, parse_override, read_yaml, to_dict, write_yaml
+
+
+@dataclass(frozen=True)
+class Masking:
+    schedule: Literal["stratified", "ramp", "random"] = "stratified"
+    p_min: float = 0.05
+    p_max: float = 1.0
+
+    def __post_init__(self):
+        if not 0 < self.p_min <= self.p_max <= 1:
+            raise ValueError(f"p_min: need 0 < p_min <= p_max <= 1, got p_min={self.p_min}, p_max={self.p_max}")
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str = "correctness"
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Algo:
+    mu: int = 4
+    beta: float = 0.01
+    masking: Masking = field(default_factory=Masking)
+    tag: str | None = None
+    terms: dict[str, list[Term]] = field(default_factory=dict)
+    sizes: tuple[int, ...] = (1, 2)
+
+
+@dataclass(frozen=True)
+class Root:
+    algo: Algo = field(default_factory=Algo)
+    debug: bool = False
+
+
+def test_defaults_and_nested_values():
+    cfg = build(Root, {"algo": {"mu": 5, "masking": {"schedule": "ramp"}, "terms": {"text": [{"weight": 2}]}}})
+    assert cfg.algo.mu == 5 and cfg.algo.masking.schedule == "ramp" and cfg.algo.masking.p_min == 0.05
+    assert cfg.algo.terms == {"text": [Term("correctness", 2.0)]}
+    assert isinstance(cfg.algo.terms["text"][0].weight, float)  # ints are accepted where floats are due
+    assert cfg.algo.sizes == (1, 2) and cfg == build(Root, to_dict(cfg))
+
+
+def test_unknown_key_names_it_and_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        build(Root, {"algo": {"masking": {"shedule": "ramp"}}})
+    assert err.value.problems == ["algo.masking.shedule: unknown key; valid keys here: p_max, p_min, schedule"]
+
+
+def test_bad_literal_lists_choices():
+    with pytest.raises(ConfigError, match=r"algo\.masking\.schedule: 'linear' is not one of the valid choices "
+                                          r"'stratified', 'ramp', 'random'"):
+        build(Root, {"algo": {"masking": {"schedule": "linear"}}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"algo": {"mu": "four"}}, "algo.mu: expected an integer, got 'four'"),
+        ({"algo": {"mu": True}}, "algo.mu: expected an integer, got True"),
+        ({"algo": {"beta": "x"}}, "algo.beta: expected a number, got 'x'"),
+        ({"debug": 1}, "debug: expected true or false, got 1"),
+        ({"algo": {"tag": 3}}, "algo.tag: 3 is not a valid str | null"),
+        ({"algo": {"masking": 3}}, "algo.masking: expected a mapping of Masking fields, got 3"),
+        ({"algo": {"terms": {"text": "x"}}}, "algo.terms.text: expected a list, got 'x'"),
+        ({"algo": {"terms": ["x"]}}, "algo.terms: expected a mapping, got ['x']"),
+        ({"algo": {"terms": {"t": [{"weight": "w"}]}}}, "algo.terms.t[0].weight: expected a number, got 'w'"),
+        ({"algo": {"masking": {"p_min": 0.0}}}, "algo.masking.p_min: need 0 < p_min <= p_max <= 1"),
+    ],
+)
+def test_bad_values_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as err:
+        build(Root, raw)
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith(message)
+
+
+def test_all_problems_reported_together():
+    with pytest.raises(ConfigError) as err:
+        build(Root, {"algo": {"mu": "x", "nope": 1}, "debug": "y"})
+    assert sorted(p.split(":")[0] for p in err.value.problems) == ["algo.mu", "algo.nope", "debug"]
+
+
+def test_overrides_parse_yaml_values_and_create_sections():
+    raw = apply_overrides({"algo": {"mu": 2}}, ["algo.mu=6", "algo.masking.p_max=0.9", "algo.tag=null", "debug=true"])
+    cfg = build(Root, raw)
+    assert (cfg.algo.mu, cfg.algo.masking.p_max, cfg.algo.tag, cfg.debug) == (6, 0.9, None, True)
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("a=") == (["a"], "")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algo.mu", "expected KEY=VALUE"),
+        ("algo..mu=1", "empty key segment"),
+        ("algo.mu.x=1", "algo.mu is a value (2), not a section"),
+        ("algo.mu=[1", "value is not valid YAML"),
+    ],
+)
+def test_bad_overrides(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apply_overrides({"algo": {"mu": 2}}, [override])
+
+
+def test_unknown_override_key_fails_at_build():
+    with pytest.raises(ConfigError, match=r"algo\.muu: unknown key"):
+        build(Root, apply_overrides({}, ["algo.muu=3"]))
+
+
+def test_yaml_round_trip_and_file_errors(tmp_path):
+    cfg = build(Root, {"algo": {"masking": {"schedule": "random"}, "terms": {"t2i": [{"name": "clip"}]}}})
+    path = write_yaml(cfg, tmp_path / "run" / "config.yaml")
+    assert build(Root, read_yaml(path)) == cfg
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_yaml(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        read_yaml(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_yaml(tmp_path / "empty.yaml") == {}

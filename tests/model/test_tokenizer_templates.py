@@ -1,0 +1,156 @@
+"""The tiny tokenizer (checked in, rebuilt reproducibly) and the chat template of models.md §2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from model import templates
+from model.assets import build_tiny_tokenizer
+from model.templates import SpecialTokens, chat_prompt_ids, chat_prompt_text, special_ids
+from model.tokenizer import TINY_TOKENIZER_DIR, load_tiny_tokenizer, load_tokenizer, save_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tiny_tokenizer()
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+ROUND_TRIP_TEXTS = [
+    "What is (37 + 485) * 12 - 9?",
+    "<think>Step 1: 37 + 485 = 522. Step 2: 522 * 12 = 6264.</think> The answer is \\boxed{6255}.",
+    "$$\\frac{1}{2} + \\sqrt{16} = 4.5$$ and x^2 - 3x + 2 = 0",
+    "Émile a mangé 3 crêpes 🥞 — naïve café, ünïcödé, 数学.",
+    "  leading spaces\n\n\ttabs and\r\nwindows line ends  ",
+    "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|mdm_mask|><|mdm_mask|>",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP_TEXTS)
+def test_round_trip(tokenizer, text):
+    assert tokenizer.decode(encode(tokenizer, text)) == text
+
+
+def test_size_and_no_bos_added(tokenizer):
+    assert len(tokenizer) == 600
+    assert encode(tokenizer, "hello") == tokenizer("hello")["input_ids"]  # add_bos_token false
+    assert tokenizer.bos_token_id not in tokenizer("hello")["input_ids"]
+
+
+def test_special_ids(tokenizer):
+    ids = special_ids(tokenizer)
+    strings = {
+        "bos": "<|startoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>", "mask": "<|mdm_mask|>",
+        "start_header": "<|start_header_id|>", "end_header": "<|end_header_id|>", "eot": "<|eot_id|>",
+        "think_open": "<think>", "think_close": "</think>", "soi": "<|soi|>", "eoi": "<|eoi|>", "t2i": "<|t2i|>",
+        "mmu": "<|mmu|>", "ipad": "[iPAD]", "r2i": "<|r2i|>",
+    }  # fmt: skip
+    for name, text in strings.items():
+        token_id = getattr(ids, name)
+        assert tokenizer.convert_ids_to_tokens(token_id) == text, name
+        assert encode(tokenizer, text) == [token_id], name  # one token, also inside text
+    assert len({getattr(ids, name) for name in strings}) == 14  # all distinct but pad = eos
+    assert (ids.bos, ids.eos, ids.pad) == (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert ids.mask == tokenizer.mask_token_id
+    assert min(getattr(ids, name) for name in strings) == 586  # added after the 586 BPE tokens, as upstream
+
+
+def test_digits_are_split_individually(tokenizer):
+    ids = encode(tokenizer, "1234567890")
+    assert [tokenizer.decode([i]) for i in ids] == list("1234567890")
+    pieces = [tokenizer.decode([i]) for i in encode(tokenizer, "x=37+485, so 522 and -60.")]
+    assert [piece for piece in pieces if any(c.isdigit() for c in piece)] == list("37485522") + ["6", "0"]
+
+
+def test_think_tags_survive_skipping_special_tokens(tokenizer):
+    text = "<|startoftext|><think>3 + 4 = 7</think> \\boxed{7}<|eot_id|><|endoftext|>"
+    assert tokenizer.decode(encode(tokenizer, text), skip_special_tokens=True) == "<think>3 + 4 = 7</think> \\boxed{7}"
+
+
+def test_chat_prompt_text_is_the_llada_template():
+    assert chat_prompt_text("What is 2 + 3?", thinking=False) == (
+        "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2 + 3?"
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert chat_prompt_text("What is 2 + 3?", thinking=True) == (
+        "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
+        + templates.THINKING_INSTRUCTION
+        + "\nWhat is 2 + 3?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert "<think> </think>" in templates.THINKING_INSTRUCTION and "\\boxed{}" in templates.THINKING_INSTRUCTION
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_chat_prompt_ids_exact_sequence(tokenizer, thinking):
+    ids = special_ids(tokenizer)
+    question = "What is 12 * (3 + 4)?"
+    user = (templates.THINKING_INSTRUCTION + "\n" + question) if thinking else question
+    # built by hand: special tokens are single ids; the text between them is BPE-encoded piece by piece
+    expected = (
+        [ids.bos, ids.start_header]
+        + encode(tokenizer, "user")
+        + [ids.end_header]
+        + encode(tokenizer, "\n\n" + user)
+        + [ids.eot, ids.start_header]
+        + encode(tokenizer, "assistant")
+        + [ids.end_header]
+        + encode(tokenizer, "\n\n")
+    )
+    prompt = chat_prompt_ids(tokenizer, question, thinking=thinking)
+    assert prompt == expected
+    assert prompt[:2] == [ids.bos, ids.start_header] and prompt[-2] == ids.end_header
+    assert tokenizer.decode(prompt) == chat_prompt_text(question, thinking=thinking)
+    digits = [tokenizer.decode([i]) for i in prompt if tokenizer.decode([i]).strip().isdigit()]
+    assert digits == ["1", "2", "3", "4"]
+
+
+def test_special_ids_names_a_missing_token():
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "a"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    partial = PreTrainedTokenizerFast(tokenizer_object=backend)
+    with pytest.raises(ValueError, match=r"lacks the special token\(s\) \['<\|mdm_mask\|>'\]"):
+        special_ids(partial)
+    backend.add_tokens(["<|mdm_mask|>"])
+    ids = special_ids(PreTrainedTokenizerFast(tokenizer_object=backend))
+    assert ids == SpecialTokens(bos=0, eos=1, pad=1, mask=6, start_header=2, end_header=3, eot=4)  # no optional ones
+
+
+def test_build_script_reproduces_the_checked_in_files(tmp_path):
+    build_tiny_tokenizer.build(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tmp_path / name).read_text() == (TINY_TOKENIZER_DIR / name).read_text(), (
+            f"{name} differs from the checked-in one: rerun python -m model.assets.build_tiny_tokenizer"
+        )
+
+
+def test_save_tokenizer_writes_files_that_load_back_the_same(tokenizer, tmp_path):
+    save_tokenizer(tokenizer, tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert not {"backend", "is_local", "local_files_only"} & set(config)
+    assert json.loads((tmp_path / "special_tokens_map.json").read_text())["eos_token"] == "<|endoftext|>"
+    reloaded = load_tokenizer(tmp_path)
+    for text in ROUND_TRIP_TEXTS:
+        assert encode(reloaded, text) == encode(tokenizer, text)
+    assert special_ids(reloaded) == special_ids(tokenizer)
+
+
+def test_load_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"tokenizer directory {tmp_path / 'nope'} does not exist"):
+        load_tokenizer(tmp_path / "nope")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="missing tokenizer_config.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"could not load the tokenizer in {tmp_path}"):
+        load_tokenizer(tmp_path)
