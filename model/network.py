@@ -82,7 +82,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., d] -> [..., d]
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32, or fp64 for fp64 weights
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
@@ -97,8 +97,8 @@ def rotary_tables(seq_len: int, head_dim: int, theta: float, device) -> tuple[to
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, hd] rotated in fp32 and cast back: x*cos + rotate_half(x)*sin."""
-    x32 = x.float()
+    """x [B, H, T, hd] rotated in fp32 (fp64 for fp64 inputs) and cast back: x*cos + rotate_half(x)*sin."""
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
     x1, x2 = x32.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return (x32 * cos + rotated * sin).to(x.dtype)

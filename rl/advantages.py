@@ -1,0 +1,120 @@
+"""Group-relative advantages by prompt uid (algorithm.md §2.4) and the dynamic-sampling group filter.
+
+    Â_i = (r_i − mean_G r) / (std_G r + eps)     scale="std"   (GRPO / UniGRPO)
+    Â_i =  r_i − mean_G r                        scale="none"  (mean-centring: d1, wd1, SPG)
+
+Decisions:
+- std is the POPULATION standard deviation (divide by n, not n − 1): it is defined for a group of one and
+  makes the z-scores of a group have unit variance. (TRL uses the sample std; with G = 8 the two differ by
+  a factor √(8/7) ≈ 1.07 in scale only.)
+- A group whose scorable rewards are all equal gets Â = 0 exactly (tested on max == min, not on a
+  floating-point std, so 0.1 + 0.1 + 0.1 rounding never leaks a ±1e-17 advantage).
+- `None` (unscorable) rewards are left out of the mean and std of their group and get Â = 0; the caller
+  also drops them from the loss (update.py), so they never train as if their reward were 0.
+Statistics are computed in float64; the result is float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from rl.batch import RolloutBatch
+from rl.config import AdvantageConfig
+
+SCALES = ("std", "none")
+
+
+def _groups(group_ids: Sequence[str]) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = {}
+    for row, key in enumerate(group_ids):
+        rows.setdefault(key, []).append(row)
+    return rows
+
+
+def group_advantages(
+    rewards: Sequence[float | None],
+    group_ids: Sequence[str],
+    scale: str = "std",
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Â [B] float32: per-group z-score (or centring) of `rewards`; None and constant groups -> 0."""
+    if scale not in SCALES:
+        raise ValueError(f"advantage scale {scale!r} is unknown; valid scales: {', '.join(SCALES)}")
+    if len(rewards) != len(group_ids):
+        raise ValueError(f"rewards has {len(rewards)} entries but group_ids has {len(group_ids)}; need one per row")
+    if eps < 0:
+        raise ValueError(f"eps {eps} is negative")
+    for row, value in enumerate(rewards):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"rewards[{row}] = {value!r} (group {group_ids[row]!r}): need a finite number or None")
+    advantages = torch.zeros(len(rewards), dtype=torch.float64)  # [B]
+    for rows in _groups(group_ids).values():
+        scorable = [r for r in rows if rewards[r] is not None]
+        if not scorable:
+            continue
+        values = torch.tensor([float(rewards[r]) for r in scorable], dtype=torch.float64)  # [n]
+        if bool(values.max() == values.min()):
+            continue  # zero spread: no signal, Â = 0 for the whole group
+        centred = values - values.mean()  # [n]
+        if scale == "std":
+            centred = centred / (values.std(correction=0) + eps)
+        advantages[torch.tensor(scorable)] = centred
+    return advantages.to(torch.float32)
+
+
+def groups_to_keep(
+    correctness: Sequence[float | None],
+    group_ids: Sequence[str],
+    *,
+    drop_above: float | None = None,
+    drop_below: float | None = None,
+) -> list[str]:
+    """Group ids (first-seen order) that survive the mean-correctness filter (dynamic sampling).
+
+    A group is dropped when the mean of its scorable correctness values is strictly above `drop_above`
+    or strictly below `drop_below`. A group with no scorable value has no mean and is kept (it trains
+    on nothing anyway; dropping it would hide it from the metrics).
+    """
+    if len(correctness) != len(group_ids):
+        raise ValueError(f"correctness has {len(correctness)} entries but group_ids has {len(group_ids)}")
+    kept = []
+    for key, rows in _groups(group_ids).items():
+        values = [float(correctness[r]) for r in rows if correctness[r] is not None]
+        if values:
+            mean = sum(values) / len(values)
+            if (drop_above is not None and mean > drop_above) or (drop_below is not None and mean < drop_below):
+                continue
+        kept.append(key)
+    return kept
+
+
+def batch_advantages(
+    batch: RolloutBatch, cfg: AdvantageConfig, weights: Mapping[str, float]
+) -> tuple[RolloutBatch, torch.Tensor, dict[str, float]]:
+    """Filter groups (when thresholds are set), then Â [B'] of the kept rows; plus counts for the metrics.
+
+    `weights` maps reward term -> weight (from the rewards config); a row whose weighted terms include a
+    None is unscorable. Returns (kept batch, advantages [B'] float32, stats).
+    """
+    filtering = cfg.drop_groups_above is not None or cfg.drop_groups_below is not None
+    if filtering and cfg.correctness_term not in batch.rewards:
+        raise KeyError(f"advantage.correctness_term {cfg.correctness_term!r} is not a reward term of the batch "
+                       f"(terms: {sorted(batch.rewards)}); the group filter needs it")
+    num_groups = len(dict.fromkeys(batch.uid))
+    if filtering:
+        keep = set(groups_to_keep(batch.rewards[cfg.correctness_term], batch.uid,
+                                  drop_above=cfg.drop_groups_above, drop_below=cfg.drop_groups_below))
+        batch = batch.select([row for row, key in enumerate(batch.uid) if key in keep])
+    totals = batch.total_rewards(weights)
+    advantages = group_advantages(totals, batch.uid, cfg.scale, cfg.eps)  # [B']
+    stats = {
+        "groups_total": float(num_groups),
+        "groups_dropped": float(num_groups - len(dict.fromkeys(batch.uid))),
+        "rows_unscorable": float(sum(t is None for t in totals)),
+        "rows_zero_advantage": float((advantages == 0).sum()),
+    }
+    return batch, advantages, stats

@@ -1,0 +1,313 @@
+"""`RolloutBatch`: the unit of rollout data that flows from rollout workers to the learner.
+
+One row is one sampled response to one prompt, laid out as the model sees it:
+
+    [pad … pad | prompt tokens | response tokens | suffix]      (left padding, attention False)
+                 ^prompt start   ^response_start   ^response_end
+
+- text / mmu rows: prompt = chat prompt (mmu: `<|mmu|> <|soi|>` image codes `<|eoi|>` + chat prompt),
+  response = the generated tokens (EOS-padded to the generation length), no suffix.
+- t2i rows: prompt = `[iPAD]… <|t2i|> BOS text EOS <|soi|>`, response = the image slots, suffix = `<|eoi|>`.
+
+`scored_mask` marks the response tokens whose log-prob may enter the loss: every generated token up to
+and including the first EOS / end-of-turn (algorithm.md §3); later positions are EOS padding.
+`protected_mask` marks prompt positions no estimator may mask (special tokens, image codes).
+Rows from different workers may have different widths; `concat` re-pads on the left, which leaves the
+logits of real tokens unchanged (RoPE sees relative offsets only, padding is a key mask).
+
+The batch is plain tensors + Python lists, so it pickles (Ray) and round-trips through `to_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+TASK_KINDS = ("text", "mmu", "t2i")
+_TENSOR_FIELDS = ("input_ids", "attention_mask", "response_start", "response_end", "scored_mask",
+                  "protected_mask", "reveal_step")
+_ROW_LIST_FIELDS = ("task", "score_vocab", "uid", "sample_index", "policy_version", "metadata")
+
+
+@dataclass(frozen=True, eq=False)
+class RolloutBatch:
+    input_ids: torch.Tensor  # [B, T] long: left-padded prompt + response (+ suffix)
+    attention_mask: torch.Tensor  # [B, T] bool: False on left padding
+    response_start: torch.Tensor  # [B] long: first response column
+    response_end: torch.Tensor  # [B] long: one past the last response column
+    scored_mask: torch.Tensor  # [B, T] bool: response tokens through the first EOS, inclusive
+    protected_mask: torch.Tensor  # [B, T] bool: prompt positions never masked (special tokens, image codes)
+    reveal_step: torch.Tensor  # [B, T] long: sampler step that revealed the token, -1 outside responses
+    task: list[str]  # per row, one of TASK_KINDS
+    score_vocab: list[tuple[int, int] | None]  # per row: None = full vocabulary, (lo, hi) = column range
+    uid: list[str]  # per row: prompt uid (the group key)
+    sample_index: list[int]  # per row: index of the response within its group
+    policy_version: list[int]  # per row: version of the weights that sampled it
+    rewards: dict[str, list[float | None]]  # reward term -> per-row value (None = unscorable)
+    metadata: list[dict]  # per row: free-form JSON-able data (gold answer, timings, ...)
+    pad_token_id: int = 0  # id written into left padding (never attended)
+
+    # ---- shape -------------------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def response_mask(self) -> torch.Tensor:
+        """[B, T] bool: columns in [response_start, response_end)."""
+        cols = torch.arange(self.seq_len, device=self.input_ids.device)  # [T]
+        return (cols >= self.response_start[:, None]) & (cols < self.response_end[:, None])
+
+    def prompt_mask(self) -> torch.Tensor:
+        """[B, T] bool: attended columns before the response."""
+        cols = torch.arange(self.seq_len, device=self.input_ids.device)  # [T]
+        return self.attention_mask & (cols < self.response_start[:, None])
+
+    def scorable(self) -> torch.Tensor:
+        """[B] bool: rows where no reward term is None (an unscorable row trains on nothing)."""
+        ok = [all(values[row] is not None for values in self.rewards.values()) for row in range(self.num_rows)]
+        return torch.tensor(ok, dtype=torch.bool)
+
+    def total_rewards(self, weights: Mapping[str, float]) -> list[float | None]:
+        """Weighted sum of the reward terms per row; None where any weighted term is None."""
+        missing = sorted(set(weights) - set(self.rewards))
+        if missing:
+            raise KeyError(f"reward terms {missing} are weighted but absent; batch has {sorted(self.rewards)}")
+        totals: list[float | None] = []
+        for row in range(self.num_rows):
+            values = [self.rewards[name][row] for name in weights]
+            totals.append(None if any(v is None for v in values)
+                          else float(sum(w * v for w, v in zip(weights.values(), values))))
+        return totals
+
+    # ---- checks ------------------------------------------------------------------------------------
+    def validate(self) -> RolloutBatch:
+        """Raise ValueError naming the field, row and value that break an invariant; return self."""
+        ids = self.input_ids
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
+            raise ValueError(f"input_ids: need a [B, T] long tensor, got {_describe(ids)}")
+        B, T = ids.shape
+        for name, dtype in (("attention_mask", torch.bool), ("scored_mask", torch.bool),
+                            ("protected_mask", torch.bool), ("reveal_step", torch.long)):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (B, T) or value.dtype != dtype:
+                raise ValueError(f"{name}: need a [{B}, {T}] {dtype} tensor like input_ids, got {_describe(value)}")
+        for name in ("response_start", "response_end"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (B,) or value.dtype != torch.long:
+                raise ValueError(f"{name}: need a [{B}] long tensor, got {_describe(value)}")
+        for name in _ROW_LIST_FIELDS:
+            if not isinstance(getattr(self, name), list) or len(getattr(self, name)) != B:
+                raise ValueError(f"{name}: need a list with one entry per row ({B}), got {getattr(self, name)!r:.80}")
+        for row in range(B):
+            start, end = int(self.response_start[row]), int(self.response_end[row])
+            if not 0 <= start <= end <= T:
+                raise ValueError(f"row {row}: response span [{start}, {end}) is not inside [0, {T}]")
+        response = self.response_mask()  # [B, T]
+        _first_violation(self.scored_mask & ~response, "scored_mask is True outside the response span")
+        _first_violation(response & ~self.attention_mask, "attention_mask is False inside the response span")
+        _first_violation(self.protected_mask & response, "protected_mask is True inside the response span")
+        _first_violation(self.scored_mask & (self.reveal_step < 0), "scored token has reveal_step < 0")
+        for row in range(B):
+            self._validate_row(row)
+        keys = list(zip(self.uid, self.sample_index))
+        if len(set(keys)) != B:
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise ValueError(f"(uid, sample_index) {dup} appears more than once; each response needs its own key")
+        for term, values in self.rewards.items():
+            if not isinstance(values, list) or len(values) != B:
+                raise ValueError(f"rewards[{term!r}]: need a list with one value per row ({B}), got {values!r:.80}")
+            for row, value in enumerate(values):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or not math.isfinite(value)):
+                    raise ValueError(f"rewards[{term!r}][{row}] = {value!r}: need a finite number or None")
+        return self
+
+    def _validate_row(self, row: int) -> None:
+        task = self.task[row]
+        if task not in TASK_KINDS:
+            raise ValueError(f"task[{row}] = {task!r}: need one of {TASK_KINDS}")
+        vocab = self.score_vocab[row]
+        if vocab is not None:
+            if (not isinstance(vocab, (tuple, list)) or len(vocab) != 2
+                    or not all(isinstance(v, int) for v in vocab) or not 0 <= vocab[0] < vocab[1]):
+                raise ValueError(f"score_vocab[{row}] = {vocab!r}: need None or (lo, hi) ints with 0 <= lo < hi")
+            targets = self.input_ids[row][self.scored_mask[row]]  # [n]
+            outside = (targets < vocab[0]) | (targets >= vocab[1])
+            if outside.any():
+                raise ValueError(f"row {row}: scored token id {int(targets[outside][0])} is outside "
+                                 f"score_vocab [{vocab[0]}, {vocab[1]})")
+        if not isinstance(self.uid[row], str):
+            raise ValueError(f"uid[{row}] = {self.uid[row]!r}: need a str")
+        for name in ("sample_index", "policy_version"):
+            value = getattr(self, name)[row]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}[{row}] = {value!r}: need a non-negative int")
+        if not isinstance(self.metadata[row], dict):
+            raise ValueError(f"metadata[{row}] = {self.metadata[row]!r:.80}: need a dict")
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_sampler(
+        cls,
+        sequences: torch.Tensor,  # [B, P + L + S] long: left-padded prompts, responses, suffix
+        reveal_step: torch.Tensor,  # [B, L] long: sampler step that revealed each response token
+        prompt_lengths: Sequence[int],  # real (unpadded) prompt length per row, <= P
+        *,
+        eos_ids: Collection[int],
+        task: str | Sequence[str],
+        uid: Sequence[str],
+        sample_index: Sequence[int],
+        policy_version: int | Sequence[int],
+        prompt_width: int | None = None,
+        score_vocab: tuple[int, int] | None | Sequence[tuple[int, int] | None] = None,
+        protected_ids: Collection[int] = (),
+        protected_id_range: tuple[int, int] | None = None,
+        rewards: Mapping[str, Sequence[float | None]] | None = None,
+        metadata: Sequence[dict] | None = None,
+        pad_token_id: int = 0,
+    ) -> RolloutBatch:
+        """Build a batch from a sampler's output and compute the scored and protected masks.
+
+        The response occupies columns [P, P + L) where P = `prompt_width` (default T − L: no suffix) and
+        L = reveal_step.shape[1]. A row's scored tokens run from P through the first token in `eos_ids`
+        (inclusive), or to P + L when there is none (t2i: pass `eos_ids=()`). Prompt tokens whose id is in
+        `protected_ids` or in `protected_id_range` = [lo, hi) (image codes) are protected.
+        `task`, `policy_version`: one value for every row or a sequence with one per row. `score_vocab`:
+        None (full vocabulary) or one (lo, hi) tuple for every row, or a *list* with one entry per row.
+        """
+        if sequences.dim() != 2 or reveal_step.dim() != 2 or reveal_step.shape[0] != sequences.shape[0]:
+            raise ValueError(f"sequences {tuple(sequences.shape)} and reveal_step {tuple(reveal_step.shape)} "
+                             "need shapes [B, T] and [B, L] with the same B")
+        B, T = sequences.shape
+        L = int(reveal_step.shape[1])
+        P = T - L if prompt_width is None else int(prompt_width)
+        if not 0 <= P <= T - L:
+            raise ValueError(f"prompt_width {P}: the response of length {L} must fit in [P, {T}]")
+        if len(prompt_lengths) != B or any(not 0 <= int(n) <= P for n in prompt_lengths):
+            raise ValueError(f"prompt_lengths {list(prompt_lengths)!r:.80}: need {B} values in [0, {P}]")
+        cols = torch.arange(T)  # [T]
+        prompt_begin = P - torch.tensor([int(n) for n in prompt_lengths], dtype=torch.long)  # [B]
+        attention_mask = cols >= prompt_begin[:, None]  # [B, T]
+        response = sequences[:, P:P + L]  # [B, L]
+        is_eos = torch.zeros_like(response, dtype=torch.bool)  # [B, L]
+        for eos in eos_ids:
+            is_eos |= response == int(eos)
+        # tokens strictly after the first EOS: at least one EOS among the earlier positions
+        after_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0  # [B, L]
+        scored_mask = torch.zeros(B, T, dtype=torch.bool)
+        scored_mask[:, P:P + L] = ~after_eos
+        is_protected = torch.zeros(B, T, dtype=torch.bool)
+        for special in protected_ids:
+            is_protected |= sequences == int(special)
+        if protected_id_range is not None:
+            is_protected |= (sequences >= protected_id_range[0]) & (sequences < protected_id_range[1])
+        protected_mask = is_protected & attention_mask & (cols < P)  # [B, T]
+        full_reveal = torch.full((B, T), -1, dtype=torch.long)
+        full_reveal[:, P:P + L] = reveal_step.long()
+        tasks = [task] * B if isinstance(task, str) else list(task)
+        versions = [int(policy_version)] * B if isinstance(policy_version, int) else [int(v) for v in policy_version]
+        vocabs = (list(score_vocab) if isinstance(score_vocab, list)
+                  else [tuple(score_vocab) if score_vocab is not None else None] * B)
+        batch = cls(
+            input_ids=sequences.long().clone(), attention_mask=attention_mask,
+            response_start=torch.full((B,), P, dtype=torch.long),
+            response_end=torch.full((B,), P + L, dtype=torch.long),
+            scored_mask=scored_mask, protected_mask=protected_mask, reveal_step=full_reveal,
+            task=tasks, score_vocab=vocabs, uid=[str(u) for u in uid], sample_index=[int(i) for i in sample_index],
+            policy_version=versions, rewards={k: list(v) for k, v in (rewards or {}).items()},
+            metadata=[dict(m) for m in metadata] if metadata is not None else [{} for _ in range(B)],
+            pad_token_id=int(pad_token_id),
+        )
+        return batch.validate()
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> RolloutBatch:
+        """A new batch with the given rows (indices, or a [B] bool mask), in that order."""
+        if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:
+            rows = rows.nonzero().flatten().tolist()
+        index = [int(r) for r in (rows.tolist() if isinstance(rows, torch.Tensor) else rows)]
+        bad = [r for r in index if not -self.num_rows <= r < self.num_rows]
+        if bad:
+            raise IndexError(f"rows {bad} are out of range for a batch of {self.num_rows} rows")
+        picked = torch.tensor(index, dtype=torch.long)  # [b]
+        data = {name: getattr(self, name)[picked] for name in _TENSOR_FIELDS}
+        data.update({name: [getattr(self, name)[r] for r in index] for name in _ROW_LIST_FIELDS})
+        data["rewards"] = {k: [v[r] for r in index] for k, v in self.rewards.items()}
+        return RolloutBatch(**data, pad_token_id=self.pad_token_id)
+
+    def split_by_group(self) -> list[RolloutBatch]:
+        """One batch per prompt uid, in order of first appearance; rows keep their order."""
+        groups: dict[str, list[int]] = {}
+        for row, key in enumerate(self.uid):
+            groups.setdefault(key, []).append(row)
+        return [self.select(rows) for rows in groups.values()]
+
+    @staticmethod
+    def concat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
+        """Stack rows of several batches, left-padding narrower ones to the widest T."""
+        if not batches:
+            raise ValueError("concat: need at least one batch, got none")
+        first = batches[0]
+        for k, other in enumerate(batches):
+            if other.pad_token_id != first.pad_token_id:
+                raise ValueError(f"concat: batch {k} pads with {other.pad_token_id}, batch 0 with {first.pad_token_id}")
+            if set(other.rewards) != set(first.rewards):
+                raise ValueError(f"concat: batch {k} has reward terms {sorted(other.rewards)}, "
+                                 f"batch 0 has {sorted(first.rewards)}; every batch needs the same terms")
+        width = max(b.seq_len for b in batches)
+        fill = {"input_ids": first.pad_token_id, "attention_mask": False, "scored_mask": False,
+                "protected_mask": False, "reveal_step": -1}
+        data: dict = {}
+        for name, value in fill.items():
+            parts = []
+            for b in batches:
+                tensor = getattr(b, name)  # [b, T_b]
+                pad = torch.full((b.num_rows, width - b.seq_len), value, dtype=tensor.dtype)
+                parts.append(torch.cat([pad, tensor], dim=1))  # [b, width]
+            data[name] = torch.cat(parts, dim=0)  # [sum b, width]
+        for name in ("response_start", "response_end"):
+            data[name] = torch.cat([getattr(b, name) + (width - b.seq_len) for b in batches])  # [sum b]
+        for name in _ROW_LIST_FIELDS:
+            data[name] = [item for b in batches for item in getattr(b, name)]
+        data["rewards"] = {k: [v for b in batches for v in b.rewards[k]] for k in first.rewards}
+        return RolloutBatch(**data, pad_token_id=first.pad_token_id).validate()
+
+    # ---- serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain tensors and Python lists (no custom classes): safe for pickling, Ray and torch.save."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["score_vocab"] = [list(v) if v is not None else None for v in self.score_vocab]
+        out["rewards"] = {k: list(v) for k, v in self.rewards.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RolloutBatch:
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data) - {"pad_token_id"})
+        if unknown or missing:
+            raise ValueError(f"RolloutBatch.from_dict: unknown keys {unknown}, missing keys {missing}")
+        values = dict(data)
+        values["score_vocab"] = [tuple(v) if v is not None else None for v in values["score_vocab"]]
+        return cls(**values).validate()
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__}"
+
+
+def _first_violation(bad: torch.Tensor, message: str) -> None:
+    """bad [B, T] bool: raise naming the first (row, column) that is True."""
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"row {row}, column {col}: {message}")

@@ -1,0 +1,160 @@
+"""rl.batch.RolloutBatch: scored mask from sampler output, split/concat/select, serialisation, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import pytest
+import torch
+
+from rl.batch import RolloutBatch
+
+
+def test_from_sampler_scores_through_first_eos_inclusive(kit):
+    # prompt width 3, responses of 5: row 0 ends at its first EOS (index 2), row 1 has EOT at 4, row 2 none
+    seqs = torch.tensor([
+        [0, 9, 9, 10, 11, kit.EOS, kit.EOS, kit.EOS],
+        [9, 9, 9, 10, 11, 12, 13, kit.EOT],
+        [0, 0, 9, 10, 11, 12, 13, 14],
+    ])
+    batch = RolloutBatch.from_sampler(
+        seqs, torch.arange(5).repeat(3, 1), [2, 3, 1], eos_ids=[kit.EOS, kit.EOT], task="text",
+        uid=["a", "a", "b"], sample_index=[0, 1, 0], policy_version=[3, 3, 4], pad_token_id=0)
+    assert batch.scored_mask.int().tolist() == [
+        [0, 0, 0, 1, 1, 1, 0, 0],  # 10, 11, EOS scored; trailing EOS padding not
+        [0, 0, 0, 1, 1, 1, 1, 1],  # EOT is the last token, scored
+        [0, 0, 0, 1, 1, 1, 1, 1],  # no EOS: the whole response
+    ]
+    assert batch.attention_mask.int().tolist()[0] == [0, 1, 1, 1, 1, 1, 1, 1]
+    assert batch.attention_mask.int().tolist()[2] == [0, 0, 1, 1, 1, 1, 1, 1]
+    assert batch.reveal_step.tolist()[0] == [-1, -1, -1, 0, 1, 2, 3, 4]
+    assert batch.response_start.tolist() == [3, 3, 3] and batch.response_end.tolist() == [8, 8, 8]
+    assert batch.policy_version == [3, 3, 4] and batch.score_vocab == [None] * 3
+    assert batch.metadata == [{}, {}, {}] and batch.rewards == {}
+
+
+def test_protected_positions_are_prompt_specials_and_image_codes(kit):
+    batch = kit.mixed_batch()
+    ids, protected = batch.input_ids, batch.protected_mask
+    is_special = torch.isin(ids, torch.tensor(kit.SPECIAL))
+    is_image = (ids >= kit.IMAGE[0]) & (ids < kit.IMAGE[1])
+    expected = (is_special | is_image) & batch.prompt_mask()
+    assert torch.equal(protected, expected)
+    assert protected[2].sum() == 7  # <|mmu|> <|soi|> 4 codes <|eoi|>
+    assert not (protected & batch.response_mask()).any()
+
+
+def test_concat_repads_on_the_left_and_split_restores_groups(kit):
+    batch = kit.mixed_batch()
+    assert batch.seq_len == 16 and batch.num_rows == 6 and len(batch) == 6
+    assert batch.task == ["text", "text", "mmu", "mmu", "t2i", "t2i"]
+    # the t2i rows (width 12) were shifted right by 4: their response [6, 11) became [10, 15), eoi suffix at 15
+    assert batch.response_start[4:].tolist() == [10, 10] and batch.response_end[4:].tolist() == [15, 15]
+    assert batch.input_ids[4, 15] == kit.EOI and not batch.attention_mask[4, :6].any()
+    parts = batch.split_by_group()
+    assert [p.uid for p in parts] == [["t", "t"], ["m", "m"], ["i", "i"]]
+    again = RolloutBatch.concat(parts)
+    for name in ("input_ids", "attention_mask", "scored_mask", "protected_mask", "reveal_step", "response_start"):
+        assert torch.equal(getattr(again, name), getattr(batch, name)), name
+    assert again.rewards == batch.rewards and again.score_vocab == batch.score_vocab
+
+
+def test_select_by_index_and_by_mask(kit):
+    batch = kit.text_batch({"a": 2, "b": 2}, rewards=[1.0, None, 0.0, 0.5])
+    picked = batch.select([3, 0])
+    assert picked.uid == ["b", "a"] and picked.rewards == {"correctness": [0.5, 1.0]}
+    assert torch.equal(picked.input_ids, batch.input_ids[[3, 0]])
+    by_mask = batch.select(torch.tensor([False, True, True, False]))
+    assert by_mask.sample_index == [1, 0]
+    assert batch.select(torch.tensor([1])).uid == ["a"]
+    with pytest.raises(IndexError, match=r"rows \[7\] are out of range for a batch of 4 rows"):
+        batch.select([0, 7])
+
+
+def test_scorable_and_total_rewards(kit):
+    batch = kit.text_batch({"a": 3}, rewards=[1.0, None, 0.0])
+    batch = dataclasses.replace(batch, rewards={"correctness": [1.0, None, 0.0], "format": [0.5, 1.0, 1.0]})
+    assert batch.scorable().tolist() == [True, False, True]
+    # 2·1 + 0.5·0.5 = 2.25; None; 2·0 + 0.5·1 = 0.5
+    assert batch.total_rewards({"correctness": 2.0, "format": 0.5}) == [2.25, None, 0.5]
+    assert batch.total_rewards({"format": 1.0}) == [0.5, 1.0, 1.0]
+    with pytest.raises(KeyError, match=r"reward terms \['clip'\] are weighted but absent"):
+        batch.total_rewards({"clip": 0.1})
+
+
+def test_round_trips_through_dict_and_pickle(kit):
+    batch = kit.mixed_batch()
+    data = batch.to_dict()
+    assert all(isinstance(v, (torch.Tensor, list, dict, int)) for v in data.values())
+    assert data["score_vocab"][4] == [32, 47]
+    for copy in (RolloutBatch.from_dict(data), pickle.loads(pickle.dumps(batch))):
+        assert torch.equal(copy.input_ids, batch.input_ids) and copy.score_vocab == batch.score_vocab
+        assert copy.uid == batch.uid and copy.rewards == batch.rewards
+    with pytest.raises(ValueError, match=r"unknown keys \['extra'\], missing keys \['uid'\]"):
+        RolloutBatch.from_dict({**{k: v for k, v in data.items() if k != "uid"}, "extra": 1})
+
+
+def _broken(batch: RolloutBatch, **changes) -> RolloutBatch:
+    return dataclasses.replace(batch, **changes)
+
+
+def _edit(tensor: torch.Tensor, index, value) -> torch.Tensor:
+    out = tensor.clone()
+    out[index] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: {"input_ids": b.input_ids.int()}, "input_ids: need a \\[B, T\\] long tensor"),
+        (lambda b: {"attention_mask": b.attention_mask[:, 1:]}, "attention_mask: need a \\[4, 14\\]"),
+        (lambda b: {"reveal_step": b.reveal_step.float()}, "reveal_step: need a"),
+        (lambda b: {"response_start": b.response_start[:2]}, "response_start: need a \\[4\\] long tensor"),
+        (lambda b: {"uid": b.uid[:3]}, "uid: need a list with one entry per row \\(4\\)"),
+        (lambda b: {"response_end": _edit(b.response_end, 1, 99)}, "row 1: response span \\[6, 99\\)"),
+        (lambda b: {"scored_mask": _edit(b.scored_mask, (2, 1), True)},
+         "row 2, column 1: scored_mask is True outside the response span"),
+        (lambda b: {"attention_mask": _edit(b.attention_mask, (0, 9), False)},
+         "row 0, column 9: attention_mask is False inside the response span"),
+        (lambda b: {"protected_mask": _edit(b.protected_mask, (3, 7), True)},
+         "row 3, column 7: protected_mask is True inside the response span"),
+        (lambda b: {"reveal_step": _edit(b.reveal_step, (1, 6), -1)}, "row 1, column 6: scored token has reveal_step"),
+        (lambda b: {"task": ["text", "audio", "text", "text"]}, "task\\[1\\] = 'audio': need one of"),
+        (lambda b: {"score_vocab": [None, (5, 5), None, None]}, "score_vocab\\[1\\] = \\(5, 5\\)"),
+        (lambda b: {"score_vocab": [None, None, (32, 47), None]},
+         "row 2: scored token id \\d+ is outside score_vocab \\[32, 47\\)"),
+        (lambda b: {"uid": ["a", 7, "b", "b"]}, "uid\\[1\\] = 7: need a str"),
+        (lambda b: {"sample_index": [0, -1, 0, 1]}, "sample_index\\[1\\] = -1: need a non-negative int"),
+        (lambda b: {"policy_version": [0, 0, True, 0]}, "policy_version\\[2\\] = True"),
+        (lambda b: {"metadata": [{}, {}, [], {}]}, "metadata\\[2\\] = \\[\\]: need a dict"),
+        (lambda b: {"sample_index": [0, 0, 0, 1]}, "\\(uid, sample_index\\) \\('a', 0\\) appears more than once"),
+        (lambda b: {"rewards": {"correctness": [1.0]}}, "rewards\\['correctness'\\]: need a list with one value"),
+        (lambda b: {"rewards": {"correctness": [1.0, float("nan"), 0.0, 0.0]}},
+         "rewards\\['correctness'\\]\\[1\\] = nan: need a finite number or None"),
+    ],
+)
+def test_validate_names_the_culprit(kit, change, message):
+    batch = kit.text_batch({"a": 2, "b": 2})
+    with pytest.raises(ValueError, match=message):
+        _broken(batch, **change(batch)).validate()
+
+
+def test_constructor_and_concat_errors(kit):
+    seqs = torch.full((2, 6), 9)
+    reveal = torch.zeros(2, 3, dtype=torch.long)
+    common = {"eos_ids": [kit.EOS], "task": "text", "uid": ["a", "a"], "sample_index": [0, 1], "policy_version": 0}
+    with pytest.raises(ValueError, match="need shapes \\[B, T\\] and \\[B, L\\] with the same B"):
+        RolloutBatch.from_sampler(seqs, reveal[:1], [3, 3], **common)
+    with pytest.raises(ValueError, match="prompt_width 4: the response of length 3 must fit"):
+        RolloutBatch.from_sampler(seqs, reveal, [3, 3], prompt_width=4, **common)
+    with pytest.raises(ValueError, match="prompt_lengths \\[3, 5\\]: need 2 values in \\[0, 3\\]"):
+        RolloutBatch.from_sampler(seqs, reveal, [3, 5], **common)
+    a = RolloutBatch.from_sampler(seqs, reveal, [3, 3], **common)
+    with pytest.raises(ValueError, match="concat: need at least one batch"):
+        RolloutBatch.concat([])
+    with pytest.raises(ValueError, match="concat: batch 1 pads with 5, batch 0 with 0"):
+        RolloutBatch.concat([a, _broken(a, pad_token_id=5)])
+    with pytest.raises(ValueError, match="concat: batch 1 has reward terms \\['x'\\], batch 0 has \\[\\]"):
+        RolloutBatch.concat([a, _broken(a, rewards={"x": [1.0, 1.0]})])
