@@ -1,0 +1,285 @@
+"""`remote`: scores from an HTTP service — a batch scoring endpoint, or an OpenAI-style chat model as a judge.
+
+Standard library only (`urllib`); requests to 127.0.0.1/localhost bypass proxy environment variables.
+
+Batch mode (`mode="batch"`, the default): one `POST <url>` per call with
+    request  {"samples": [{"task": str, "prompt": str, "response": str, "answer": str|null,
+                           "meta": {...}|null}, ...]}           (images are not sent)
+    response {"scores": [number|null, ...], "reasons": [str|null, ...]}   ("reasons" optional)
+`scores` must have one entry per sample; `null` means unscorable (the matching `reasons` entry, if any,
+is reported as `remote: <reason>`). HTTP 200 only.
+
+Judge mode (`mode="judge"`): one `POST <url>` per sample to a chat-completions endpoint (e.g.
+`http://host:8000/v1/chat/completions` of `vllm serve`), body
+    {"model": <model>, "messages": [{"role": "user", "content": <judge_prompt filled in>}],
+     "temperature": 0, "max_tokens": <max_tokens>}
+The reply `choices[0].message.content` is searched with `score_pattern`; the last match's first group
+(or whole match) is the score, unscaled (the term weight scales it). No match -> None (`unparseable_judgement`).
+`judge_prompt` is a `str.format` template over {prompt}, {response}, {answer}, {task}; literal braces
+must be doubled.
+
+Failures never raise from a call: connection errors, HTTP 5xx/429 and timeouts are retried `max_retries`
+times with exponential backoff (`backoff_s`, 2·`backoff_s`, ...) within the time budget; then every affected
+sample is None with a reason naming the URL, the HTTP status or error, and the number of attempts. Other
+4xx and malformed responses are not retried. Bad options raise at construction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from rewards.base import Sample, Scored, unscorable
+from rewards.deadline import short_exception
+from rewards.registry import register
+
+DEFAULT_JUDGE_PROMPT = (
+    "You are grading a response to a task.\n\n"
+    "Task:\n{prompt}\n\n"
+    "Reference answer (may be empty):\n{answer}\n\n"
+    "Response:\n{response}\n\n"
+    "Rate the response from 0 to 10 for correctness and quality. "
+    'End your reply with a line of the form "Score: <number>".'
+)
+DEFAULT_SCORE_PATTERN = r"(?i)score\s*[:=]\s*(-?\d+(?:\.\d+)?)"
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+_TEMPLATE_FIELDS = ("prompt", "response", "answer", "task")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class RemoteError(Exception):
+    """A request that failed for good; `category` is `timeout` or `error`."""
+
+    def __init__(self, category: str, message: str):
+        super().__init__(message)
+        self.category = category
+
+
+@register("remote")
+class RemoteReward:
+    """Scores from an HTTP endpoint (see the module docstring for both protocols)."""
+
+    isolation = "thread"  # I/O bound and bounded by its own timeouts
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        mode: Literal["batch", "judge"] = "batch",
+        timeout_s: float = 30.0,
+        max_retries: int = 2,
+        backoff_s: float = 0.5,
+        model: str | None = None,
+        judge_prompt: str = DEFAULT_JUDGE_PROMPT,
+        score_pattern: str = DEFAULT_SCORE_PATTERN,
+        max_tokens: int = 256,
+        max_concurrency: int = 8,
+        api_key_env: str | None = None,
+    ):
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"url: got {url!r}; expected http://host:port/path or https://...")
+        if mode not in ("batch", "judge"):
+            raise ValueError(f"mode: got {mode!r}; expected 'batch' or 'judge'")
+        if not timeout_s > 0 or backoff_s < 0 or max_retries < 0 or max_concurrency < 1 or max_tokens < 1:
+            raise ValueError(
+                f"timeout_s={timeout_s}, backoff_s={backoff_s}, max_retries={max_retries}, "
+                f"max_concurrency={max_concurrency}, max_tokens={max_tokens}: expected timeout_s > 0, "
+                "backoff_s >= 0, max_retries >= 0, max_concurrency >= 1, max_tokens >= 1"
+            )
+        try:
+            judge_prompt.format(**dict.fromkeys(_TEMPLATE_FIELDS, ""))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"judge_prompt: {short_exception(exc)}; fields available: "
+                f"{', '.join('{' + f + '}' for f in _TEMPLATE_FIELDS)} (double literal braces)"
+            ) from exc
+        if "{response}" not in judge_prompt:
+            raise ValueError("judge_prompt: must contain {response}, otherwise the judge never sees the response")
+        try:
+            self._score_regex = re.compile(score_pattern)
+        except re.error as exc:
+            raise ValueError(f"score_pattern: {score_pattern!r} is not a valid regex: {exc}") from exc
+        if api_key_env is not None and not os.environ.get(api_key_env):
+            raise ValueError(f"api_key_env: environment variable {api_key_env!r} is not set or empty")
+        self.url, self.mode, self.timeout_s = url, mode, float(timeout_s)
+        self.max_retries, self.backoff_s = int(max_retries), float(backoff_s)
+        self.model, self.judge_prompt, self.score_pattern = model, judge_prompt, score_pattern
+        self.max_tokens, self.max_concurrency, self.api_key_env = int(max_tokens), int(max_concurrency), api_key_env
+
+    # ------------------------------------------------------------------------------------------ contract
+    def __call__(self, samples: list[Sample]) -> list[float | None]:
+        return [scored.value for scored in self.score_detailed(samples)]
+
+    def score_detailed(self, samples: Sequence[Sample], *, timeout_s: float | None = None) -> list[Scored]:
+        """`timeout_s` bounds the whole call: retries stop and requests shorten as it runs out."""
+        if not samples:
+            return []
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        if self.mode == "batch":
+            return self._score_batch(list(samples), deadline)
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(samples))) as executor:
+            return list(executor.map(lambda s: self._judge_one(s, deadline), samples))
+
+    # ------------------------------------------------------------------------------------------ batch mode
+    def _score_batch(self, samples: list[Sample], deadline: float | None) -> list[Scored]:
+        payload = {"samples": [
+            {"task": s.task, "prompt": s.prompt, "response": s.response, "answer": s.answer,
+             "meta": dict(s.meta) if s.meta is not None else None}
+            for s in samples
+        ]}
+        try:
+            body = self._post_json(payload, deadline)
+            return self._parse_batch(body, len(samples))
+        except RemoteError as exc:
+            return unscorable(len(samples), f"{exc.category}: {exc}")
+
+    def _parse_batch(self, body: Any, count: int) -> list[Scored]:
+        where = f"POST {self.url}"
+        if not isinstance(body, dict) or not isinstance(body.get("scores"), list):
+            raise RemoteError("error", f'{where}: expected a JSON object {{"scores": [...]}}, got {_excerpt(body)}')
+        scores, reasons = body["scores"], body.get("reasons")
+        if len(scores) != count:
+            raise RemoteError("error", f"{where}: returned {len(scores)} scores for {count} samples")
+        if reasons is not None and (not isinstance(reasons, list) or len(reasons) != count):
+            raise RemoteError("error", f'{where}: "reasons" must be a list of {count} strings or nulls')
+        results = []
+        for index, score in enumerate(scores):
+            reason = reasons[index] if reasons is not None else None
+            if score is None:
+                results.append(Scored(None, f"remote: {reason}" if reason else "remote: the server returned null"))
+            elif isinstance(score, bool) or not isinstance(score, (int, float)):
+                raise RemoteError("error", f"{where}: scores[{index}] is {score!r}; expected a number or null")
+            elif not math.isfinite(score):
+                results.append(Scored(None, f"invalid: {where}: scores[{index}] is {score}"))
+            else:
+                results.append(Scored(float(score)))
+        return results
+
+    # ------------------------------------------------------------------------------------------ judge mode
+    def _judge_one(self, sample: Sample, deadline: float | None) -> Scored:
+        content = self.judge_prompt.format(
+            prompt=sample.prompt, response=sample.response, answer=sample.answer or "", task=sample.task
+        )
+        payload: dict[str, Any] = {
+            "messages": [{"role": "user", "content": content}], "temperature": 0.0, "max_tokens": self.max_tokens,
+        }
+        if self.model is not None:
+            payload["model"] = self.model
+        try:
+            body = self._post_json(payload, deadline)
+        except RemoteError as exc:
+            return Scored(None, f"{exc.category}: {exc}")
+        try:
+            reply = body["choices"][0]["message"]["content"]
+            if not isinstance(reply, str):
+                raise TypeError(f"content is {type(reply).__name__}")
+        except (KeyError, IndexError, TypeError) as exc:
+            return Scored(None, f"error: POST {self.url}: expected choices[0].message.content in the reply "
+                                f"({short_exception(exc)}), got {_excerpt(body)}")
+        matches = list(self._score_regex.finditer(reply))
+        if not matches:
+            return Scored(None, f"unparseable_judgement: no match for {self.score_pattern!r} in {_excerpt(reply)}")
+        last = matches[-1]
+        text = last.group(1) if last.re.groups else last.group(0)
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            return Scored(None, f"unparseable_judgement: {text!r} is not a number")
+        return Scored(value) if math.isfinite(value) else Scored(None, f"invalid: judge score {text!r}")
+
+    # ------------------------------------------------------------------------------------------ transport
+    def _post_json(self, payload: dict[str, Any], deadline: float | None) -> Any:
+        """POST with retries; the decoded JSON body, or RemoteError naming URL, status and attempts."""
+        data = json.dumps(payload, default=str).encode("utf-8")  # ensure_ascii: lone surrogates become \\udcxx
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key_env is not None:
+            headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env, '')}"
+        failure = RemoteError("error", f"POST {self.url}: no attempt made (time budget already spent)")
+        for attempt in range(self.max_retries + 1):
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if remaining <= 0.05:
+                break
+            try:
+                return self._post_once(data, headers, min(self.timeout_s, remaining))
+            except _Retryable as exc:
+                failure = RemoteError(exc.category, f"{exc} ({attempt + 1} attempt{'s' if attempt else ''})")
+            pause = self.backoff_s * (2 ** attempt)
+            if attempt < self.max_retries:
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+        raise failure
+
+    def _post_once(self, data: bytes, headers: dict[str, str], timeout_s: float) -> Any:
+        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        where = f"POST {self.url}"
+        try:
+            with self._opener().open(request, timeout=timeout_s) as response:
+                raw = response.read(MAX_RESPONSE_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            body = _read_error_body(exc)
+            message = f"{where} returned HTTP {exc.code}: {body}"
+            if exc.code >= 500 or exc.code == 429:
+                raise _Retryable("error", message) from exc
+            raise RemoteError("error", message) from exc
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise _Retryable("timeout", f"{where} timed out after {timeout_s:.3g} s") from exc
+            raise _Retryable("error", f"{where} failed: {exc.reason}") from exc
+        except TimeoutError as exc:
+            raise _Retryable("timeout", f"{where} timed out after {timeout_s:.3g} s") from exc
+        except (ConnectionError, OSError) as exc:
+            raise _Retryable("error", f"{where} failed: {short_exception(exc)}") from exc
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise RemoteError("error", f"{where}: response larger than {MAX_RESPONSE_BYTES} bytes")
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RemoteError("error", f"{where} returned malformed JSON ({short_exception(exc)}): "
+                                       f"{_excerpt(raw.decode('utf-8', 'replace'))}") from exc
+
+    def _opener(self) -> urllib.request.OpenerDirector:
+        host = urllib.parse.urlparse(self.url).hostname or ""
+        if host in _LOOPBACK_HOSTS:
+            return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        return urllib.request.build_opener()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_score_regex"]
+        return state
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self._score_regex = re.compile(self.score_pattern)
+
+    def __repr__(self) -> str:
+        return f"RemoteReward(url={self.url!r}, mode={self.mode!r})"
+
+
+class _Retryable(Exception):
+    def __init__(self, category: str, message: str):
+        super().__init__(message)
+        self.category = category
+
+
+def _read_error_body(exc: urllib.error.HTTPError) -> str:
+    try:
+        return _excerpt(exc.read(2048).decode("utf-8", "replace"))
+    except Exception:
+        return "<unreadable body>"
+
+
+def _excerpt(value: Any, limit: int = 200) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

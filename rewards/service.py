@@ -1,0 +1,284 @@
+"""`RewardService`: scores mixed-task batches with the configured weighted terms (plain class; the Ray actor
+wrapper lives in actors/).
+
+For one `score(samples)` call:
+1. Samples are grouped per *term unit*: tasks whose terms have the same (name, options, timeout,
+   isolation) share one reward instance and one batched call.
+2. All units run concurrently, each under its term's `timeout_s`:
+   - `process` units run in their own `DeadlinePool` worker (one per unit, kept warm across calls; the
+     reward is built inside the worker when the service is built, so bad options fail there). An overrun
+     interrupts or kills the worker: hard deadline.
+   - `thread` units run in a daemon thread of this process; built-ins that support it get the budget and
+     stop on time; otherwise the service stops waiting after `timeout_s + grace` and the thread is abandoned.
+3. Every output is checked (one finite float or None per sample); anything else is None with reason
+   `invalid`. A raised exception of any kind is None with reason `error`.
+4. The total of a sample is the weighted sum of its task's terms, None if any term is None (algorithm.md §2.4).
+
+Metrics (`ScoredBatch.metrics`), per task and term, `reward/<task>/<term>/`: `mean` (over scorable samples;
+absent when none is), `count`, `none`, `timeouts`, `errors` (error + crash + invalid), `latency_s` (wall time
+of the batched call that scored it), `none/<reason>` (counted reasons); and `reward/<task>/total/{mean,none,count}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rewards import registry
+from rewards.base import Sample, Scored, ScoredBatch, unscorable
+from rewards.config import RewardsConfig, RewardTermConfig
+from rewards.deadline import DeadlinePool, short_exception
+
+logger = logging.getLogger(__name__)
+
+THREAD_GRACE_S = 1.0
+"""How long past `timeout_s` the service waits for a thread unit before giving up on it."""
+ERROR_CATEGORIES = ("error", "crash", "invalid")
+
+
+class RewardCall:
+    """Picklable stand-in sent to a worker process: builds the reward there (once) and scores a batch."""
+
+    def __init__(self, name: str, options: dict[str, Any]):
+        self.name, self.options = name, dict(options)
+        self._reward = None
+
+    def prepare(self) -> None:
+        self._reward = registry.get(self.name, **self.options)
+
+    def __call__(self, samples: list[Sample]) -> Any:
+        if self._reward is None:
+            self.prepare()
+        if hasattr(self._reward, "score_detailed"):
+            return self._reward.score_detailed(samples)
+        return self._reward(samples)
+
+    def __getstate__(self):
+        return {"name": self.name, "options": self.options}
+
+    def __setstate__(self, state) -> None:
+        self.name, self.options, self._reward = state["name"], state["options"], None
+
+
+@dataclass
+class _Unit:
+    """One reward instance and how to run it; shared by every task whose term has the same spec."""
+
+    name: str
+    options: dict[str, Any]
+    timeout_s: float
+    isolation: str
+    reward: Any = None  # built here for thread units
+    pool: DeadlinePool | None = None  # one worker for process units
+
+    def run(self, samples: list[Sample]) -> list[Scored]:
+        if self.isolation == "process":
+            outcome = self.pool.map(RewardCall(self.name, self.options), [samples], item_timeout_s=self.timeout_s)[0]
+            if outcome.status != "ok":
+                return unscorable(len(samples), outcome.reason)
+            return validate_output(outcome.value, len(samples), self.name)
+        if hasattr(self.reward, "score_detailed"):
+            raw = self.reward.score_detailed(samples, timeout_s=self.timeout_s)
+        else:
+            raw = self.reward(samples)
+        return validate_output(raw, len(samples), self.name)
+
+
+def validate_output(raw: Any, count: int, name: str) -> list[Scored]:
+    """One `Scored` per sample from whatever the reward returned; broken output -> None with `invalid`."""
+    if isinstance(raw, (str, bytes)) or not hasattr(raw, "__len__") or not hasattr(raw, "__iter__"):
+        return unscorable(count, f"invalid: reward {name!r} returned {type(raw).__name__}; "
+                                 f"expected a list of {count} floats or None")
+    values = list(raw)
+    if len(values) != count:
+        return unscorable(count, f"invalid: reward {name!r} returned {len(values)} scores for {count} samples")
+    scored = []
+    for index, value in enumerate(values):
+        reason = None
+        if isinstance(value, Scored):
+            value, reason = value.value, value.reason
+        if value is None:
+            scored.append(Scored(None, reason or "unscorable"))
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+            scored.append(Scored(None, f"invalid: reward {name!r} returned {value!r} at position {index}; "
+                                       "expected a float or None"))
+        elif not math.isfinite(float(value)):
+            scored.append(Scored(None, f"invalid: reward {name!r} returned non-finite {float(value)} at {index}"))
+        else:
+            scored.append(Scored(float(value)))
+    return scored
+
+
+class RewardService:
+    """Builds the reward terms of `config` (only `tasks` if given) and scores batches of samples."""
+
+    def __init__(self, config: RewardsConfig, *, tasks: Iterable[str] | None = None):
+        self.config = config
+        self.tasks = list(config.tasks) if tasks is None else list(tasks)
+        self._units: dict[tuple, _Unit] = {}
+        self._task_terms: dict[str, list[tuple[RewardTermConfig, _Unit]]] = {}
+        try:
+            for task in self.tasks:
+                self._task_terms[task] = [(term, self._unit_for(task, term)) for term in config.terms_for(task)]
+        except BaseException:
+            self.close()
+            raise
+
+    def _unit_for(self, task: str, term: RewardTermConfig) -> _Unit:
+        name = registry.canonical_name(term.name)
+        label = f"rewards.tasks.{task}: term {term.name!r}"
+        try:
+            factory = registry.resolve(name, term.options)
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}") from exc
+        isolation = term.isolation if term.isolation != "auto" else getattr(factory, "isolation", "process")
+        if isolation not in ("process", "thread"):
+            raise ValueError(f"{label}: the reward declares isolation={isolation!r}; expected 'process' or 'thread'")
+        key = (name, json.dumps(term.options, sort_keys=True, default=repr), term.timeout_s, isolation)
+        if key in self._units:
+            return self._units[key]
+        unit = _Unit(name, dict(term.options), float(term.timeout_s), isolation)
+        if isolation == "process":
+            unit.pool = DeadlinePool(1, name=f"reward-{term.name}"[:40])
+            self._units[key] = unit  # closed with the others if the warm-up fails
+            try:  # build it in its worker now: bad options fail here, and the first batch pays no start-up
+                unit.pool.warm_up(RewardCall(name, term.options))
+            except ValueError as exc:
+                raise ValueError(f"{label}: {exc}") from exc
+        else:
+            try:
+                unit.reward = registry.get(name, **term.options)
+            except Exception as exc:
+                raise ValueError(
+                    f"{label}: cannot build it: {short_exception(exc)} (build only the tasks you use: "
+                    "RewardService(config, tasks=[...]))"
+                ) from exc
+        self._units[key] = unit
+        return unit
+
+    # ------------------------------------------------------------------------------------------ scoring
+    def score(self, samples: Sequence[Sample]) -> ScoredBatch:
+        """Score every sample with its task's terms; see the module docstring."""
+        samples = list(samples)
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, Sample):
+                raise ValueError(f"samples[{index}]: got {type(sample).__name__}; expected rewards.Sample")
+            if sample.task not in self._task_terms:
+                raise ValueError(
+                    f"samples[{index}].task={sample.task!r} has no reward terms in this service; "
+                    f"built tasks: {', '.join(self._task_terms)}"
+                )
+        members: dict[int, list[int]] = defaultdict(list)  # id(unit) -> sample indices
+        units = {}
+        for index, sample in enumerate(samples):
+            for _, unit in self._task_terms[sample.task]:
+                members[id(unit)].append(index)
+                units[id(unit)] = unit
+        results, latency = self._run_units(units, members, samples)
+
+        names = sorted({term.name for task in {s.task for s in samples} for term, _ in self._task_terms[task]})
+        terms = {name: [None] * len(samples) for name in names}
+        reasons: dict[str, list[str | None]] = {name: ["absent"] * len(samples) for name in names}
+        total: list[float | None] = [0.0] * len(samples)
+        for index, sample in enumerate(samples):
+            for term, unit in self._task_terms[sample.task]:
+                scored = results[id(unit)][index]
+                terms[term.name][index] = scored.value
+                reasons[term.name][index] = scored.reason if scored.value is None else None
+                if scored.value is None or total[index] is None:
+                    total[index] = None
+                else:
+                    total[index] += term.weight * scored.value
+        metrics = self._metrics(samples, terms, reasons, total, latency)
+        return ScoredBatch(total=total, terms=terms, reasons=reasons, metrics=metrics)
+
+    def _run_units(self, units, members, samples) -> tuple[dict[int, dict[int, Scored]], dict[int, float]]:
+        """Run every unit on its samples concurrently; (unit id -> sample index -> Scored, unit id -> seconds)."""
+        outputs: dict[int, list[Scored]] = {}
+        latency: dict[int, float] = {}
+        threads = {}
+        for unit_id, unit in units.items():
+            batch = [samples[i] for i in members[unit_id]]
+            thread = threading.Thread(target=self._run_one, args=(unit, batch, unit_id, outputs, latency),
+                                      name=f"reward-{unit.name}"[:40], daemon=True)
+            threads[unit_id] = (thread, time.monotonic())
+            thread.start()
+        for unit_id, (thread, started) in threads.items():
+            unit = units[unit_id]
+            if unit.isolation == "process":
+                thread.join()  # the pool enforces the deadline itself
+            else:
+                thread.join(max(0.0, started + unit.timeout_s + THREAD_GRACE_S - time.monotonic()))
+            if thread.is_alive() or unit_id not in outputs:
+                logger.warning("reward %r overran its %.3g s deadline; its thread is abandoned", unit.name, unit.timeout_s)
+                outputs[unit_id] = unscorable(len(members[unit_id]), f"timeout: exceeded {unit.timeout_s:g} s "
+                                                                        "(thread abandoned)")
+                latency[unit_id] = time.monotonic() - started
+        by_index = {unit_id: dict(zip(members[unit_id], outputs[unit_id])) for unit_id in units}
+        return by_index, latency
+
+    @staticmethod
+    def _run_one(unit: _Unit, batch: list[Sample], unit_id: int, outputs: dict, latency: dict) -> None:
+        started = time.monotonic()
+        try:
+            result = unit.run(batch)
+        except BaseException as exc:  # noqa: B036 - a reward must never take the service down
+            result = unscorable(len(batch), f"error: {short_exception(exc)}")
+        latency.setdefault(unit_id, time.monotonic() - started)
+        outputs.setdefault(unit_id, result)
+
+    def _metrics(self, samples, terms, reasons, total, latency) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        by_task: dict[str, list[int]] = defaultdict(list)
+        for index, sample in enumerate(samples):
+            by_task[sample.task].append(index)
+        for task, indices in by_task.items():
+            for term, unit in self._task_terms[task]:
+                prefix = f"reward/{task}/{term.name}"
+                values = [terms[term.name][i] for i in indices]
+                scored_values = [v for v in values if v is not None]
+                categories = Counter(reasons[term.name][i].split(":", 1)[0].strip()
+                                     for i in indices if terms[term.name][i] is None)
+                metrics[f"{prefix}/count"] = float(len(indices))
+                if scored_values:
+                    metrics[f"{prefix}/mean"] = sum(scored_values) / len(scored_values)
+                metrics[f"{prefix}/none"] = float(len(values) - len(scored_values))
+                metrics[f"{prefix}/timeouts"] = float(categories.get("timeout", 0))
+                metrics[f"{prefix}/errors"] = float(sum(categories.get(c, 0) for c in ERROR_CATEGORIES))
+                metrics[f"{prefix}/latency_s"] = latency.get(id(unit), 0.0)
+                for category, count in categories.items():
+                    metrics[f"{prefix}/none/{category}"] = float(count)
+            totals = [total[i] for i in indices]
+            scored_totals = [t for t in totals if t is not None]
+            metrics[f"reward/{task}/total/count"] = float(len(indices))
+            metrics[f"reward/{task}/total/none"] = float(len(totals) - len(scored_totals))
+            if scored_totals:
+                metrics[f"reward/{task}/total/mean"] = sum(scored_totals) / len(scored_totals)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Stop worker processes and close rewards that have a `close()`."""
+        for unit in self._units.values():
+            if unit.pool is not None:
+                unit.pool.close()
+            close = getattr(unit.reward, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as exc:
+                    logger.warning("closing reward %r failed: %s", unit.name, short_exception(exc))
+
+    def __enter__(self) -> RewardService:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

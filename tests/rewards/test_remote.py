@@ -1,0 +1,159 @@
+"""`remote` against a real HTTP server on 127.0.0.1 (see conftest.ScoringHandler for its endpoints)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+import time
+
+import pytest
+
+import rewards
+from rewards import Sample, Scored
+
+SAMPLES = [
+    Sample("text", "2+2?", "it is 4", "4", meta={"row": 1}),
+    Sample("text", "3+3?", "it is 7", "6"),
+    Sample("text", "free form", "whatever", None),
+]
+
+
+def test_batch_mode_scores_and_reasons(http_server):
+    reward = rewards.get("remote", url=http_server.base_url + "/score")
+    # expected by hand: "4" in "it is 4" -> 1.0; "6" not in "it is 7" -> 0.0; no answer -> null with a reason
+    assert reward.score_detailed(SAMPLES) == [
+        Scored(1.0), Scored(0.0), Scored(None, "remote: no answer to compare with")]
+    assert reward(SAMPLES) == [1.0, 0.0, None]
+    path, headers, raw = http_server.requests[-1]
+    sent = json.loads(raw)
+    assert path == "/score" and headers["Content-Type"] == "application/json"
+    assert sent["samples"][0] == {"task": "text", "prompt": "2+2?", "response": "it is 4", "answer": "4",
+                                  "meta": {"row": 1}}
+    assert reward([]) == []
+
+
+def test_slow_server_times_out_to_none_with_reason(http_server):
+    reward = rewards.get("remote", url=http_server.base_url + "/slow", timeout_s=0.3, max_retries=1, backoff_s=0.05)
+    started = time.monotonic()
+    scored = reward.score_detailed(SAMPLES[:2])
+    elapsed = time.monotonic() - started
+    assert [s.value for s in scored] == [None, None]
+    assert scored[0].category == "timeout"
+    assert f"POST {http_server.base_url}/slow timed out after 0.3 s (2 attempts)" in scored[0].reason
+    assert elapsed < 2 * 0.3 + 0.05 + 1.0
+
+
+def test_time_budget_stops_retries(http_server):
+    reward = rewards.get("remote", url=http_server.base_url + "/slow", timeout_s=5.0, max_retries=5, backoff_s=0.1)
+    started = time.monotonic()
+    scored = reward.score_detailed(SAMPLES[:1], timeout_s=0.5)
+    assert time.monotonic() - started < 0.5 + 1.0
+    assert scored[0].value is None and scored[0].category == "timeout"
+
+
+def test_failing_server_is_retried_then_none_naming_url_and_status(http_server):
+    before = http_server.hits["/fail"]
+    reward = rewards.get("remote", url=http_server.base_url + "/fail", max_retries=2, backoff_s=0.01)
+    scored = reward.score_detailed(SAMPLES)
+    assert http_server.hits["/fail"] - before == 3  # 1 try + 2 retries
+    assert all(s.value is None for s in scored)
+    assert scored[0].reason == (f"error: POST {http_server.base_url}/fail returned HTTP 500: "
+                                "internal error: scorer crashed (3 attempts)")
+
+
+def test_transient_failure_is_retried_to_success(http_server):
+    before = http_server.hits["/flaky"]
+    reward = rewards.get("remote", url=http_server.base_url + "/flaky", max_retries=1, backoff_s=0.01)
+    assert reward(SAMPLES) == [1.0, 0.0, None]
+    assert http_server.hits["/flaky"] - before == 2
+
+
+def test_client_errors_are_not_retried(http_server):
+    before = http_server.hits["/notfound"]
+    reward = rewards.get("remote", url=http_server.base_url + "/notfound", max_retries=3, backoff_s=0.01)
+    scored = reward.score_detailed(SAMPLES[:1])
+    assert http_server.hits["/notfound"] - before == 1
+    assert scored[0].reason == f"error: POST {http_server.base_url}/notfound returned HTTP 404: no such endpoint"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/malformed", "returned malformed JSON (JSONDecodeError"),
+        ("/wronglen", "returned 3 scores for 2 samples"),
+        ("/badscore", "scores[0] is 'high'; expected a number or null"),
+    ],
+)
+def test_malformed_responses_are_clear_errors(http_server, path, expected):
+    reward = rewards.get("remote", url=http_server.base_url + path, max_retries=2, backoff_s=0.01)
+    before = http_server.hits[path]
+    scored = reward.score_detailed(SAMPLES[:2])
+    assert all(s.value is None and s.category == "error" for s in scored)
+    assert f"POST {http_server.base_url}{path}" in scored[0].reason and expected in scored[0].reason
+    assert http_server.hits[path] - before == 1  # not retried
+
+
+def test_connection_refused_names_the_url():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    reward = rewards.get("remote", url=f"http://127.0.0.1:{port}/score", max_retries=1, backoff_s=0.01)
+    scored = reward.score_detailed(SAMPLES[:1])
+    assert scored[0].value is None and scored[0].category == "error"
+    assert f"POST http://127.0.0.1:{port}/score failed:" in scored[0].reason and "(2 attempts)" in scored[0].reason
+
+
+def test_judge_mode(http_server, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "secret-token")
+    reward = rewards.get(
+        "remote", url=http_server.base_url + "/v1/chat/completions", mode="judge", model="judge-model",
+        judge_prompt="Task {task}: {prompt}\nGold: {answer}\nAnswer: {response}\nGive 'Score: n'.",
+        api_key_env="JUDGE_KEY",
+    )
+    samples = [Sample("text", "q1", "a correct answer", "x"), Sample("text", "q2", "a weak answer"),
+               Sample("text", "q3", "garble")]
+    scored = reward.score_detailed(samples)
+    assert [s.value for s in scored] == [7.0, 2.0, None]
+    assert scored[2].category == "unparseable_judgement" and "I cannot decide" in scored[2].reason
+    judge_requests = [(h, json.loads(raw)) for p, h, raw in http_server.requests if p == "/v1/chat/completions"]
+    by_prompt = {body["messages"][0]["content"]: (headers, body) for headers, body in judge_requests[-3:]}
+    headers, body = by_prompt["Task text: q1\nGold: x\nAnswer: a correct answer\nGive 'Score: n'."]
+    assert body["model"] == "judge-model" and body["temperature"] == 0.0 and body["max_tokens"] == 256
+    assert headers["Authorization"] == "Bearer secret-token"
+    assert "Task text: q2\nGold: \nAnswer: a weak answer\nGive 'Score: n'." in by_prompt  # missing answer -> ""
+
+
+def test_judge_mode_custom_parser_and_bad_replies(http_server):
+    url = http_server.base_url + "/v1/chat/completions"
+    reward = rewards.get("remote", url=url, mode="judge", score_pattern=r"Score: \d")
+    assert reward([Sample("text", "q", "correct")]) == [None]  # whole match "Score: 7" is not a number
+    reward = rewards.get("remote", url=url, mode="judge", score_pattern=r"(?<=Score: )\d+")
+    assert reward([Sample("text", "q", "correct")]) == [7.0]  # no group: the whole match
+    empty = rewards.get("remote", url=http_server.base_url + "/judge_empty", mode="judge")
+    scored = empty.score_detailed([Sample("text", "q", "r")])
+    assert scored[0].value is None and "expected choices[0].message.content" in scored[0].reason
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"url": "ftp://host/x"}, "url: got 'ftp://host/x'"),
+        ({"url": "http://h/x", "mode": "chat"}, "mode: got 'chat'"),
+        ({"url": "http://h/x", "timeout_s": 0}, "expected timeout_s > 0"),
+        ({"url": "http://h/x", "max_retries": -1}, "max_retries >= 0"),
+        ({"url": "http://h/x", "judge_prompt": "{question} {response}"}, r"judge_prompt: KeyError: 'question'"),
+        ({"url": "http://h/x", "judge_prompt": "rate {prompt}"}, r"must contain \{response\}"),
+        ({"url": "http://h/x", "score_pattern": "("}, "score_pattern: '\\(' is not a valid regex"),
+        ({"url": "http://h/x", "api_key_env": "UNIGRPO_SURELY_UNSET_VAR"}, "UNIGRPO_SURELY_UNSET_VAR' is not set"),
+    ],
+)
+def test_bad_options_raise_at_construction(options, message):
+    with pytest.raises(ValueError, match=message):
+        rewards.get("remote", **options)
+
+
+def test_pickles(http_server):
+    reward = rewards.get("remote", url=http_server.base_url + "/score", score_pattern=r"S=(\d+)")
+    copy = pickle.loads(pickle.dumps(reward))
+    assert copy(SAMPLES) == [1.0, 0.0, None] and copy._score_regex.pattern == r"S=(\d+)"
