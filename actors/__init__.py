@@ -1,1 +1,11 @@
-"""actors."""
+"""Ray actors of the pipeline (this package may import ray and deepspeed; rl/, rewards/, model/ may not).
+
+- `actors.config`: config sections rollout (resources, weight sync), learner, cluster, checkpoint, logging.
+- `actors.cluster`: Ray start-up on loopback, resource checks naming config keys, placement groups.
+- `actors.learner`: `LearnerGroup` of DeepSpeed ranks, the `Engine` adapter the rl update runs on.
+- `actors.rollout`: `RolloutWorker` holding a versioned policy copy and sampling `RolloutBatch`es.
+- `actors.weight_sync`: bucketed, versioned learner -> worker transfer (object store or broadcast).
+- `actors.network_source`: building a network from a checkpoint path or a seeded factory.
+
+Importing `actors` (or `actors.config`) imports neither ray nor deepspeed.
+"""

@@ -1,0 +1,187 @@
+"""Config sections owned by `actors/` (composed into the root tree by `jobs/config.py`).
+
+Sections: `rollout` (the resources part: how many rollout workers and what each holds, plus weight
+sync), `learner` (data-parallel DeepSpeed ranks and the optimizer), `cluster` (where Ray runs and how
+actors are placed), `checkpoint` and `logging`.
+
+Every field has a default and says what it is; cross-field checks raise
+`ValueError("<field>: <what is wrong>; <what is right>")` and the loader prefixes the dotted path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+def _check_resources(prefix: str, cpus: float, gpus: float) -> None:
+    if cpus < 0:
+        raise ValueError(f"cpus_per_{prefix}: {cpus} is negative; use 0 or more CPUs")
+    if gpus < 0:
+        raise ValueError(f"gpus_per_{prefix}: {gpus} is negative; use 0 (CPU) or more GPUs")
+    if gpus > 1 and gpus != int(gpus):
+        raise ValueError(f"gpus_per_{prefix}: {gpus} is a fraction above 1; use a whole number or a fraction <= 1")
+
+
+@dataclass(frozen=True)
+class WeightSyncConfig:
+    """How new policy weights travel from learner rank 0 to the rollout workers."""
+
+    backend: Literal["object_store", "broadcast"] = "object_store"
+    """object_store: bucketed through Ray's object store (CPU, cross-node); broadcast: a torch.distributed
+    group of learner rank 0 + the workers (NCCL when they hold GPUs, gloo otherwise)."""
+    bucket_mb: float = 256.0
+    """Largest bucket of packed tensors, in MiB (a single larger tensor travels alone)."""
+
+    def __post_init__(self):
+        if self.bucket_mb <= 0:
+            raise ValueError(f"bucket_mb: {self.bucket_mb} must be positive; e.g. 256")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Rollout workers: resources and weight sync (sampling knobs live with the sampler)."""
+
+    num_workers: int = 1
+    """Number of RolloutWorker actors."""
+    cpus_per_worker: float = 1.0
+    """Ray CPUs reserved by each worker."""
+    gpus_per_worker: float = 0.0
+    """GPUs per worker: 0 runs on CPU; a fraction <= 1 shares a GPU."""
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
+    """How weights reach the workers after each update."""
+
+    def __post_init__(self):
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers: {self.num_workers}; need at least 1 rollout worker")
+        _check_resources("worker", self.cpus_per_worker, self.gpus_per_worker)
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Data-parallel learner ranks, each a Ray actor running a DeepSpeed engine."""
+
+    num_ranks: int = 1
+    """Data-parallel ranks (one torch.distributed process each)."""
+    cpus_per_rank: float = 1.0
+    """Ray CPUs reserved by each rank."""
+    gpus_per_rank: float = 0.0
+    """0 = CPU ranks with gloo; 1 = one GPU per rank with NCCL."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage: 0 plain DP, 1 optimizer states, 2 + gradients, 3 + parameters partitioned."""
+    optimizer: Literal["adamw", "deepspeed_adamw"] = "adamw"
+    """adamw: a client torch.optim.AdamW handed to DeepSpeed; deepspeed_adamw: DeepSpeed builds AdamW from
+    its config with torch_adam=true. Both avoid the JIT build of DeepSpeed's CPU/fused Adam."""
+    lr: float = 1e-6
+    """Learning rate (constant)."""
+    weight_decay: float = 0.0
+    """Decoupled AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Max global gradient L2 norm; 0 disables clipping."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward on one rank (gradient accumulation covers the rest)."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Weights and activations dtype; bf16 keeps fp32 master weights in the optimizer."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in backward to save memory."""
+
+    def __post_init__(self):
+        if self.num_ranks < 1:
+            raise ValueError(f"num_ranks: {self.num_ranks}; need at least 1 learner rank")
+        _check_resources("rank", self.cpus_per_rank, self.gpus_per_rank)
+        if self.gpus_per_rank not in (0, 1):
+            raise ValueError(f"gpus_per_rank: {self.gpus_per_rank}; a learner rank holds 0 (CPU) or exactly 1 GPU")
+        if self.lr <= 0:
+            raise ValueError(f"lr: {self.lr} must be positive")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: {self.weight_decay} must be >= 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: {self.betas}; each must lie in [0, 1)")
+        if self.eps <= 0:
+            raise ValueError(f"eps: {self.eps} must be positive")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip: {self.grad_clip} must be >= 0 (0 disables clipping)")
+        if self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size: {self.micro_batch_size}; need at least 1")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where Ray runs and how actors are placed."""
+
+    address: str | None = None
+    """None: start a local Ray instance; "auto" or "host:port": join that cluster."""
+    num_cpus: int | None = None
+    """Logical CPUs of a locally started Ray (None: all cores). Ignored when joining a cluster."""
+    num_gpus: int | None = None
+    """GPUs of a locally started Ray (None: auto-detect). Ignored when joining a cluster."""
+    placement_strategy: PlacementStrategy = "PACK"
+    """Ray placement-group strategy for each role's bundles (learner ranks, rollout workers)."""
+    loopback: bool = True
+    """Keep a local Ray on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); set false on multi-node clusters."""
+    dashboard: bool = False
+    """Start Ray's dashboard with a local instance (needed for `ray job submit` against it)."""
+    placement_timeout_s: float = 60.0
+    """How long to wait for placement groups to be placed before failing."""
+
+    def __post_init__(self):
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"num_cpus: {self.num_cpus}; need at least 1 (or null for all cores)")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ValueError(f"num_gpus: {self.num_gpus}; need 0 or more (or null to auto-detect)")
+        if self.placement_timeout_s <= 0:
+            raise ValueError(f"placement_timeout_s: {self.placement_timeout_s} must be positive")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Atomic checkpoints under runs/<name>/checkpoints/step_N/ and policy exports."""
+
+    every: int = 50
+    """Save every N steps (0: only at the end of the run)."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted only after a newer one is complete."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint if any; never: start fresh; else a step_N path."""
+    export_every: int = 0
+    """Export the policy in the published format every N steps (0: only at the end)."""
+
+    def __post_init__(self):
+        if self.every < 0:
+            raise ValueError(f"every: {self.every} must be >= 0 (0 = only at the end)")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last: {self.keep_last}; keep at least 1 complete checkpoint")
+        if not self.resume:
+            raise ValueError("resume: empty; use auto, never or the path of a step_N checkpoint")
+        if self.export_every < 0:
+            raise ValueError(f"export_every: {self.export_every} must be >= 0 (0 = only at the end)")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where metrics go."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files to runs/<name>/tensorboard/."""
+    jsonl: bool = True
+    """Write one JSON object per step to runs/<name>/metrics.jsonl."""
+    wandb_project: str | None = None
+    """Also log to this Weights & Biases project (needs the `wandb` extra); None: off."""
+    sample_table_every: int = 10
+    """Write a table of sample generations every K steps (0: never)."""
+    sample_table_rows: int = 8
+    """Rows in each sample table."""
+
+    def __post_init__(self):
+        if self.sample_table_every < 0:
+            raise ValueError(f"sample_table_every: {self.sample_table_every} must be >= 0 (0 = never)")
+        if self.sample_table_rows < 1:
+            raise ValueError(f"sample_table_rows: {self.sample_table_rows}; need at least 1")
+        if self.wandb_project is not None and not self.wandb_project.strip():
+            raise ValueError("wandb_project: empty string; use null to turn W&B off or a project name")

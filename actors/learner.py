@@ -1,0 +1,351 @@
+"""The learner group: n Ray actors forming one torch.distributed group, a DeepSpeed engine on each.
+
+Each `LearnerRank` builds the policy from a `NetworkSource`, keeps a frozen copy of it as the
+reference policy (eval, no grad, never updated), and wraps the policy in a DeepSpeed engine with ZeRO
+stage 0-3 from `LearnerConfig`: gloo on CPU (DS_ACCELERATOR=cpu), NCCL on GPU. Rank 0 picks a free port
+on its node; MASTER_ADDR is rank 0's node IP (127.0.0.1 on a loopback cluster).
+
+Update normalisation (why a 2-rank ZeRO update equals a single-process one):
+the `rl` update computes, per rank, `loss_r = sum_{i in shard r} l_i / N_global`, so that
+`sum_r loss_r` is the loss of the whole batch, and calls `backward` once per micro-batch and `step`
+once per optimizer step. The engine runs with `managed_gradient_accumulation=false` (DeepSpeed
+0.19.8): `backward` only accumulates, `step` is the accumulation boundary whatever the number of
+micro-batches, and `gradient_accumulation_steps=1` so `backward` does not divide by it. DeepSpeed then
+*averages* gradients over the data-parallel ranks (the only reduction ZeRO-3 supports), i.e. divides
+by the world size W; `DeepSpeedEngineAdapter.backward` multiplies the loss by W to cancel that. Net
+gradient: `sum_r grad(loss_r)` = grad of the global loss, exactly what one process computes on the
+whole batch; clipping then sees the same global norm. Every rank must run the same number of
+micro-batches (ZeRO-2/3 reduce inside backward), so shards must have equal sizes.
+
+Step functions (`train_step(fn, shards, **common)`) run on every rank with that rank's shard:
+`fn(ctx: LearnerContext, **shard, **common) -> dict[str, float]`. `fn` is a registered name
+(`unigrpo`), a "module:function" path, or a picklable callable.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from torch import nn
+
+from actors.cluster import bundle_strategy, wait_all
+from actors.config import LearnerConfig
+from actors.network_source import NetworkSource, build_network
+from actors.weight_sync import (
+    BroadcastGroup,
+    WeightManifest,
+    bucket_payload,
+    checksum,
+    plan_buckets,
+    stream_buckets,
+)
+
+CHECKPOINT_TAG = "learner"
+
+# -- step functions -----------------------------------------------------------------------------
+STEP_FUNCTIONS: dict[str, Callable[..., dict[str, float]]] = {}
+
+
+def register_step(name: str):
+    """Decorator: make a step function callable by name from `LearnerGroup.train_step`."""
+
+    def add(fn):
+        if name in STEP_FUNCTIONS:
+            raise ValueError(f"step function {name!r} is registered twice")
+        STEP_FUNCTIONS[name] = fn
+        return fn
+
+    return add
+
+
+def resolve_step(fn: str | Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    if callable(fn):
+        return fn
+    if ":" in fn:
+        module_name, _, attr = fn.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    if fn not in STEP_FUNCTIONS:
+        raise KeyError(f"unknown step function {fn!r}; registered: {', '.join(sorted(STEP_FUNCTIONS))} "
+                       "(or pass 'module:function' or a callable)")
+    return STEP_FUNCTIONS[fn]
+
+
+class DeepSpeedEngineAdapter:
+    """The `rl.update.Engine` protocol (`.module`, `backward(loss)`, `step()`) over a DeepSpeed engine.
+
+    `loss` is this rank's share of a loss normalised by the global batch; see the module docstring.
+    """
+
+    def __init__(self, engine: Any, world_size: int):
+        self.engine, self.world_size = engine, world_size
+        self.last_grad_norm: float | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        return self.engine.module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        from deepspeed.runtime.base_optimizer import ZeROOptimizer
+        from deepspeed.runtime.utils import register_output_backward_hooks
+
+        scaled = loss * self.world_size  # undoes DeepSpeed's mean over the data-parallel ranks
+        if isinstance(self.engine.optimizer, ZeROOptimizer):
+            # `engine(...)` would do both of these, but the rl update calls `engine.module.hidden_states` /
+            # `lm_head` directly: reset the per-backward hook state (under ZeRO-3 this also advances the
+            # micro-step; without it each micro-batch's gradient overwrites the previous one), and run
+            # DeepSpeed's backward prologue from a hook when backward starts, as its output hooks do.
+            self.engine.optimizer.clear_backward_seen_flag()
+            register_output_backward_hooks(scaled, preprocess_once_fn=self.engine._backward_prologue)
+        self.engine.backward(scaled, scale_wrt_gas=False)
+
+    def step(self) -> float | None:
+        """Reduce the accumulated gradients, clip, optimizer step, zero the gradients; returns the global
+        gradient norm before clipping when DeepSpeed computed one."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        self.last_grad_norm = None if norm is None else float(norm)
+        return self.last_grad_norm
+
+
+@dataclass
+class LearnerContext:
+    """What a step function gets on each rank."""
+
+    engine: DeepSpeedEngineAdapter
+    ref_network: nn.Module
+    rank: int
+    world_size: int
+    config: LearnerConfig
+    device: torch.device
+
+
+@register_step("unigrpo")
+def unigrpo_step(ctx: LearnerContext, *, batch: Any, advantages: torch.Tensor, algo: Any, step: int,
+                 run_seed: int, num_sequences_global: int) -> dict[str, float]:
+    """One UniGRPO update (rl.update.unigrpo_update) on this rank's shard with the global normaliser."""
+    from rl.update import unigrpo_update
+
+    return unigrpo_update(ctx.engine, ctx.ref_network, batch, advantages, algo, step=step, run_seed=run_seed,
+                          micro_batch_size=ctx.config.micro_batch_size,
+                          num_sequences_global=num_sequences_global)
+
+
+def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for `cfg` (see the module docstring for the accumulation settings)."""
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.micro_batch_size * world_size,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage, "overlap_comm": False},
+        "bf16": {"enabled": cfg.dtype == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+    }
+    if cfg.optimizer == "deepspeed_adamw":
+        config["optimizer"] = {"type": "AdamW", "params": {
+            "lr": cfg.lr, "betas": list(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay,
+            "torch_adam": True}}
+    return config
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+class LearnerRank:
+    """One data-parallel rank; runs as a Ray actor (`LearnerGroup` creates them)."""
+
+    def __init__(self, cfg: LearnerConfig, network_source: NetworkSource, rank: int, world_size: int):
+        self.cfg, self.source, self.rank, self.world_size = cfg, network_source, rank, world_size
+        self.on_gpu = cfg.gpus_per_rank > 0
+        os.environ["DS_ACCELERATOR"] = "cuda" if self.on_gpu else "cpu"  # before deepspeed is imported
+        self.device = torch.device("cuda", 0) if self.on_gpu else torch.device("cpu")
+        self.engine: Any = None
+        self.adapter: DeepSpeedEngineAdapter | None = None
+        self.ref_network: nn.Module | None = None
+        self.broadcast: BroadcastGroup | None = None
+
+    def endpoint(self) -> tuple[str, int]:
+        """(node IP, a free port) on this rank's node, for the rendezvous (rank 0) or a broadcast group."""
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the process group (all ranks at once) and build the engine and reference network."""
+        import deepspeed
+
+        if self.on_gpu:
+            torch.cuda.set_device(self.device)
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", auto_mpi_discovery=False,
+                                   verbose=False, rank=self.rank, world_size=self.world_size)
+        network, _ = build_network(self.source, self.cfg.dtype)
+        network = network.to(self.device)
+        self.ref_network = copy.deepcopy(network).eval().requires_grad_(False)
+        network.gradient_checkpointing = self.cfg.gradient_checkpointing
+        network.train()
+        optimizer = None
+        if self.cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(network.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
+                                          eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
+        self.engine, *_ = deepspeed.initialize(model=network, optimizer=optimizer,
+                                               config=deepspeed_config(self.cfg, self.world_size))
+        self.adapter = DeepSpeedEngineAdapter(self.engine, self.world_size)
+
+    # -- training -------------------------------------------------------------------------------
+    def train_step(self, step_fn: str | Callable[..., dict[str, float]], shard: Mapping[str, Any],
+                   common: Mapping[str, Any]) -> dict[str, float]:
+        ctx = LearnerContext(self.adapter, self.ref_network, self.rank, self.world_size, self.cfg, self.device)
+        self.engine.module.train()
+        stats = dict(resolve_step(step_fn)(ctx, **shard, **common))
+        if self.adapter.last_grad_norm is not None:
+            stats.setdefault("grad_norm", self.adapter.last_grad_norm)
+        return stats
+
+    # -- full weights ---------------------------------------------------------------------------
+    def _specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        module = self.engine.module
+        params = [(n, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for n, p in module.named_parameters()]
+        return params + [(n, b.dtype, tuple(b.shape)) for n, b in self._buffers()]
+
+    def _buffers(self) -> list[tuple[str, torch.Tensor]]:
+        names = set(self.engine.module.state_dict(keep_vars=True))
+        return [(n, b) for n, b in self.engine.module.named_buffers() if n in names]
+
+    def _full_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) in `_specs` order; under ZeRO-3 every rank must iterate (gathers). The
+        tensor is valid until the next item is requested."""
+        module = self.engine.module
+        for name, param in module.named_parameters():
+            if self.cfg.zero_stage == 3:
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([param]):
+                    yield name, param.detach()
+            else:
+                yield name, param.detach()
+        yield from self._buffers()
+
+    def _follow_gathers(self) -> None:
+        """Ranks other than 0 take part in the ZeRO-3 gathers of a full-weights pass (nothing to do otherwise)."""
+        if self.cfg.zero_stage == 3:
+            for _ in self._full_tensors():
+                pass
+
+    def state_dict_for_sync(self) -> dict[str, torch.Tensor] | None:
+        """Full weights as CPU tensors on rank 0 (None on other ranks, which help gather under ZeRO-3)."""
+        if self.rank != 0:
+            return self._follow_gathers()
+        return {name: tensor.to("cpu", copy=True) for name, tensor in self._full_tensors()}
+
+    def publish_weights(self, version: int, bucket_mb: float) -> tuple[WeightManifest, list[ray.ObjectRef]] | None:
+        """Rank 0: pack the full weights into buckets in the object store; returns (manifest, refs)."""
+        if self.rank != 0:
+            return self._follow_gathers()
+        manifest = plan_buckets(self._specs(), version, bucket_mb)
+        stream = stream_buckets(manifest, self._full_tensors())
+        return manifest, [ray.put(bucket_payload(version, spec, flat)) for spec, flat in stream]
+
+    def join_broadcast(self, backend: str, host: str, port: int, world_size: int) -> None:
+        """Rank 0 becomes rank 0 (the source) of a broadcast group with the rollout workers."""
+        if self.rank != 0:
+            raise RuntimeError(f"learner rank {self.rank} asked to join the broadcast group; only rank 0 sends")
+        self.broadcast = BroadcastGroup(backend, host, port, 0, world_size)
+
+    def broadcast_weights(self, version: int, bucket_mb: float) -> WeightManifest:
+        """All ranks (gathers under ZeRO-3); rank 0 broadcasts every bucket to the group."""
+        manifest = plan_buckets(self._specs(), version, bucket_mb)
+        if self.rank == 0:
+            if self.broadcast is None:
+                raise RuntimeError("broadcast_weights before join_broadcast")
+            self.broadcast.send(manifest, self._full_tensors())
+        else:
+            self._follow_gathers()
+        return manifest
+
+    def weights_manifest(self, version: int, bucket_mb: float) -> WeightManifest:
+        return plan_buckets(self._specs(), version, bucket_mb)
+
+    def checksum(self) -> str:
+        """sha256 of this rank's full weights (all ranks at once under ZeRO-3)."""
+        return checksum((name, tensor.to("cpu", copy=True)) for name, tensor in self._full_tensors())
+
+    def ref_checksum(self) -> str:
+        return checksum(self.ref_network.state_dict().items())
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self, directory: str) -> None:
+        self.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, save_latest=False)
+
+    def load_checkpoint(self, directory: str) -> None:
+        if not (Path(directory) / CHECKPOINT_TAG).is_dir():
+            raise FileNotFoundError(f"no learner state in {directory} (expected {CHECKPOINT_TAG}/)")
+        path, _ = self.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the learner state from {directory}")
+
+
+class LearnerGroup:
+    """Driver-side handle on the n ranks; every method runs on all ranks at once."""
+
+    def __init__(self, cfg: LearnerConfig, network_source: NetworkSource, *, placement_group: Any = None):
+        self.cfg, self.world_size = cfg, cfg.num_ranks
+        actor = ray.remote(LearnerRank)
+        self.ranks = []
+        for rank in range(cfg.num_ranks):
+            options: dict[str, Any] = {"num_cpus": cfg.cpus_per_rank, "num_gpus": cfg.gpus_per_rank}
+            if placement_group is not None:
+                options["scheduling_strategy"] = bundle_strategy(placement_group, rank)
+            self.ranks.append(actor.options(**options).remote(cfg, network_source, rank, cfg.num_ranks))
+        try:
+            host, port = ray.get(self.ranks[0].endpoint.remote())
+            wait_all([r.setup.remote(host, port) for r in self.ranks], "setup", "learner rank")
+        except Exception:
+            self.shutdown()
+            raise
+
+    def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return wait_all([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], method, "learner rank")
+
+    def train_step(self, step_fn: str | Callable[..., dict[str, float]], shards: Sequence[Mapping[str, Any]],
+                   **common: Any) -> list[dict[str, float]]:
+        """Run `step_fn(ctx, **shards[r], **common)` on every rank r; returns each rank's stats."""
+        if len(shards) != self.world_size:
+            raise ValueError(f"{len(shards)} shard(s) for learner.num_ranks={self.world_size}; give one per rank")
+        return wait_all([r.train_step.remote(step_fn, s, common) for r, s in zip(self.ranks, shards)], "train_step",
+                        "learner rank")
+
+    def state_dict_for_sync(self) -> dict[str, torch.Tensor]:
+        return self._all("state_dict_for_sync")[0]
+
+    def publish_weights(self, version: int, bucket_mb: float) -> tuple[WeightManifest, list[ray.ObjectRef]]:
+        return self._all("publish_weights", version, bucket_mb)[0]
+
+    def checksums(self) -> list[str]:
+        return self._all("checksum")
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        """All ranks write into `directory` (which they must share)."""
+        self._all("save_checkpoint", str(directory))
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        self._all("load_checkpoint", str(directory))
+
+    def shutdown(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank)
+        self.ranks = []

@@ -1,0 +1,130 @@
+"""The one config tree of a training run, and its loader.
+
+    cfg = load_config("jobs/configs/demo.yaml", ["algo.mu=4", "learner.num_ranks=2"])
+
+Sections (each owned by the package that uses it): `run`, `data`, `model` (here), `rollout`,
+`learner`, `cluster`, `checkpoint`, `logging` (`actors.config`), `algo` (`rl.config`), `rewards`
+(`rewards.config`). The whole tree is validated before anything starts: an unknown key or a bad value
+is a `ConfigError` naming the dotted key and what would be right. `write_resolved` stores the resolved
+tree next to the run's outputs, and that file loads back to the same tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from actors.config import CheckpointConfig, ClusterConfig, LearnerConfig, LoggingConfig, RolloutConfig
+from jobs.configtree import ConfigError, apply_overrides, build, read_yaml, write_yaml  # noqa: F401 (ConfigError re-exported)
+from rewards.config import RewardsConfig
+from rl.config import AlgoConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to run and where its outputs go."""
+
+    name: str = "unigrpo"
+    """Run name: outputs go to `<output_dir>/<name>/`."""
+    output_dir: str = "runs"
+    """Parent directory of run directories."""
+    seed: int = 0
+    """Run seed: masking, sampling and data order are pure functions of it (and step, uid, ...)."""
+    steps: int = 100
+    """Number of RL steps (outer iterations: rollout, reward, update, sync)."""
+    prompts_per_step: int = 8
+    """Prompts drawn per step; each is sampled `algo.group_size` times."""
+    mode: Literal["sync", "async"] = "sync"
+    """sync: rollouts of step s use the weights after step s-1. async: rollouts for step s+1 are made
+    while the learner trains on step s, never from weights older than `max_policy_lag` versions."""
+    max_policy_lag: int = 1
+    """async only: the largest allowed gap between the learner's version and a sample's version."""
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name: {self.name!r} must be a non-empty directory name without '/'")
+        if self.steps < 1:
+            raise ValueError(f"steps: {self.steps}; need at least 1")
+        if self.prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step: {self.prompts_per_step}; need at least 1")
+        if self.max_policy_lag < 1:
+            raise ValueError(f"max_policy_lag: {self.max_policy_lag}; need at least 1")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Prompt datasets (jsonl or parquet rows: prompt, answer, task, image, uid, extra fields)."""
+
+    train: str = ""
+    """Training prompts file (.jsonl or .parquet)."""
+    eval: str | None = None
+    """Held-out prompts file for periodic evaluation (None: no evaluation)."""
+    shuffle: bool = True
+    """Shuffle each epoch with a seed derived from (run.seed, epoch)."""
+    thinking: bool = True
+    """Prepend the thinking instruction (reason in <think> </think>, then answer) to reasoning prompts."""
+    default_task: Literal["text", "mmu", "t2i"] = "text"
+    """Task of rows that name none."""
+
+    def __post_init__(self):
+        for key, value in (("train", self.train), ("eval", self.eval)):
+            if value and not value.endswith((".jsonl", ".parquet")):
+                raise ValueError(f"{key}: {value!r} must be a .jsonl or .parquet file")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy to train (the frozen reference starts as the same weights)."""
+
+    path: str = "tiny"
+    """A checkpoint directory in the published format, or 'tiny' for a random tiny twin (tests, demos)."""
+    dtype: Literal["fp32", "bf16"] | None = None
+    """Weight dtype on the rollout workers and learner (None: as stored)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The root of the tree."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def __post_init__(self):
+        # Cross-section checks; each line names the key to change.
+        problems = []
+        rows = self.run.prompts_per_step * self.algo.group_size
+        if rows % self.learner.num_ranks:
+            problems.append(
+                f"learner.num_ranks: {self.learner.num_ranks} does not divide the {rows} sequences of a step "
+                f"(run.prompts_per_step {self.run.prompts_per_step} x algo.group_size {self.algo.group_size})"
+            )
+        if not self.data.train:
+            problems.append("data.train: no training prompts file; set it to a .jsonl or .parquet file")
+        if problems:
+            raise ValueError("\n".join(problems))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """YAML file (None: all defaults) + dotted overrides -> validated TrainConfig, or one ConfigError."""
+    raw = read_yaml(path) if path is not None else {}
+    return build(TrainConfig, apply_overrides(raw, list(overrides)), source=str(path) if path else None)
+
+
+def write_resolved(cfg: TrainConfig, run_dir: str | Path) -> Path:
+    """Write the resolved tree as `<run_dir>/config.yaml`."""
+    return write_yaml(cfg, Path(run_dir) / "config.yaml")

@@ -1,0 +1,244 @@
+"""Prompt datasets (jsonl / parquet) validated on load, and a deterministic, checkpointable prompt stream.
+
+A record has `prompt` (non-empty text), `task` (non-empty; `default_task` for rows without one),
+optional `answer` (gold answer; numbers are turned into text), optional `image` (a path, relative to the
+data file's folder, that must exist) and `uid` (default: `<file name>:<row>`, stable as long as the
+file is). Columns may be renamed with `fields` (e.g. `{"prompt": "question"}` for GSM8K); every other
+column is kept in `meta`. The `data` config section (jobs/config.py) supplies the arguments.
+
+Bad rows are reported with file, row number (1-based: the line number in a jsonl file, the record
+number in a parquet file) and what is wrong, then skipped; if no row is good the load fails with the
+list. Duplicate uids are bad rows too (advantages are grouped by uid).
+
+Shuffling: epoch e visits the records in the order of blake2b(seed, e, uid), a pure function of the
+seed, the epoch and the record, independent of library versions. The cursor (epoch, position) is
+the whole state: a batch may span an epoch boundary, and every record is drawn exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RECORD_FIELDS = ("prompt", "answer", "task", "image", "uid")
+MAX_REPORTED = 20  # problems listed in full in a log line or error; the rest are counted
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    uid: str
+    task: str
+    prompt: str
+    answer: str | None = None
+    image: str | None = None  # absolute path
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # "<file>:<row>"
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used at all (missing file, no good rows, changed under a checkpoint)."""
+
+
+FORMATS = ("auto", "jsonl", "parquet")
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    if path.suffix == ".parquet":
+        return "parquet"
+    raise DataError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
+                    "use .jsonl or .parquet, or pass format='jsonl' / 'parquet'")
+
+
+def _raw_rows(path: Path, fmt: str, problems: list[str]):
+    """Yield (row number, dict) for every record; rows that are not objects go to `problems`."""
+    if fmt == "jsonl":
+        with path.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    problems.append(f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})")
+                    continue
+                if not isinstance(row, dict):
+                    problems.append(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                    continue
+                yield line_no, row
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for unreadable files
+            raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
+        for index, row in enumerate(table.to_pylist(), start=1):
+            yield index, row
+
+
+def _text(value: Any, name: str, *, required: bool) -> str | None:
+    """Validate one text field; numbers become text. Raises ValueError saying what is wrong."""
+    if value is None:
+        if required:
+            raise ValueError(f"missing '{name}'")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"'{name}' must be text, got {type(value).__name__} {value!r:.60}")
+    text = str(value)
+    if required and not text.strip():
+        raise ValueError(f"'{name}' is empty")
+    return text
+
+
+def _record(path: Path, row_no: int, row: dict, column: dict[str, str], default_task: str | None) -> PromptRecord:
+    prompt = _text(row.get(column["prompt"]), column["prompt"], required=True)
+    answer = _text(row.get(column["answer"]), column["answer"], required=False)
+    task = row.get(column["task"])
+    if task is None:
+        if default_task is None:
+            raise ValueError(f"missing '{column['task']}' (or set data.default_task)")
+        task = default_task
+    task = _text(task, column["task"], required=True)
+    image = _text(row.get(column["image"]), column["image"], required=False)
+    if image is not None:
+        image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+        if not image_path.is_file():
+            raise ValueError(f"image file {str(image_path)!r} does not exist")
+        image = str(image_path.resolve())
+    uid = _text(row.get(column["uid"]), column["uid"], required=False)
+    if uid is None:
+        uid = f"{path.name}:{row_no}"
+    elif not uid.strip():
+        raise ValueError(f"'{column['uid']}' is empty")
+    meta = {k: v for k, v in row.items() if k not in column.values()}
+    return PromptRecord(uid, task, prompt, answer, image, meta, f"{path}:{row_no}")
+
+
+class PromptDataset:
+    """All good records of `paths`, in file order; `problems` lists the skipped rows.
+
+    paths: one data file or several (.jsonl / .parquet), read in order.
+    default_task: task of rows without one (None: such rows are bad).
+    fields: our field -> column name in the files, for the fields named differently there.
+    format: "auto" (from each file's suffix), "jsonl" or "parquet".
+    """
+
+    def __init__(self, paths: str | Path | Sequence[str | Path], *, default_task: str | None = None,
+                 fields: Mapping[str, str] | None = None, format: str = "auto"):
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not paths or not all(str(p) for p in paths):
+            raise DataError("no data file given; set data.train to a .jsonl or .parquet file")
+        if format not in FORMATS:
+            raise ValueError(f"format {format!r}; valid: {', '.join(FORMATS)}")
+        fields = dict(fields or {})
+        if unknown := sorted(set(fields) - set(RECORD_FIELDS)):
+            raise ValueError(f"fields: unknown record field(s) {unknown}; valid: {', '.join(RECORD_FIELDS)}")
+        if default_task is not None and not default_task.strip():
+            raise ValueError("default_task: empty string; use None or a task name such as 'text'")
+        column = {name: fields.get(name, name) for name in RECORD_FIELDS}
+        self.records: list[PromptRecord] = []
+        self.problems: list[str] = []
+        seen: dict[str, str] = {}
+        for name in paths:
+            path = Path(name)
+            if not path.is_file():
+                raise DataError(f"data file {str(path)!r} does not exist")
+            for row_no, row in _raw_rows(path, _format_of(path, format), self.problems):
+                try:
+                    record = _record(path, row_no, row, column, default_task)
+                except ValueError as exc:
+                    self.problems.append(f"{path}:{row_no}: {exc}")
+                    continue
+                if record.uid in seen:
+                    self.problems.append(f"{path}:{row_no}: duplicate uid {record.uid!r} (first at {seen[record.uid]})")
+                    continue
+                seen[record.uid] = record.source
+                self.records.append(record)
+        if not self.records:
+            raise DataError(f"no usable rows in {', '.join(map(str, paths))}:\n  " + _listing(self.problems))
+        if self.problems:
+            log.warning("skipped %d bad row(s):\n  %s", len(self.problems), _listing(self.problems))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def fingerprint(self) -> str:
+        """Identifies the record set and its file order (a checkpoint refuses a different one)."""
+        digest = hashlib.blake2b(digest_size=8)
+        for record in self.records:
+            digest.update(record.uid.encode() + b"\0")
+        return digest.hexdigest()
+
+
+def _listing(problems: list[str]) -> str:
+    shown = problems[:MAX_REPORTED]
+    more = len(problems) - len(shown)
+    return "\n  ".join(shown + ([f"... and {more} more"] if more else []))
+
+
+class PromptStream:
+    """Draws batches of records epoch after epoch; `(epoch, position)` is the checkpointable cursor."""
+
+    def __init__(self, dataset: PromptDataset, *, seed: int = 0, shuffle: bool = True):
+        self.dataset, self.seed, self.shuffle = dataset, seed, shuffle
+        self.epoch, self.position = 0, 0
+        self._order_epoch, self._order = -1, []
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """Record indices in the order epoch `epoch` visits them."""
+        indices = list(range(len(self.dataset)))
+        if not self.shuffle:
+            return indices
+
+        def key(index: int) -> bytes:
+            text = f"{self.seed}\0{epoch}\0{self.dataset.records[index].uid}"
+            return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+        return sorted(indices, key=key)
+
+    def _order_of_current_epoch(self) -> list[int]:
+        if self._order_epoch != self.epoch:
+            self._order, self._order_epoch = self.epoch_order(self.epoch), self.epoch
+        return self._order
+
+    def next_batch(self, size: int) -> list[PromptRecord]:
+        """The next `size` records; crosses into the next epoch when this one runs out."""
+        if size < 1:
+            raise ValueError(f"batch size {size}; need at least 1")
+        batch: list[PromptRecord] = []
+        while len(batch) < size:
+            order = self._order_of_current_epoch()
+            take = order[self.position:self.position + size - len(batch)]
+            batch.extend(self.dataset.records[i] for i in take)
+            self.position += len(take)
+            if self.position == len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle,
+                "num_records": len(self.dataset), "fingerprint": self.dataset.fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the cursor; refuses a state saved for a different dataset or shuffle."""
+        mine = self.state_dict()
+        for key in ("fingerprint", "num_records", "seed", "shuffle"):
+            if state.get(key) != mine[key]:
+                raise DataError(f"data cursor: saved {key}={state.get(key)!r} but the current data has "
+                                f"{key}={mine[key]!r}; resume with the same data files, data.seed and data.shuffle")
+        position = state["position"]
+        if not 0 <= position < len(self.dataset) or state["epoch"] < 0:
+            raise DataError(f"data cursor: epoch={state['epoch']}, position={position} is outside "
+                            f"0 <= position < {len(self.dataset)}")
+        self.epoch, self.position = int(state["epoch"]), int(position)

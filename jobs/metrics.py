@@ -1,0 +1,170 @@
+"""Metrics: TensorBoard + one JSON object per step, optional W&B, and a table of sample generations.
+
+Keys are namespaced and checked: `loss/*`, `reward/<term>/*`, `rollout/*` (lengths, tokens/s),
+`perf/*` (seconds per phase, weight sync), `health/*` (restarts, skipped samples). A key outside
+these fails loudly, so dashboards never silently lose a metric to a typo.
+
+Files under the run directory:
+- `metrics.jsonl`: `{"step": N, "wall_time": t, "<key>": value, ...}` per `log` call, flushed at once;
+  non-finite values are written as null (JSON has no NaN) and kept as NaN in TensorBoard.
+- `samples.jsonl`: `{"step": N, "rows": [...]}` every `sample_table_every` steps; the same rows go to
+  TensorBoard's text tab as a markdown table (cells truncated there, full in the jsonl).
+- `tensorboard/`: event files.
+On resume (`resume_step=k`), lines for steps > k (written after the last checkpoint by the run that
+died) and a line torn by the kill are dropped from both jsonl files, and TensorBoard purges its events
+after k, so every step appears once. (A fresh run reusing a run directory passes `resume_step=0`.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from actors.config import LoggingConfig
+
+NAMESPACES = ("loss", "reward", "rollout", "perf", "health")
+CELL_CHARS = 400  # markdown cells are cut here; the jsonl keeps the whole text
+
+
+def check_key(key: str) -> None:
+    """Raise ValueError unless `key` is `<namespace>/<name>` (`reward/<term>/<name>` for rewards)."""
+    parts = key.split("/")
+    if parts[0] not in NAMESPACES or len(parts) < 2 or not all(parts):
+        raise ValueError(f"metric key {key!r}: expected '<namespace>/<name>' with namespace one of "
+                         f"{', '.join(NAMESPACES)}")
+    if parts[0] == "reward" and len(parts) < 3:
+        raise ValueError(f"metric key {key!r}: reward metrics are 'reward/<term>/<name>', e.g. reward/correctness/mean")
+
+
+def _number(key: str, value: Any) -> float:
+    if hasattr(value, "item"):  # 0-d tensors and numpy scalars
+        value = value.item()
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"metric {key!r}: expected a number, got {type(value).__name__} {value!r:.60}")
+    return float(value)
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop lines whose step is after `last_step`, and a torn last line of a killed run (atomic rewrite)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+        if step <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of dicts -> a markdown table; columns in first-seen order, `|` escaped, newlines as <br>."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value)
+        if len(text) > CELL_CHARS:
+            text = text[:CELL_CHARS] + "…"
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class MetricsLogger:
+    """Writes each step's metrics to every enabled sink; use as a context manager or call `close()`."""
+
+    def __init__(self, run_dir: str | Path, cfg: LoggingConfig, *, run_name: str | None = None,
+                 config: Mapping[str, Any] | None = None, resume_step: int | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.samples_path = self.run_dir / "samples.jsonl"
+        if resume_step is not None:
+            _truncate_jsonl(self.metrics_path, resume_step)
+            _truncate_jsonl(self.samples_path, resume_step)
+        self._jsonl = self.metrics_path.open("a", encoding="utf-8") if cfg.jsonl else None
+        self._writer = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+        self._wandb = None
+        if cfg.wandb_project is not None:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise ImportError(f"logging.wandb_project={cfg.wandb_project!r} needs the wandb package: "
+                                  "pip install -c constraints.txt -e '.[wandb]' (or set it to null)") from exc
+            self._wandb = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(self.run_dir),
+                                     config=dict(config or {}), resume="allow")
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Log one step's metrics (call once per step with everything for that step)."""
+        values = {}
+        for key, value in metrics.items():
+            check_key(key)
+            values[key] = _number(key, value)
+        if self._jsonl is not None:
+            row = {"step": step, "wall_time": time.time()}
+            row.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+
+    def should_log_samples(self, step: int) -> bool:
+        every = self.cfg.sample_table_every
+        return every > 0 and step % every == 0
+
+    def log_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write the first `sample_table_rows` rows (dicts: prompt, response, reward, ...) as a table."""
+        rows = [dict(row) for row in rows[: self.cfg.sample_table_rows]]
+        if not rows:
+            return
+        with self.samples_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, "rows": rows}, default=str) + "\n")
+        if self._writer is not None:
+            self._writer.add_text("samples", markdown_table(rows), step)
+            self._writer.flush()
+        if self._wandb is not None:
+            import wandb
+
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            table = wandb.Table(columns=columns, data=[[str(row.get(c, "")) for c in columns] for row in rows])
+            self._wandb.log({"samples": table}, step=step)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,166 @@
+"""Prompt datasets: validation with row numbers, exactly-once epochs, exact cursor resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.data import DataError, PromptDataset, PromptStream
+
+
+def write_jsonl(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def good_rows(n, task="text"):
+    return [{"prompt": f"q{i}", "answer": str(i), "task": task, "uid": f"u{i}"} for i in range(n)]
+
+
+def test_jsonl_fields_meta_defaults_and_image_paths(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"\x89PNG")
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"question": "What is 2+2?", "answer": 4, "task": "text", "level": 3},
+        {"question": "Describe.", "task": "mmu", "image": "img.png", "uid": 17},
+    ])
+    data = PromptDataset(path, fields={"prompt": "question"})
+    first, second = data.records
+    assert (first.uid, first.prompt, first.answer, first.task) == ("d.jsonl:1", "What is 2+2?", "4", "text")
+    assert first.meta == {"level": 3} and first.image is None and first.source == f"{path}:1"
+    assert second.uid == "17" and second.answer is None and second.image == str((tmp_path / "img.png").resolve())
+    assert data.problems == []
+
+
+def test_bad_rows_reported_with_row_numbers_and_skipped(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "ok", "task": "text", "uid": "a"},            # 1 good
+        "{not json",                                             # 2
+        {"task": "text"},                                        # 3 no prompt
+        {"prompt": "   ", "task": "text"},                       # 4 empty prompt
+        {"prompt": "p"},                                         # 5 no task, no default
+        {"prompt": "p", "task": "text", "answer": [1, 2]},       # 6 answer not text
+        {"prompt": "p", "task": "text", "image": "missing.png"}, # 7 image missing
+        {"prompt": "p2", "task": "text", "uid": "a"},            # 8 duplicate uid
+        "[1, 2]",                                                # 9 not an object
+        "",                                                      # 10 blank: skipped silently
+        {"prompt": "fine", "task": "text"},                      # 11 good
+    ])
+    with caplog.at_level(logging.WARNING, logger="jobs.data"):
+        data = PromptDataset(path)
+    assert [r.uid for r in data.records] == ["a", "d.jsonl:11"]
+    rows = [int(p.split(":")[1]) for p in data.problems]
+    assert rows == [2, 3, 4, 5, 6, 7, 8, 9]
+    expected = ["not valid JSON", "missing 'prompt'", "'prompt' is empty", "missing 'task' (or set data.default_task)",
+                "'answer' must be text, got list", "missing.png' does not exist", "duplicate uid 'a' (first at",
+                "expected a JSON object, got list"]
+    for problem, words in zip(data.problems, expected):
+        assert problem.startswith(f"{path}:") and words in problem, problem
+    assert "skipped 8 bad row(s)" in caplog.text
+
+
+def test_default_task_fills_missing_tasks(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p"}])
+    assert PromptDataset(str(path), default_task="text").records[0].task == "text"
+
+
+def test_all_rows_bad_is_an_error_listing_them(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"task": "text"}, "oops"])
+    with pytest.raises(DataError) as err:
+        PromptDataset(path)
+    assert f"{path}:1: missing 'prompt'" in str(err.value) and f"{path}:2: not valid JSON" in str(err.value)
+
+
+def test_long_problem_lists_are_truncated_in_the_error(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"task": "t"}] * 25)
+    with pytest.raises(DataError, match=r"\.\.\. and 5 more"):
+        PromptDataset(path)
+
+
+def test_parquet_rows_and_mixed_files(tmp_path):
+    table = pa.table({"prompt": ["a", None, "c"], "task": ["text"] * 3, "answer": ["1", "2", "3"], "extra": [1, 2, 3]})
+    pq.write_table(table, tmp_path / "d.parquet")
+    jsonl = write_jsonl(tmp_path / "e.jsonl", [{"prompt": "z", "task": "text"}])
+    data = PromptDataset([tmp_path / "d.parquet", str(jsonl)])
+    assert [r.uid for r in data.records] == ["d.parquet:1", "d.parquet:3", "e.jsonl:1"]
+    assert data.records[1].meta == {"extra": 3}
+    assert data.problems == [f"{tmp_path / 'd.parquet'}:2: missing 'prompt'"]
+
+
+def test_file_errors_name_the_file(tmp_path):
+    for nothing in ([], ""):
+        with pytest.raises(DataError, match="no data file given; set data.train"):
+            PromptDataset(nothing)
+    with pytest.raises(DataError, match="data file '.*nope.jsonl' does not exist"):
+        PromptDataset(tmp_path / "nope.jsonl")
+    (tmp_path / "d.csv").write_text("prompt\n")
+    with pytest.raises(DataError, match="cannot tell the format from the suffix '.csv'"):
+        PromptDataset(tmp_path / "d.csv")
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        PromptDataset(tmp_path / "bad.parquet")
+    # format given explicitly overrides the suffix
+    write_jsonl(tmp_path / "rows.txt", good_rows(1))
+    assert len(PromptDataset(tmp_path / "rows.txt", format="jsonl")) == 1
+
+
+def test_argument_checks(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", good_rows(1))
+    with pytest.raises(ValueError, match=r"fields: unknown record field\(s\) \['question'\]"):
+        PromptDataset(path, fields={"question": "q"})
+    with pytest.raises(ValueError, match="default_task: empty"):
+        PromptDataset(path, default_task=" ")
+    with pytest.raises(ValueError, match="format 'csv'; valid: auto, jsonl, parquet"):
+        PromptDataset(path, format="csv")
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return PromptDataset(write_jsonl(tmp_path / "d.jsonl", good_rows(10)))
+
+
+def test_every_prompt_exactly_once_per_epoch_with_batches_spanning_epochs(dataset):
+    stream = PromptStream(dataset, seed=3)
+    drawn = [r.uid for _ in range(10) for r in stream.next_batch(3)]  # 30 draws = 3 epochs of 10
+    for epoch in range(3):
+        assert Counter(drawn[10 * epoch:10 * (epoch + 1)]) == Counter(f"u{i}" for i in range(10))
+    assert drawn[:10] != drawn[10:20]  # a new order every epoch
+    assert (stream.epoch, stream.position) == (3, 0)
+    # the order is a pure function of (seed, epoch): a new stream reproduces it; another seed does not
+    assert [r.uid for r in PromptStream(dataset, seed=3).next_batch(10)] == drawn[:10]
+    assert [r.uid for r in PromptStream(dataset, seed=4).next_batch(10)] != drawn[:10]
+
+
+def test_no_shuffle_keeps_file_order(dataset):
+    stream = PromptStream(dataset, shuffle=False)
+    assert [r.uid for r in stream.next_batch(12)] == [f"u{i}" for i in range(10)] + ["u0", "u1"]
+
+
+@pytest.mark.parametrize("consumed", [4, 10, 13])  # mid-epoch, exactly at the boundary, mid second epoch
+def test_cursor_resume_is_exact(dataset, consumed):
+    reference = PromptStream(dataset, seed=7)
+    expected = [r.uid for r in reference.next_batch(consumed)], [r.uid for r in reference.next_batch(15)]
+    first = PromptStream(dataset, seed=7)
+    assert [r.uid for r in first.next_batch(consumed)] == expected[0]
+    state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint stores
+    resumed = PromptStream(dataset, seed=7)
+    resumed.load_state_dict(state)
+    assert (resumed.epoch, resumed.position) == divmod(consumed, 10)
+    assert [r.uid for r in resumed.next_batch(15)] == expected[1]
+
+
+def test_cursor_refuses_other_data_or_seed(dataset, tmp_path):
+    state = PromptStream(dataset, seed=1).state_dict()
+    with pytest.raises(DataError, match="saved seed=1 but the current data has seed=2"):
+        PromptStream(dataset, seed=2).load_state_dict(state)
+    other = PromptDataset(write_jsonl(tmp_path / "o.jsonl", good_rows(9)))
+    with pytest.raises(DataError, match="saved fingerprint"):
+        PromptStream(other, seed=1).load_state_dict(state)
+    with pytest.raises(DataError, match="outside 0 <= position < 10"):
+        PromptStream(dataset, seed=1).load_state_dict({**state, "position": 10})
+    with pytest.raises(ValueError, match="batch size 0"):
+        PromptStream(dataset).next_batch(0)

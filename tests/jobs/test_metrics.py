@@ -1,0 +1,124 @@
+"""MetricsLogger: namespaced keys, JSONL per step, TensorBoard scalars and text, sample tables, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from actors.config import LoggingConfig
+from jobs.metrics import MetricsLogger, check_key, markdown_table
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tb_scalars(run_dir, tag):
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_jsonl_and_tensorboard_get_every_step(tmp_path):
+    with MetricsLogger(tmp_path, LoggingConfig()) as logger:
+        logger.log(1, {"loss/policy": 0.5, "reward/correctness/mean": torch.tensor(1.5), "health/worker_restarts": 0})
+        logger.log(2, {"loss/policy": float("nan"), "perf/step_s": 2, "rollout/tokens_per_s": True})
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["reward/correctness/mean"] == 1.5 and rows[0]["health/worker_restarts"] == 0.0
+    assert rows[1]["loss/policy"] is None and rows[1]["perf/step_s"] == 2.0 and rows[1]["rollout/tokens_per_s"] == 1.0
+    assert all(isinstance(r["wall_time"], float) for r in rows)
+    policy = tb_scalars(tmp_path, "loss/policy")
+    assert policy[0] == (1, 0.5) and policy[1][0] == 2 and math.isnan(policy[1][1])
+
+
+@pytest.mark.parametrize("key,words", [
+    ("policy_loss", "expected '<namespace>/<name>'"),
+    ("losses/policy", "namespace one of loss, reward, rollout, perf, health"),
+    ("loss/", "expected '<namespace>/<name>'"),
+    ("reward/mean", "reward metrics are 'reward/<term>/<name>'"),
+])
+def test_bad_keys_are_refused_naming_the_key(key, words):
+    with pytest.raises(ValueError, match="metric key") as err:
+        check_key(key)
+    assert repr(key) in str(err.value) and words in str(err.value)
+
+
+def test_non_numbers_are_refused(tmp_path):
+    with MetricsLogger(tmp_path, LoggingConfig(tensorboard=False)) as logger, \
+            pytest.raises(ValueError, match="metric 'loss/x': expected a number, got str"):
+        logger.log(1, {"loss/x": "high"})
+
+
+def test_sample_table_every_k_steps_to_jsonl_and_tensorboard(tmp_path):
+    cfg = LoggingConfig(sample_table_every=2, sample_table_rows=2)
+    rows = [{"uid": "a", "response": "x | y\nz", "reward": 1.0}, {"uid": "b", "response": "w" * 500}, {"uid": "c"}]
+    with MetricsLogger(tmp_path, cfg) as logger:
+        assert [s for s in range(1, 7) if logger.should_log_samples(s)] == [2, 4, 6]
+        logger.log_samples(2, rows)
+        logger.log_samples(4, [])  # nothing to write
+    (entry,) = read_jsonl(tmp_path / "samples.jsonl")
+    assert entry["step"] == 2 and entry["rows"] == rows[:2]  # full text in the jsonl, only the first 2 rows
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    (event,) = acc.Tensors("samples/text_summary")
+    text = event.tensor_proto.string_val[0].decode()
+    assert event.step == 2 and "| uid | response | reward |" in text and "x \\| y<br>z" in text
+    assert ("w" * 400 + "…") in text and "w" * 401 not in text
+    assert not MetricsLogger(tmp_path / "off", LoggingConfig(sample_table_every=0, tensorboard=False)).should_log_samples(10)
+
+
+def test_markdown_table_columns_in_first_seen_order():
+    assert markdown_table([{"a": 1}, {"b": None, "a": 2}]) == "| a | b |\n|---|---|\n| 1 |  |\n| 2 |  |"
+
+
+def test_resume_drops_steps_after_the_checkpoint_everywhere(tmp_path):
+    cfg = LoggingConfig(sample_table_every=1)
+    with MetricsLogger(tmp_path, cfg) as logger:  # the run that died after logging step 5, checkpoint at 3
+        for step in range(1, 6):
+            logger.log(step, {"loss/policy": float(step)})
+            logger.log_samples(step, [{"step": step}])
+    with (tmp_path / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 6, "loss/pol')  # the kill tore the last line
+    with MetricsLogger(tmp_path, cfg, resume_step=3) as logger:
+        for step in (4, 5):
+            logger.log(step, {"loss/policy": 10.0 * step})
+            logger.log_samples(step, [{"step": step}])
+    assert [(r["step"], r["loss/policy"]) for r in read_jsonl(tmp_path / "metrics.jsonl")] == \
+        [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)]
+    assert [r["step"] for r in read_jsonl(tmp_path / "samples.jsonl")] == [1, 2, 3, 4, 5]
+    assert tb_scalars(tmp_path, "loss/policy") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)]
+
+
+def test_sinks_can_be_switched_off(tmp_path):
+    with MetricsLogger(tmp_path, LoggingConfig(tensorboard=False, jsonl=False)) as logger:
+        logger.log(1, {"loss/policy": 1.0})
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "tensorboard").exists()
+
+
+def test_wandb_requested_but_missing_names_the_key(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):  # the environment may or may not have wandb: make it absent
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ImportError, match=r"logging.wandb_project='proj' needs the wandb package"):
+        MetricsLogger(tmp_path, LoggingConfig(wandb_project="proj", tensorboard=False))
+
+
+def test_logging_config_checks():
+    with pytest.raises(ValueError, match="sample_table_every"):
+        LoggingConfig(sample_table_every=-1)
+    with pytest.raises(ValueError, match="sample_table_rows"):
+        LoggingConfig(sample_table_rows=0)
+    with pytest.raises(ValueError, match="wandb_project: empty"):
+        LoggingConfig(wandb_project=" ")
