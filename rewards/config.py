@@ -65,7 +65,8 @@ def default_tasks() -> dict[str, list[RewardTermConfig]]:
     return {
         "text": [correctness, format_term],
         "mmu": [correctness, format_term],
-        "captioning": [correctness, format_term, RewardTermConfig("clip", 0.1)],
+        # Captioning scores the model's caption (the response) against the image, not the instruction.
+        "captioning": [correctness, format_term, RewardTermConfig("clip", 0.1, {"text_field": "response"})],
         "t2i": [RewardTermConfig("clip", 0.1), RewardTermConfig("image_reward", 0.1)],
     }
 

@@ -20,6 +20,8 @@ def test_defaults_are_algorithm_section_5():
     assert _weights(config, "text") == [("correctness", 2.0), ("format", 0.5)]
     assert _weights(config, "mmu") == [("correctness", 2.0), ("format", 0.5)]
     assert _weights(config, "captioning") == [("correctness", 2.0), ("format", 0.5), ("clip", 0.1)]
+    assert config.tasks["captioning"][2].options == {"text_field": "response"}  # the caption, not the prompt
+    assert config.tasks["t2i"][0].options == {}  # text-to-image scores the prompt
     assert _weights(config, "t2i") == [("clip", 0.1), ("image_reward", 0.1)]
     term = RewardTermConfig()
     assert (term.options, term.timeout_s, term.isolation) == ({}, 60.0, "auto")
