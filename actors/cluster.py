@@ -1,8 +1,9 @@
 """Ray start-up and placement: loopback by default, resources checked against the config before any actor.
 
-- `init_ray(cfg, roles)`: joins `cluster.address` or starts a local Ray (no dashboard unless
-  `cluster.dashboard`). With `cluster.loopback` (the default) Ray stays on 127.0.0.1: Ray binds the
-  machine's external interface even when told 127.0.0.1 unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, a
+- `init_ray(cfg, roles)`: joins `cluster.address` (or RAY_ADDRESS, set inside `ray job submit`) or
+  starts a local Ray of its own (no dashboard unless `cluster.dashboard`), never joining a `ray start`
+  cluster it was not pointed at. With `cluster.loopback` (the default) Ray stays on 127.0.0.1: Ray binds
+  the machine's external interface even when told 127.0.0.1 unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, a
   value Ray reads when it is imported, so this module sets it before importing ray and, when ray was
   imported earlier, also sets the constant Ray already read. Token auth is disabled
   (RAY_AUTH_MODE=disabled) so `ray status`/`ray job submit` keep working against `ray start` clusters.
@@ -128,15 +129,19 @@ def init_ray(cfg: ClusterConfig, roles: Sequence[RoleResources] = ()) -> list[di
     """Check `roles` against the cluster and connect to (or start) Ray; returns the nodes' resources.
 
     For a local Ray the check runs before Ray starts; when joining a cluster, right after connecting
-    and before anything is scheduled. An already initialised Ray (tests, `ray job submit`) is reused.
+    and before anything is scheduled. An already initialised Ray (tests) is reused; inside
+    `ray job submit` (RAY_ADDRESS is set) the job joins its cluster.
     """
-    if cfg.address is None and not ray.is_initialized():
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address is None and not ray.is_initialized():
         check_resources(roles, local_nodes(cfg), cfg.placement_strategy)
         apply_loopback_env(cfg.loopback)
-        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard)
+        # "local": a new instance even when a `ray start` cluster is running here (a bare ray.init()
+        # would join the one named in <ray temp dir>/ray_current_cluster and reject num_cpus).
+        ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard)
     elif not ray.is_initialized():
         apply_loopback_env(cfg.loopback)
-        ray.init(address=cfg.address)
+        ray.init(address=address)
     nodes = cluster_nodes()
     check_resources(roles, nodes, cfg.placement_strategy)
     return nodes

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from model.sampling import TextSamplerConfig
+
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 
@@ -42,7 +44,7 @@ class WeightSyncConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Rollout workers: resources and weight sync (sampling knobs live with the sampler)."""
+    """Rollout workers: resources, weight sync and the sampler they run."""
 
     num_workers: int = 1
     """Number of RolloutWorker actors."""
@@ -52,6 +54,8 @@ class RolloutConfig:
     """GPUs per worker: 0 runs on CPU; a fraction <= 1 shares a GPU."""
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
     """How weights reach the workers after each update."""
+    sampler: TextSamplerConfig = field(default_factory=TextSamplerConfig)
+    """Text sampler knobs (models.md §3): gen_length, steps, block_length, temperature, remasking, cfg_scale."""
 
     def __post_init__(self):
         if self.num_workers < 1:

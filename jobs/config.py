@@ -84,9 +84,8 @@ class ModelConfig:
     """The policy to train (the frozen reference starts as the same weights)."""
 
     path: str = "tiny"
-    """A checkpoint directory in the published format, or 'tiny' for a random tiny twin (tests, demos)."""
-    dtype: Literal["fp32", "bf16"] | None = None
-    """Weight dtype on the rollout workers and learner (None: as stored)."""
+    """A checkpoint directory in the published format, or 'tiny' for a random tiny twin (tests, demos).
+    Weights are cast to `learner.dtype` on the learner and the rollout workers."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,12 @@ class TrainConfig:
             problems.append(
                 f"learner.num_ranks: {self.learner.num_ranks} does not divide the {rows} sequences of a step "
                 f"(run.prompts_per_step {self.run.prompts_per_step} x algo.group_size {self.algo.group_size})"
+            )
+        filtering = self.algo.advantage.drop_groups_above is not None or self.algo.advantage.drop_groups_below is not None
+        if filtering and self.algo.group_size % self.learner.num_ranks:
+            problems.append(
+                f"algo.group_size: {self.algo.group_size} is not a multiple of learner.num_ranks {self.learner.num_ranks}; "
+                "with algo.advantage.drop_groups_* set, the kept groups must split evenly over the ranks"
             )
         if not self.data.train:
             problems.append("data.train: no training prompts file; set it to a .jsonl or .parquet file")

@@ -50,7 +50,7 @@ def _number(key: str, value: Any) -> float:
     return float(value)
 
 
-def _truncate_jsonl(path: Path, last_step: int) -> None:
+def truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop lines whose step is after `last_step`, and a torn last line of a killed run (atomic rewrite)."""
     if not path.exists():
         return
@@ -93,9 +93,10 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
+        self.rollouts_path = self.run_dir / "rollouts.jsonl"
         if resume_step is not None:
-            _truncate_jsonl(self.metrics_path, resume_step)
-            _truncate_jsonl(self.samples_path, resume_step)
+            for path in (self.metrics_path, self.samples_path, self.rollouts_path):
+                truncate_jsonl(path, resume_step)
         self._jsonl = self.metrics_path.open("a", encoding="utf-8") if cfg.jsonl else None
         self._writer = None
         if cfg.tensorboard:
@@ -130,6 +131,12 @@ class MetricsLogger:
             self._writer.flush()
         if self._wandb is not None:
             self._wandb.log(values, step=step)
+
+    def log_rollouts(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record what a step consumed (uid, sample index, policy version, reward per row) in rollouts.jsonl,
+        so runs can be compared row by row (resume, fault tests) and audited afterwards."""
+        with self.rollouts_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, "rows": list(rows)}) + "\n")
 
     def should_log_samples(self, step: int) -> bool:
         every = self.cfg.sample_table_every

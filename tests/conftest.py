@@ -12,3 +12,19 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+import pytest  # noqa: E402
+
+RAY_CPUS = 4  # logical CPUs: 2 learner ranks + 2 rollout workers at once (the machine may have fewer cores)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray (loopback, no dashboard) for every test that needs actors."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -1,28 +1,13 @@
-"""One local Ray for every actor test, and tiny policies that any process can rebuild bit-identically."""
+"""Tiny policies that any process can rebuild bit-identically."""
 
 from __future__ import annotations
 
 import functools
-import os
+from types import SimpleNamespace
 
-for _name, _value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                      "RAY_USAGE_STATS_ENABLED": "0", "DS_ACCELERATOR": "cpu"}.items():
-    os.environ.setdefault(_name, _value)  # before ray / deepspeed are imported anywhere
+import pytest
 
-from types import SimpleNamespace  # noqa: E402
-
-import pytest  # noqa: E402
-import ray  # noqa: E402
-
-RAY_CPUS = 4  # logical: 2 learner ranks + 2 rollout workers at once (the machine may have fewer cores)
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    if not ray.is_initialized():
-        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+# The session-wide `ray_session` fixture lives in tests/conftest.py (shared with tests/jobs).
 
 
 @functools.cache

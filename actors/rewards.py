@@ -1,0 +1,395 @@
+"""Reward service on Ray: one actor for the CPU reward terms, one actor per heavy scorer, and the router
+that makes them look like one `rewards.RewardService`.
+
+- `RewardActor` wraps a `RewardService` over a subset of the terms of a `RewardsConfig`. The CPU actor
+  holds every term not listed in `RewardActorsConfig.heavy_terms`; its process-isolated terms keep their
+  `DeadlinePool` workers (hard deadlines) inside the actor. Each heavy term (`clip`, `image_reward`) gets
+  an actor of its own, with `gpus_per_heavy_actor` GPUs when the cluster has GPUs; there a term whose
+  factory takes a `device` option and whose options name none runs on `cuda`.
+- `RewardRouter.score(samples)` sends each actor the samples whose task it scores, concurrently, and merges
+  the answers into exactly the `ScoredBatch` that `RewardService(config, tasks).score(samples)` returns in
+  one process: the same totals (summed in the config's term order), terms, reasons and metrics (only the
+  `latency_s` values differ: wall times). `health_metrics()` adds `health/reward_actor_restarts` and
+  `health/reward_actor_failures`.
+
+Fault tolerance: rewards are pure functions of the samples, so re-scoring a batch is idempotent. An actor
+that dies mid-batch (ray.kill, os._exit in a thread-isolated reward, OOM) raises `RayActorError` here;
+the router starts a fresh actor and sends it the same samples again, up to `max_attempts` tries per batch.
+A group that still fails gets `None` with reason `crash: ...` for its terms (never 0), and its actor is
+replaced at the next call. Restarts are explicit rather than Ray's `max_restarts`/`max_task_retries`, so
+that each one is counted and bounded per batch, and a restart that cannot be placed times out with an
+error instead of hanging. A reward that raises inside the actor is already turned into `None` with reason
+`error` by the service; an exception escaping `RewardService.score` itself would be a bug and propagates.
+One actor holds all CPU terms, so a thread-isolated CPU reward that kills its process takes the other
+CPU terms of that batch with it (they are re-scored with it); process-isolated terms cannot do that.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import ray
+
+from actors.cluster import RoleResources
+from rewards import registry
+from rewards.base import Sample, ScoredBatch
+from rewards.config import RewardsConfig, RewardTermConfig
+from rewards.service import ERROR_CATEGORIES, RewardService
+
+CPU_GROUP = "cpu"
+"""Name of the actor that holds every term not in `heavy_terms`."""
+
+
+@dataclass(frozen=True)
+class RewardActorsConfig:
+    """How the reward terms are spread over Ray actors and what each actor reserves."""
+
+    heavy_terms: tuple[str, ...] = ("clip", "image_reward")
+    """Term names (as written in `rewards.tasks`) that each get an actor of their own; the other terms
+    share one CPU actor."""
+    cpus_per_actor: float = 1.0
+    """Ray CPUs reserved by each reward actor (the CPU actor's process pools run inside this reservation)."""
+    gpus_per_heavy_actor: float = 1.0
+    """GPUs of each heavy-term actor when the cluster has GPUs (0 is used on a cluster without GPUs)."""
+    max_attempts: int = 3
+    """Tries per batch and actor when the actor dies mid-batch; after that its terms are None (`crash`)."""
+    start_timeout_s: float = 600.0
+    """How long to wait for a reward actor to be placed and to build its rewards (model loads included)."""
+
+    def __post_init__(self):
+        if not isinstance(self.heavy_terms, tuple) or not all(isinstance(t, str) and t for t in self.heavy_terms):
+            raise ValueError(f"heavy_terms: {self.heavy_terms!r}; expected a list of term names such as [clip]")
+        if self.cpus_per_actor <= 0:
+            raise ValueError(f"cpus_per_actor: {self.cpus_per_actor}; each reward actor needs > 0 CPU")
+        if self.gpus_per_heavy_actor < 0 or (self.gpus_per_heavy_actor > 1
+                                             and self.gpus_per_heavy_actor != int(self.gpus_per_heavy_actor)):
+            raise ValueError(f"gpus_per_heavy_actor: {self.gpus_per_heavy_actor}; use 0, a fraction <= 1 "
+                             "or a whole number of GPUs")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts: {self.max_attempts}; need at least 1 try per batch")
+        if self.start_timeout_s <= 0:
+            raise ValueError(f"start_timeout_s: {self.start_timeout_s} must be positive")
+
+
+class RewardActorError(RuntimeError):
+    """A reward actor could not be started (not placed in time, or died while building its rewards)."""
+
+
+# ---------------------------------------------------------------------------------------------- actor side
+def on_device(config: RewardsConfig, device: str) -> RewardsConfig:
+    """`config` with `device` added to the options of every term whose factory takes a `device` option
+    and whose options name none (a heavy scorer in an actor that holds a GPU)."""
+    tasks = {}
+    for task, terms in config.tasks.items():
+        placed = []
+        for term in terms:
+            if "device" not in term.options:
+                try:
+                    factory = registry.resolve(registry.canonical_name(term.name), term.options)
+                except ValueError:
+                    factory = None  # the service reports it, naming the task and term
+                if factory is not None and "device" in inspect.signature(factory).parameters:
+                    term = replace(term, options={**term.options, "device": device})
+            placed.append(term)
+        tasks[task] = placed
+    return RewardsConfig(tasks=tasks)
+
+
+class RewardActor:
+    """A `RewardService` over some terms; run it as `ray.remote(RewardActor)` (a synchronous actor, so
+    math-verify's `signal.alarm` timeouts keep working)."""
+
+    def __init__(self, config: RewardsConfig):
+        self.config = config
+        self.service: RewardService | None = None
+
+    def start(self) -> list[str]:
+        """Build the rewards (bad options raise here, naming the term); returns the terms held."""
+        if self.service is None:
+            config = self.config
+            if ray.is_initialized() and ray.get_gpu_ids():
+                config = on_device(config, "cuda")
+            self.service = RewardService(config)
+        return sorted({term.name for terms in self.config.tasks.values() for term in terms})
+
+    def score(self, samples: list[Sample]) -> ScoredBatch:
+        self.start()
+        return self.service.score(samples)
+
+    def close(self) -> None:
+        if self.service is not None:
+            self.service.close()
+
+
+# ---------------------------------------------------------------------------------------------- driver side
+@dataclass
+class _Group:
+    """One reward actor: its name, the config subset it holds and its resources."""
+
+    name: str
+    config: RewardsConfig
+    cpus: float
+    gpus: float
+    actor: Any = None  # ActorHandle, None until started or after it was given up on
+
+    @property
+    def term_names(self) -> list[str]:
+        return sorted({term.name for terms in self.config.tasks.values() for term in terms})
+
+
+def split_config(config: RewardsConfig, tasks: Iterable[str], heavy_terms: Sequence[str]) -> dict[str, RewardsConfig]:
+    """Group name -> the subset of `config` (for `tasks`) that its actor scores: `cpu` holds the terms not in
+    `heavy_terms`, each heavy term present gets its own group. Term order within a task is kept."""
+    by_group: dict[str, dict[str, list[RewardTermConfig]]] = defaultdict(dict)
+    for task in tasks:
+        for term in config.terms_for(task):
+            group = term.name if term.name in heavy_terms else CPU_GROUP
+            by_group[group].setdefault(task, []).append(term)
+    return {group: RewardsConfig(tasks=dict(task_terms)) for group, task_terms in by_group.items()}
+
+
+def reward_roles(config: RewardsConfig, cfg: RewardActorsConfig, *, tasks: Iterable[str] | None = None,
+                 has_gpus: bool, section: str = "reward_actors") -> list[RoleResources]:
+    """The reward actors as `RoleResources` for `actors.cluster.check_resources` (errors name the keys)."""
+    groups = split_config(config, list(config.tasks) if tasks is None else list(tasks), cfg.heavy_terms)
+    heavy = [g for g in groups if g != CPU_GROUP]
+    roles = []
+    if CPU_GROUP in groups:
+        roles.append(RoleResources("reward actor (cpu terms)", 1, cfg.cpus_per_actor, 0.0, "rewards.tasks",
+                                   f"{section}.cpus_per_actor", f"{section}.gpus_per_heavy_actor"))
+    if heavy:
+        roles.append(RoleResources(f"reward actor ({', '.join(heavy)})", len(heavy), cfg.cpus_per_actor,
+                                   cfg.gpus_per_heavy_actor if has_gpus else 0.0, f"{section}.heavy_terms",
+                                   f"{section}.cpus_per_actor", f"{section}.gpus_per_heavy_actor"))
+    return roles
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The exception raised inside the actor, when Ray wrapped one."""
+    return getattr(exc, "cause", None) or exc
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[-1] if text else ""
+    first = first if len(first) <= limit else first[:limit] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class RewardRouter:
+    """Scores samples on reward actors; a drop-in for `RewardService(config, tasks=tasks)`.
+
+    All actors are started (and their rewards built) in the constructor, so bad options or unplaceable
+    resources fail before anything is scored.
+    """
+
+    def __init__(self, config: RewardsConfig, cfg: RewardActorsConfig | None = None, *,
+                 tasks: Iterable[str] | None = None):
+        self.config = config
+        self.cfg = cfg or RewardActorsConfig()
+        self.tasks = list(config.tasks) if tasks is None else list(tasks)
+        self._task_terms = {task: config.terms_for(task) for task in self.tasks}
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self.groups: dict[str, _Group] = {}
+        for name, sub_config in split_config(config, self.tasks, self.cfg.heavy_terms).items():
+            gpus = self.cfg.gpus_per_heavy_actor if (has_gpus and name != CPU_GROUP) else 0.0
+            self.groups[name] = _Group(name, sub_config, self.cfg.cpus_per_actor, gpus)
+        self._group_of = {(task, term.name): name for name, group in self.groups.items()
+                          for task, terms in group.config.tasks.items() for term in terms}
+        self.restarts = 0
+        """Fresh actors started in place of dead ones so far (a start that failed counts too)."""
+        self.failures = 0
+        """Batches whose terms of one actor were given up on (None with reason `crash`/`error`)."""
+        try:
+            for group in self.groups.values():
+                group.actor = self._start(group)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------------------------ actors
+    def _start(self, group: _Group) -> Any:
+        """A started actor for `group`: placed, rewards built. Raises ValueError (bad reward config) or
+        RewardActorError (not placed in time, or died while starting)."""
+        actor = ray.remote(RewardActor).options(num_cpus=group.cpus, num_gpus=group.gpus,
+                                                max_restarts=0).remote(group.config)
+        try:
+            ray.get(actor.start.remote(), timeout=self.cfg.start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(actor)
+            raise RewardActorError(
+                f"reward actor {group.name!r} (terms {group.term_names}) did not start within "
+                f"reward_actors.start_timeout_s={self.cfg.start_timeout_s:g} s; it needs {group.cpus:g} CPU and "
+                f"{group.gpus:g} GPU, free now: {ray.available_resources()}") from None
+        except ray.exceptions.RayActorError as exc:
+            raise RewardActorError(f"reward actor {group.name!r} (terms {group.term_names}) died while "
+                                   f"starting: {_short(exc)}") from exc
+        except ray.exceptions.RayTaskError as exc:
+            ray.kill(actor)
+            cause = _cause(exc)
+            if isinstance(cause, ValueError):
+                raise ValueError(str(cause)) from exc
+            raise RewardActorError(f"reward actor {group.name!r} (terms {group.term_names}) failed to start: "
+                                   f"{_short(cause)}") from exc
+        return actor
+
+    def actor(self, group: str) -> Any:
+        """The actor handle of `group` (`cpu` or a heavy term name), e.g. to inspect or kill it."""
+        if group not in self.groups:
+            raise KeyError(f"no reward actor {group!r}; actors: {', '.join(self.groups)}")
+        return self.groups[group].actor
+
+    def _replace(self, group: _Group) -> None:
+        """Start a fresh actor in place of a dead (or given up) one."""
+        if group.actor is not None:
+            ray.kill(group.actor)
+            group.actor = None
+        self.restarts += 1
+        group.actor = self._start(group)
+
+    # ------------------------------------------------------------------------------------------ scoring
+    def score(self, samples: Sequence[Sample]) -> ScoredBatch:
+        """What `RewardService(config, tasks).score(samples)` returns; see the module docstring."""
+        samples = list(samples)
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, Sample):
+                raise ValueError(f"samples[{index}]: got {type(sample).__name__}; expected rewards.Sample")
+            if sample.task not in self._task_terms:
+                raise ValueError(
+                    f"samples[{index}].task={sample.task!r} has no reward terms in this service; "
+                    f"built tasks: {', '.join(self._task_terms)}"
+                )
+        members = {name: [i for i, s in enumerate(samples) if s.task in group.config.tasks]
+                   for name, group in self.groups.items()}
+        answers = self._run_groups(samples, {name: rows for name, rows in members.items() if rows})
+
+        names = sorted({term.name for task in {s.task for s in samples} for term in self._task_terms[task]})
+        terms: dict[str, list[float | None]] = {name: [None] * len(samples) for name in names}
+        reasons: dict[str, list[str | None]] = {name: ["absent"] * len(samples) for name in names}
+        latency: dict[tuple[str, str], float] = {}
+        for name, (batch, failure, seconds) in answers.items():
+            for position, index in enumerate(members[name]):
+                for term in self.groups[name].config.tasks[samples[index].task]:
+                    if batch is None:
+                        terms[term.name][index], reasons[term.name][index] = None, failure
+                    else:
+                        terms[term.name][index] = batch.terms[term.name][position]
+                        reasons[term.name][index] = batch.reasons[term.name][position]
+            for task in self.groups[name].config.tasks:
+                for term in self.groups[name].config.tasks[task]:
+                    key = f"reward/{task}/{term.name}/latency_s"
+                    latency[task, term.name] = batch.metrics.get(key, seconds) if batch is not None else seconds
+        total: list[float | None] = [0.0] * len(samples)
+        for index, sample in enumerate(samples):  # the service's order of summation, so the floats match
+            for term in self._task_terms[sample.task]:
+                value = terms[term.name][index]
+                if value is None or total[index] is None:
+                    total[index] = None
+                else:
+                    total[index] += term.weight * value
+        metrics = self._metrics(samples, terms, reasons, total, latency)
+        return ScoredBatch(total=total, terms=terms, reasons=reasons, metrics=metrics)
+
+    def _run_groups(self, samples: list[Sample], members: dict[str, list[int]]
+                    ) -> dict[str, tuple[ScoredBatch | None, str | None, float]]:
+        """Score every group's samples concurrently, re-sending a batch to a fresh actor when its actor
+        died; group -> (its ScoredBatch or None, the reason when None, seconds taken)."""
+        started = time.monotonic()
+        answers: dict[str, tuple[ScoredBatch | None, str | None, float]] = {}
+        attempts: Counter[str] = Counter()
+        last_error: dict[str, str] = {}
+        in_flight: dict[Any, str] = {}
+
+        def submit(name: str) -> None:
+            group = self.groups[name]
+            while attempts[name] < self.cfg.max_attempts:
+                attempts[name] += 1
+                try:
+                    if group.actor is None or attempts[name] > 1:
+                        self._replace(group)
+                except (RewardActorError, ValueError) as exc:
+                    last_error[name] = _short(exc)
+                    continue
+                in_flight[group.actor.score.remote([samples[i] for i in members[name]])] = name
+                return
+            give_up(name)
+
+        def give_up(name: str) -> None:
+            group = self.groups[name]
+            self.failures += 1
+            if group.actor is not None:
+                ray.kill(group.actor)
+            group.actor = None  # replaced (and counted) at the next call
+            answers[name] = (None, f"crash: reward actor {name!r} failed {attempts[name]} time(s) "
+                                   f"(reward_actors.max_attempts={self.cfg.max_attempts}): {last_error.get(name)}",
+                             time.monotonic() - started)
+
+        for name in members:
+            submit(name)
+        while in_flight:
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            name = in_flight.pop(ref)
+            try:
+                answers[name] = (ray.get(ref), None, time.monotonic() - started)
+            except ray.exceptions.RayActorError as exc:  # died mid-batch: a fresh actor re-scores it
+                last_error[name] = _short(exc)
+                submit(name)
+        return answers
+
+    def _metrics(self, samples, terms, reasons, total, latency) -> dict[str, float]:
+        """`rewards.service.RewardService._metrics`, computed over the merged answers."""
+        metrics: dict[str, float] = {}
+        by_task: dict[str, list[int]] = defaultdict(list)
+        for index, sample in enumerate(samples):
+            by_task[sample.task].append(index)
+        for task, indices in by_task.items():
+            for term in self._task_terms[task]:
+                prefix = f"reward/{task}/{term.name}"
+                values = [terms[term.name][i] for i in indices]
+                scored_values = [v for v in values if v is not None]
+                categories = Counter(reasons[term.name][i].split(":", 1)[0].strip()
+                                     for i in indices if terms[term.name][i] is None)
+                metrics[f"{prefix}/count"] = float(len(indices))
+                if scored_values:
+                    metrics[f"{prefix}/mean"] = sum(scored_values) / len(scored_values)
+                metrics[f"{prefix}/none"] = float(len(values) - len(scored_values))
+                metrics[f"{prefix}/timeouts"] = float(categories.get("timeout", 0))
+                metrics[f"{prefix}/errors"] = float(sum(categories.get(c, 0) for c in ERROR_CATEGORIES))
+                metrics[f"{prefix}/latency_s"] = latency.get((task, term.name), 0.0)
+                for category, count in categories.items():
+                    metrics[f"{prefix}/none/{category}"] = float(count)
+            totals = [total[i] for i in indices]
+            scored_totals = [t for t in totals if t is not None]
+            metrics[f"reward/{task}/total/count"] = float(len(indices))
+            metrics[f"reward/{task}/total/none"] = float(len(totals) - len(scored_totals))
+            if scored_totals:
+                metrics[f"reward/{task}/total/mean"] = sum(scored_totals) / len(scored_totals)
+        return metrics
+
+    def health_metrics(self) -> dict[str, float]:
+        """`health/reward_actor_restarts` and `health/reward_actor_failures`, cumulative."""
+        return {"health/reward_actor_restarts": float(self.restarts),
+                "health/reward_actor_failures": float(self.failures)}
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Stop the actors (their worker processes end with them)."""
+        for group in self.groups.values():
+            if group.actor is not None:
+                try:
+                    ray.get(group.actor.close.remote(), timeout=10)
+                except Exception:  # noqa: BLE001 - a dead or stuck actor is killed below anyway
+                    pass
+                ray.kill(group.actor)
+                group.actor = None
+
+    def __enter__(self) -> RewardRouter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
