@@ -1,0 +1,323 @@
+"""UniGRPO training driver: config -> actors -> (rollout -> reward -> advantage -> update -> sync) x steps.
+
+    python -m jobs.train --config jobs/configs/demo.yaml [--set algo.mu=4 --set learner.num_ranks=2]
+    ray job submit --working-dir . -- python -m jobs.train --config jobs/configs/X.yaml
+
+One step (shared/spec/algorithm.md §2):
+1. draw `run.prompts_per_step` prompts; every prompt is sampled `algo.group_size` times by the rollout
+   workers, which hold π_old at `policy_version` v;
+2. score every response with its task's reward terms (weights from `rewards`);
+3. group z-score advantages per prompt uid (unscorable samples: Â = 0, left out of the statistics);
+4. the learner ranks (DeepSpeed ZeRO, data parallel) run the UniGRPO update on their shards: μ
+   structured-masked copies, old/reference log-probs, μ optimizer steps (rl.update);
+5. learner rank 0's weights go to the workers as version v+1; metrics are logged; every
+   `checkpoint.every` steps the run is checkpointed atomically.
+
+Where this deviates from a textbook synchronous loop, and why:
+- `run.mode: async` samples step s+1 while the learner trains on step s (bounded by
+  `run.max_policy_lag`); the update then treats the current policy as π_old for those samples (the
+  importance ratio ignores the one-version lag), as asynchronous GRPO implementations do.
+- Rewards are weighted per task by the reward service; the batch carries that weighted `total` as its
+  reward term, so mixed-task batches need no shared weight table.
+- With `algo.advantage.drop_groups_*`, dropped groups leave the batch; the learner then needs the kept
+  rows to split evenly over its ranks, which `algo.group_size % learner.num_ranks == 0` guarantees.
+- Resume is exact (bit for bit) in sync mode: a checkpoint holds the data cursor from before the next
+  step's prompts were drawn, and rollout seeds and masks are pure functions of (run seed, step, ...).
+  In async mode the samples of step s+1 in flight at the checkpoint of step s (from π_{s-1}) are not
+  saved: a resumed run draws the same prompts again and samples them with π_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.config import CONFIG_DIR, TrainConfig, load_config, write_resolved
+from jobs.configtree import ConfigError, to_dict
+
+log = logging.getLogger("unigrpo.train")
+DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description="UniGRPO training on Ray.")
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(CONFIG_DIR.parent.parent)})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set algo.mu=4 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
+
+
+# -- pieces the loop uses ------------------------------------------------------------------------------
+def network_source(cfg: TrainConfig):
+    """A checkpoint directory, or a seeded factory of the tiny twin (every process builds the same)."""
+    if cfg.model.path == "tiny":
+        from model.tiny import tiny_model
+
+        return functools.partial(tiny_model, seed=cfg.run.seed)
+    return cfg.model.path
+
+
+def driver_tokenizer_and_config(cfg: TrainConfig):
+    """The tokenizer (to build prompts) and the backbone config (to export), without loading weights."""
+    from model.checkpoint import CONFIG_NAME, config_from_json
+    from model.tokenizer import load_tokenizer
+
+    if cfg.model.path == "tiny":
+        from model.tiny import tiny_model
+
+        loaded = tiny_model(seed=cfg.run.seed)
+        return loaded.tokenizer, loaded.config
+    path = Path(cfg.model.path)
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise ConfigError([f"model.path: {cfg.model.path!r} has no {CONFIG_NAME}; give a checkpoint directory "
+                           "in the published format, or 'tiny'"])
+    return load_tokenizer(path), config_from_json(json.loads(config_file.read_text()), str(config_file))
+
+
+def build_requests(records, tokenizer, cfg: TrainConfig):
+    """One PromptRequest per (prompt, sample index); the group of a prompt shares its uid."""
+    from actors.rollout import PromptRequest
+    from model.templates import chat_prompt_ids
+
+    requests = []
+    for record in records:
+        ids = tuple(chat_prompt_ids(tokenizer, record.prompt, thinking=cfg.data.thinking))
+        for index in range(cfg.algo.group_size):
+            requests.append(PromptRequest(ids, record.uid, index, record.task,
+                                          {"prompt": record.prompt, "answer": record.answer}))
+    return requests
+
+
+def score(batch, records_by_uid, service) -> tuple[dict[str, Any], dict[str, float]]:
+    """Reward terms per row (+ the per-task weighted `total`), and the reward metrics."""
+    from rewards import Sample
+
+    samples = [Sample(task=task, prompt=records_by_uid[uid].prompt, response=meta.get("response") or "",
+                      answer=records_by_uid[uid].answer, meta=records_by_uid[uid].meta)
+               for task, uid, meta in zip(batch.task, batch.uid, batch.metadata)]
+    scored = service.score(samples)
+    rewards = {"total": scored.total}
+    for term, values in scored.terms.items():  # terms every row has (mixed tasks: some are absent)
+        if all(reason != "absent" for reason in scored.reasons[term]):
+            rewards[term] = values
+    return rewards, scored.metrics
+
+
+def shard_rows(num_rows: int, num_ranks: int) -> list[list[int]]:
+    """Contiguous equal row ranges, one per learner rank (the config guarantees divisibility)."""
+    size = num_rows // num_ranks
+    return [list(range(r * size, (r + 1) * size)) for r in range(num_ranks)]
+
+
+def sample_rows(batch, advantages, limit: int) -> list[dict[str, Any]]:
+    rows = []
+    for row in range(min(limit, batch.num_rows)):
+        meta = batch.metadata[row]
+        rows.append({"uid": batch.uid[row], "sample": batch.sample_index[row], "prompt": meta.get("prompt"),
+                     "response": meta.get("response"), "reward": batch.rewards["total"][row],
+                     "advantage": round(float(advantages[row]), 4)})
+    return rows
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) the training described by `cfg`; returns a summary of the run."""
+    import ray
+    import torch
+    from tqdm import tqdm
+
+    from actors.cluster import (
+        create_placement_groups,
+        init_ray,
+        learner_role,
+        remove_placement_groups,
+        rollout_role,
+    )
+    from actors.learner import LearnerGroup
+    from actors.rollout_pool import RolloutPool
+    from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+    from jobs.data import PromptDataset, PromptStream
+    from jobs.metrics import MetricsLogger
+    from rewards import RewardService
+    from rl.advantages import batch_advantages
+    from rl.batch import RolloutBatch
+    from rl.losses import reduce_stats, summarize_stats
+
+    run_dir = cfg.run.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = write_resolved(cfg, run_dir)
+    tokenizer, backbone = driver_tokenizer_and_config(cfg)
+    dataset = PromptDataset(cfg.data.train, default_task=cfg.data.default_task)
+    for problem in dataset.problems:
+        log.warning("skipped %s", problem)
+    stream = PromptStream(dataset, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    records_by_uid = {r.uid: r for r in dataset.records}
+    roles = [learner_role(cfg.learner), rollout_role(cfg.rollout)]
+
+    with contextlib.ExitStack() as cleanup:  # whatever was started is stopped, in reverse order, on any exit
+        if not ray.is_initialized() and cfg.cluster.address is None and not _ray_was_external():
+            cleanup.callback(ray.shutdown)  # the local Ray this run starts (a no-op if it never starts)
+        init_ray(cfg.cluster, roles)  # an impossible resource request fails here, before any actor exists
+        service = RewardService(cfg.rewards, tasks=sorted({r.task for r in dataset.records}))
+        cleanup.callback(service.close)
+        groups = create_placement_groups(roles, cfg.cluster)
+        cleanup.callback(remove_placement_groups, groups)
+        source = network_source(cfg)
+        learners = LearnerGroup(cfg.learner, source, placement_group=groups.get("learner"))
+        cleanup.callback(learners.shutdown)
+        pool = RolloutPool(cfg.rollout, source, dtype=cfg.learner.dtype, placement_group=groups.get("rollout"),
+                           name=cfg.run.name)
+        cleanup.callback(pool.shutdown)
+        checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint)
+
+        start, version = 0, 0
+        resumed = checkpoints.resume(learners.load_checkpoint)
+        if resumed is not None:
+            state = resumed.driver_state
+            start, version = state["step"], state["policy_version"]
+            stream.load_state_dict(state["data"])
+            restore_rng_state(state["rng"])
+            if version > 0:
+                pool.sync(learners, version)
+            log.info("resumed from %s (step %d, policy version %d)", resumed.path, start, version)
+
+        metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg),
+                                resume_step=start if resumed is not None else None)
+        cleanup.callback(metrics.close)
+        summary: dict[str, Any] = {"run_dir": str(run_dir), "config": str(config_path), "start_step": start}
+        # The next step's prompts are drawn (and dispatched) before the current step is checkpointed; the
+        # checkpoint keeps the cursor from before that draw, so a resumed run draws those prompts again.
+        cursor_before: dict[str, Any] = {}  # {"step": s, "data": cursor before step s's prompts were drawn}
+
+        def dispatch(step: int):
+            cursor_before.update(step=step, data=stream.state_dict())
+            records = stream.next_batch(cfg.run.prompts_per_step)
+            return records, pool.dispatch(build_requests(records, tokenizer, cfg), step=step, run_seed=cfg.run.seed)
+
+        def save(step: int) -> None:
+            data = cursor_before["data"] if cursor_before.get("step") == step + 1 else stream.state_dict()
+            driver_state = {"policy_version": version, "data": data, "rng": capture_rng_state()}
+            checkpoints.save(step, driver_state=driver_state, config_text=config_path.read_text(),
+                             save_learner=learners.save_checkpoint)
+
+        def export(name: str) -> Path:
+            from model.checkpoint import save_state_dict
+
+            return save_state_dict(learners.state_dict_for_sync(), backbone, tokenizer, run_dir / name)
+
+        pending = dispatch(start + 1) if start < cfg.run.steps else None
+        progress = tqdm(range(start + 1, cfg.run.steps + 1), initial=start, total=cfg.run.steps, desc="unigrpo",
+                        dynamic_ncols=True, disable=None)
+        for step in progress:
+            step_started = time.perf_counter()
+            records, shards = pending
+            batches, step_metrics = pool.collect(shards)
+            batch = RolloutBatch.concat(batches)
+            lag = version - min(batch.policy_version)
+            if lag > cfg.run.max_policy_lag:
+                raise RuntimeError(f"step {step}: samples at version {min(batch.policy_version)} are {lag} versions "
+                                   f"behind the learner ({version}); run.max_policy_lag is {cfg.run.max_policy_lag}")
+            pending = None
+            if cfg.run.mode == "async" and step < cfg.run.steps:
+                pending = dispatch(step + 1)  # sampled with the current weights while the learner trains
+
+            t = time.perf_counter()
+            rewards, reward_metrics = score(batch, records_by_uid, service)
+            batch = dataclasses.replace(batch, rewards=rewards)
+            step_metrics.update(reward_metrics)
+            step_metrics["perf/reward_s"] = time.perf_counter() - t
+
+            kept, advantages, adv_stats = batch_advantages(batch, cfg.algo.advantage, {"total": 1.0})
+            step_metrics.update({f"health/{k}": v for k, v in adv_stats.items()})
+            if kept.num_rows:
+                t = time.perf_counter()
+                rows = shard_rows(kept.num_rows, cfg.learner.num_ranks)
+                rank_stats = learners.train_step(
+                    "unigrpo", [{"batch": kept.select(r), "advantages": advantages[r]} for r in rows],
+                    algo=cfg.algo, step=step, run_seed=cfg.run.seed, num_sequences_global=kept.num_rows)
+                stats = summarize_stats(reduce_stats(rank_stats), num_steps=1)
+                step_metrics.update({f"loss/{k}": v for k, v in stats.items() if not k.endswith(("_sum", "_count"))})
+                step_metrics["perf/update_s"] = time.perf_counter() - t
+                version += 1
+                step_metrics.update(pool.sync(learners, version))
+            if pending is None and step < cfg.run.steps:
+                pending = dispatch(step + 1)
+
+            lengths = batch.scored_mask.sum(dim=1).float()  # [B] scored response tokens (through EOS)
+            step_metrics.update({
+                "rollout/response_tokens_mean": float(lengths.mean()),
+                "rollout/response_tokens_max": float(lengths.max()),
+                "rollout/tokens_per_s": float(lengths.sum()) / max(step_metrics["perf/rollout_collect_s"], 1e-9),
+                "rollout/policy_version": float(version),
+                "perf/step_s": time.perf_counter() - step_started,
+            })
+            if "perf/weight_sync_s" in step_metrics:
+                step_metrics["perf/weight_sync_frac"] = step_metrics["perf/weight_sync_s"] / step_metrics["perf/step_s"]
+            metrics.log(step, step_metrics)
+            metrics.log_rollouts(step, [
+                {"uid": uid, "sample": index, "version": v, "reward": reward}
+                for uid, index, v, reward in zip(batch.uid, batch.sample_index, batch.policy_version,
+                                                 batch.rewards["total"])])
+            if metrics.should_log_samples(step):
+                metrics.log_samples(step, sample_rows(batch, torch.zeros(batch.num_rows) if not kept.num_rows
+                                                      else advantages, cfg.logging.sample_table_rows))
+            reward_mean = step_metrics.get("reward/text/total/mean", float("nan"))
+            progress.set_postfix(reward=f"{reward_mean:.3f}", v=version)
+            if checkpoints.should_save(step, final=step == cfg.run.steps):
+                save(step)
+            if checkpoints.should_export(step, final=step == cfg.run.steps):
+                summary["export"] = str(export("export" if step == cfg.run.steps else f"export_step_{step}"))
+        summary.update({"final_step": cfg.run.steps, "policy_version": version,
+                        "learner_checksums": learners.checksums(), "worker_checksums": pool.checksums(),
+                        "worker_versions": pool.versions(), "worker_restarts": pool.restarts})
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _ray_was_external() -> bool:
+    """True inside `ray job submit` (the job joins an existing cluster; never shut that down)."""
+    import os
+
+    return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config_file = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    try:
+        cfg = load_config(config_file, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    from actors.cluster import ResourceError
+    from jobs.data import DataError
+
+    try:
+        summary = train(cfg)
+    except (ConfigError, ResourceError, DataError) as exc:  # a config the cluster or the data cannot satisfy
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(f"run finished: {summary['run_dir']} (policy version {summary.get('policy_version')})")
+    if "export" in summary:
+        print(f"policy exported to {summary['export']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
