@@ -118,6 +118,14 @@ class TrainConfig:
                 f"algo.group_size: {self.algo.group_size} is not a multiple of learner.num_ranks {self.learner.num_ranks}; "
                 "with algo.advantage.drop_groups_* set, the kept groups must split evenly over the ranks"
             )
+        from rewards.registry import check  # names only: built-ins are not imported, one-offs are loaded
+
+        for task, terms in self.rewards.tasks.items():
+            for index, term in enumerate(terms):
+                try:
+                    check(term.name)
+                except ValueError as exc:
+                    problems.append(f"rewards.tasks.{task}[{index}].name: {exc}")
         if not self.data.train:
             problems.append("data.train: no training prompts file; set it to a .jsonl or .parquet file")
         if problems:

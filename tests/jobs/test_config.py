@@ -1,0 +1,57 @@
+"""The root config tree: defaults, YAML + overrides, the resolved file, and each cross-section check."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.config import CONFIG_DIR, TrainConfig, load_config, write_resolved
+from jobs.configtree import ConfigError, build, read_yaml
+
+TRAIN = "data.train=prompts.jsonl"
+
+
+def test_defaults_follow_the_spec():
+    cfg = load_config(None, [TRAIN])
+    assert (cfg.algo.group_size, cfg.algo.mu, cfg.algo.clip_eps, cfg.algo.beta) == (8, 4, 0.2, 0.01)
+    assert cfg.algo.masking.schedule == "stratified" and cfg.algo.kl.estimator == "k3"
+    assert [(t.name, t.weight) for t in cfg.rewards.tasks["text"]] == [("correctness", 2.0), ("format", 0.5)]
+    assert cfg.rollout.sampler.gen_length == 256 and cfg.run.run_dir.as_posix() == "runs/unigrpo"
+
+
+def test_resolved_config_loads_back_identically(tmp_path):
+    cfg = load_config(None, [TRAIN, "algo.mu=2", "rollout.sampler.temperature=0.5", "learner.betas=[0.9, 0.95]"])
+    path = write_resolved(cfg, tmp_path)
+    assert path == tmp_path / "config.yaml"
+    assert build(TrainConfig, read_yaml(path)) == cfg
+    assert load_config(path) == cfg
+
+
+def test_shipped_configs_load():
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        raw = read_yaml(path)
+        if "sft" not in raw:  # training configs (the SFT config has its own tree, tested with jobs.sft)
+            load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], "data.train: no training prompts file"),
+        ([TRAIN, "learner.num_ranks=3"], "learner.num_ranks: 3 does not divide the 64 sequences of a step"),
+        ([TRAIN, "learner.num_ranks=16", "run.prompts_per_step=2", "algo.advantage.drop_groups_above=0.9"],
+         "algo.group_size: 8 is not a multiple of learner.num_ranks 16"),
+        ([TRAIN, "rewards.tasks={text: [{name: correctnes}]}"],
+         "rewards.tasks.text[0].name: unknown reward 'correctnes'; available: clip (built-in), correctness"),
+        (["data.train=prompts.csv"], "data.train: 'prompts.csv' must be a .jsonl or .parquet file"),
+        ([TRAIN, "run.name=a/b"], "run.name: 'a/b' must be a non-empty directory name"),
+        ([TRAIN, "run.steps=0"], "run.steps: 0; need at least 1"),
+        ([TRAIN, "run.prompts_per_step=0"], "run.prompts_per_step: 0; need at least 1"),
+        ([TRAIN, "run.max_policy_lag=0"], "run.max_policy_lag: 0; need at least 1"),
+        ([TRAIN, "run.mode=offline"], "run.mode: 'offline' is not one of the valid choices 'sync', 'async'"),
+        ([TRAIN, "model.dtype=bf16"], "model.dtype: unknown key; valid keys here: path"),
+    ],
+)
+def test_bad_configs_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert any(p.startswith(message) for p in err.value.problems), err.value.problems
