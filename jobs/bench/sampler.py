@@ -1,10 +1,10 @@
 """`python -m jobs.bench sampler`: text-sampler throughput and overhead over the bare forward passes.
 
 For each model size and temperature it runs `model.sampling.generate_text` on a batch of left-padded
-prompts of mixed lengths. The network is wrapped so that right after each of the sampler's forward
+prompts of mixed lengths. The network is wrapped so that just before each of the sampler's forward
 passes, on the very same input ids and attention mask, one full forward `network(ids, mask)` is timed
 and its time taken out of the sampler's wall: the reference forwards run side by side with the
-sampler's own, under the same load (this machine is shared), at the same [batch, prompt+gen] shape.
+sampler's own, under the same load (machines are often shared), at the same [batch, prompt+gen] shape.
 Reported:
 
 - tokens/s: generated tokens (batch × gen_length) per second of sampler wall time;
@@ -45,8 +45,12 @@ SIZES = {
 
 
 class SideBySideNetwork:
-    """Wraps a network for the sampler: times its calls, and after each `hidden_states` call (one per
-    sampler forward pass) times one full forward on the same input as the reference."""
+    """Wraps a network for the sampler: times its calls, and before each `hidden_states` call (one per
+    sampler forward pass) times one full forward on the same input as the reference.
+
+    Before, not after: the sampler's own hidden states -> LM head -> sampling then run back to back, with
+    the caches as in an unwrapped run (a reference forward in between would evict them).
+    """
 
     def __init__(self, network):
         self.network, self.config = network, network.config
@@ -58,11 +62,11 @@ class SideBySideNetwork:
 
     def hidden_states(self, input_ids, attention_mask=None):
         start = time.perf_counter()
-        out = self.network.hidden_states(input_ids, attention_mask)
-        middle = time.perf_counter()
         self.network(input_ids, attention_mask)  # the reference: logits [N, T, V] at every position
-        self.network_s += middle - start
-        self.reference_s += time.perf_counter() - middle
+        middle = time.perf_counter()
+        out = self.network.hidden_states(input_ids, attention_mask)
+        self.reference_s += middle - start
+        self.network_s += time.perf_counter() - middle
         self.reference_forwards += 1
         return out
 

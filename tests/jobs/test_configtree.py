@@ -7,7 +7,15 @@ from typing import Literal
 
 import pytest
 
-from jobs.configtree import ConfigError, apply_overrides, build, parse_override, read_yaml, to_dict, write_yaml
+from jobs.configtree import (
+    ConfigError,
+    apply_overrides,
+    build,
+    parse_override,
+    read_yaml,
+    to_dict,
+    write_yaml,
+)
 
 
 @dataclass(frozen=True)
