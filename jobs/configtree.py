@@ -113,6 +113,11 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string; accept what float() reads
+            try:
+                return float(value)
+            except ValueError:
+                pass
         problems.append(f"{key}: expected a number, got {value!r}")
         return _INVALID
     if tp is str:

@@ -1,13 +1,14 @@
 """Sample responses from a masked-diffusion checkpoint with the text sampler.
 
-    python -m jobs.sample                                  # tiny random-weight twin, built in memory
+    python -m jobs.sample                  # the shipped demo policy on three held-out arithmetic problems
+    python -m jobs.sample --model tiny     # a random-weight tiny twin (noise, but every code path runs)
     python -m jobs.sample --model /ckpt/LLaDA-8B-Instruct --prompt "What is 17*23?" --gen-length 256 \
         --steps 128 --block-length 32
 
 Prints every response with the order in which its tokens were revealed (the diffusion trajectory)
-and writes `samples.jsonl` plus the resolved arguments into the output directory. The default model
-is a random tiny twin, so its text is noise: the command shows the loader, the chat template and the
-sampler working end to end, offline.
+and writes `samples.jsonl` plus the resolved arguments into the output directory. The default model is
+the small policy shipped in `model/assets/demo_policy/` (masked-diffusion SFT on the synthetic
+arithmetic task, docs/demo.md), loaded through the same loader as the published checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+DEMO_POLICY = REPO / "model" / "assets" / "demo_policy"
+DEMO_PROBLEMS = REPO / "data" / "arithmetic" / "heldout.jsonl"
 DEFAULT_PROMPTS = (
     "What is 12 + 7 * 3?",
     "Compute (8 - 3) * 4.",
@@ -25,15 +29,26 @@ DEFAULT_PROMPTS = (
 )
 
 
+def default_prompts(model_arg: str) -> list[tuple[str, str | None]]:
+    """(prompt, gold answer) pairs: three held-out problems for the demo policy, else generic questions."""
+    if model_arg == "demo" and DEMO_PROBLEMS.is_file():
+        rows = [json.loads(line) for line in DEMO_PROBLEMS.read_text().splitlines()[:3]]
+        return [(row["prompt"], row["answer"]) for row in rows]
+    return [(text, None) for text in DEFAULT_PROMPTS]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="checkpoint directory, or 'tiny' for a random tiny twin")
+    parser.add_argument("--model", default="demo",
+                        help="checkpoint directory, 'demo' (the shipped policy) or 'tiny' (a random tiny twin)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weight dtype (default: as stored)")
     parser.add_argument("--prompt", action="append", help="a user message (repeatable); default: three arithmetic questions")
-    parser.add_argument("--no-thinking", action="store_true", help="leave out the <think> instruction")
-    parser.add_argument("--gen-length", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--block-length", type=int, default=16)
+    parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                        help="prepend the <think> instruction (default: off for the demo policy, which was "
+                             "trained without it; on otherwise)")
+    parser.add_argument("--gen-length", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--block-length", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     parser.add_argument("--cfg-scale", type=float, default=0.0)
@@ -57,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     from model.tiny import tiny_model
 
     torch.manual_seed(args.seed)
-    loaded = tiny_model(seed=args.seed) if args.model == "tiny" else model.load(args.model, dtype=args.dtype)
+    if args.model == "tiny":
+        loaded = tiny_model(seed=args.seed)
+    else:
+        loaded = model.load(DEMO_POLICY if args.model == "demo" else args.model, dtype=args.dtype)
     tokenizer, special = loaded.tokenizer, special_ids(loaded.tokenizer)
-    prompts_text = args.prompt or list(DEFAULT_PROMPTS)
-    prompts = [chat_prompt_ids(tokenizer, text, thinking=not args.no_thinking) for text in prompts_text]
+    pairs = [(text, None) for text in args.prompt] if args.prompt else default_prompts(args.model)
+    thinking = args.thinking if args.thinking is not None else args.model != "demo"
+    prompts_text = [text for text, _ in pairs]
+    prompts = [chat_prompt_ids(tokenizer, text, thinking=thinking) for text in prompts_text]
 
     started = time.perf_counter()
     sequences, reveal_step = model.generate_text(
@@ -75,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     responses = sequences[:, -args.gen_length:]  # [B, L]
     with open(out_dir / "samples.jsonl", "w") as fh:
-        for text, ids, steps in zip(prompts_text, responses.tolist(), reveal_step.tolist()):
-            response = tokenizer.decode(ids, skip_special_tokens=False)
-            fh.write(json.dumps({"prompt": text, "response": response, "token_ids": ids, "reveal_step": steps}) + "\n")
-            print(f"\n### {text}\n{response}")
+        for (text, gold), ids, steps in zip(pairs, responses.tolist(), reveal_step.tolist()):
+            response = tokenizer.decode(ids, skip_special_tokens=True)
+            fh.write(json.dumps({"prompt": text, "answer": gold, "response": response, "token_ids": ids,
+                                 "reveal_step": steps}) + "\n")
+            print(f"\n### {text}" + (f"   (gold answer: {gold})" if gold is not None else "") + f"\n{response}")
             print(f"  reveal order: {reveal_order(tokenizer.convert_ids_to_tokens(ids), steps)[:300]} ...")
     tokens = responses.numel()
     print(f"\n{len(prompts)} prompts x {args.gen_length} tokens in {seconds:.2f}s "

@@ -104,6 +104,7 @@ def test_overrides_parse_yaml_values_and_create_sections():
     cfg = build(Root, raw)
     assert (cfg.algo.mu, cfg.algo.masking.p_max, cfg.algo.tag, cfg.debug) == (6, 0.9, None, True)
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert build(Root, apply_overrides({}, ["algo.beta=3e-3"])).algo.beta == 0.003  # YAML 1.1 reads 3e-3 as str
     assert parse_override("a=") == (["a"], "")
 
 

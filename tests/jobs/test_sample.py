@@ -13,7 +13,7 @@ def test_sample_tiny_twin_and_saved_checkpoint(tmp_path, capsys):
     from model.tiny import tiny_model
 
     out = tmp_path / "tiny"
-    assert main(["--out", str(out), "--gen-length", "8", "--steps", "4", "--block-length", "4"]) == 0
+    assert main(["--model", "tiny", "--out", str(out), "--gen-length", "8", "--steps", "4", "--block-length", "4"]) == 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["What is 12 + 7 * 3?", "Compute (8 - 3) * 4.", "If x = 5, what is 2x + 1?"]
     for row in rows:
@@ -34,3 +34,12 @@ def test_sample_tiny_twin_and_saved_checkpoint(tmp_path, capsys):
 
 def test_reveal_order_lists_tokens_by_step():
     assert reveal_order(["a", "b", "c"], [2, 0, 1]) == "0:'b' 1:'c' 2:'a'"
+
+
+def test_default_is_the_shipped_policy_on_heldout_problems(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--gen-length", "8", "--steps", "4", "--block-length", "4"]) == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in open("data/arithmetic/heldout.jsonl").read().splitlines()[:3]]
+    assert [(r["prompt"], r["answer"]) for r in rows] == [(h["prompt"], h["answer"]) for h in heldout]
+    assert json.loads((out / "args.json").read_text())["model"] == "demo"

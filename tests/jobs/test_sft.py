@@ -1,0 +1,249 @@
+"""jobs/sft.py: the LLaDA SFT objective against a plain loop, masking, batching, the schedule, config
+errors, a few optimizer steps lowering the loss, one end-to-end run on the learner group, and the shipped
+demo policy's held-out accuracy (docs/demo.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from jobs.sft import (
+    Example,
+    SFTConfig,
+    answer_correct,
+    collate,
+    learning_rate,
+    load_sft_config,
+    make_batch,
+    mask_responses,
+    sft_loss,
+    sft_step,
+    shard,
+    tokenize_examples,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "jobs" / "configs" / "sft_demo.yaml"
+MASK, PAD = 588, 587  # tiny tokenizer: <|mdm_mask|>, <|endoftext|>
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from model.tiny import tiny_model
+
+    return tiny_model(0, d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64)
+
+
+def examples_of(*pairs) -> list[Example]:
+    return [Example(f"u{i}", tuple(p), tuple(r), None) for i, (p, r) in enumerate(pairs)]
+
+
+def test_collate_left_pads_prompts_and_marks_responses():
+    batch = collate(examples_of(([5, 6, 7], [8, 9]), ([4], [3, PAD])), PAD)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [PAD, PAD, 4, 3, PAD]]
+    assert batch["response_mask"].tolist() == [[False, False, False, True, True]] * 2
+    assert batch["attention_mask"].tolist() == [[True] * 5, [False, False, True, True, True]]
+    assert collate(examples_of(([5], [8]), ([4], [3])), PAD)["attention_mask"] is None
+
+
+def test_mask_responses_never_touches_the_prompt():
+    ids = torch.arange(10, 10 + 4 * 40).reshape(4, 40)  # [4, 40]
+    response = torch.zeros(4, 40, dtype=torch.bool)
+    response[:, 8:] = True
+    noisy, masked, ratio = mask_responses(ids, response, mask_id=MASK, eps=0.2,
+                                          generator=torch.Generator().manual_seed(0))
+    assert not masked[:, :8].any() and torch.equal(noisy[:, :8], ids[:, :8])
+    assert torch.equal(noisy == MASK, masked) and torch.equal(noisy[~masked], ids[~masked])
+    assert ((ratio >= 0.2) & (ratio <= 1.0)).all()
+    again = mask_responses(ids, response, mask_id=MASK, eps=0.2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[1], masked)  # a seed fixes the masks
+    # Bernoulli(p_i) per position: with 32 response positions the masked fraction is near p_i (not exact).
+    big = torch.ones(2000, 32, dtype=torch.bool)
+    _, big_masked, big_ratio = mask_responses(torch.zeros(2000, 32, dtype=torch.long), big, mask_id=MASK, eps=1e-3,
+                                              generator=torch.Generator().manual_seed(1))
+    residual = big_masked.float().mean(1) - big_ratio  # [2000], each with std <= sqrt(0.25/32) ~ 0.09
+    assert abs(float(residual.mean())) < 0.01
+
+
+def test_sft_loss_matches_the_published_formula_by_loop(tiny):
+    """loss = (1/B) sum_i (1/L_i) sum_{masked j} -log p(x_ij | noisy_i) / p_i, on the full-sequence logits."""
+    network = tiny.network.eval()
+    batch = collate(examples_of(([5, 6, 7], [8, 9, 10, PAD]), ([4], [3, 11, PAD, PAD]), ([12, 13], [14, 15, 16, 17])),
+                    PAD)
+    ids, response = batch["input_ids"], batch["response_mask"]  # [3, 7]
+    masked = torch.zeros_like(response)
+    masked[0, [3, 5]] = True
+    masked[1, [4, 5, 6]] = True  # EOS padding positions are targets too
+    masked[2, 6] = True
+    ratio = torch.tensor([0.5, 0.9, 0.25])
+    noisy = ids.masked_fill(masked, MASK)
+    loss = sft_loss(network, ids, noisy, masked, ratio, response, batch["attention_mask"], num_sequences_global=3)
+
+    with torch.no_grad():
+        logits = network(noisy, batch["attention_mask"]).double()  # [3, 7, V], full positions
+    expected = 0.0
+    for i in range(3):
+        response_length = int(response[i].sum())  # L_i = 4 for every row here
+        for j in range(ids.shape[1]):
+            if masked[i, j]:
+                nll = -torch.log_softmax(logits[i, j], -1)[ids[i, j]]
+                expected += float(nll) / float(ratio[i]) / response_length
+    expected /= 3
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    # Split over "ranks": the shard losses with the global normaliser sum to the whole loss.
+    parts = [sft_loss(network, ids[r], noisy[r], masked[r], ratio[r], response[r], batch["attention_mask"][r], 3)
+             for r in (slice(0, 1), slice(1, 3))]
+    assert float(sum(parts).detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+def test_prompt_tokens_do_not_change_the_targets(tiny):
+    """Only masked response positions are scored: unmasking nothing on the prompt, the loss ignores prompt
+    content except through attention (a changed prompt token changes logits but adds no term)."""
+    network = tiny.network.eval()
+    batch = collate(examples_of(([5, 6], [8, 9])), PAD)
+    masked = torch.tensor([[False, False, True, False]])
+    noisy = batch["input_ids"].masked_fill(masked, MASK)
+    loss = sft_loss(network, batch["input_ids"], noisy, masked, torch.tensor([1.0]), batch["response_mask"], None, 1)
+    with torch.no_grad():
+        logits = network(noisy).double()
+    assert float(loss.detach()) == pytest.approx(float(-torch.log_softmax(logits[0, 2], -1)[8]) / 2, rel=1e-5)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
+    import copy
+
+    from actors.config import LearnerConfig
+    from actors.learner import LearnerContext
+    from rl.update import PlainEngine
+
+    network = copy.deepcopy(tiny.network).train()
+    engine = PlainEngine(network, torch.optim.AdamW(network.parameters(), lr=0.0), grad_clip=1.0)
+    cfg = LearnerConfig(micro_batch_size=3)
+    ctx = LearnerContext(engine, network, 0, 1, cfg, torch.device("cpu"))
+    examples = examples_of(*[([5 + i, 6], [20 + i, 30, 40, PAD, PAD]) for i in range(6)])
+    job_cfg = load_sft_config(None, ["sft.batch_size=6"])
+    batch = make_batch(examples, step=0, cfg=job_cfg, mask_id=MASK, pad_id=PAD)
+    losses = [sft_step(ctx, **batch, num_sequences_global=6, lr=1e-2)["loss"] for _ in range(8)]
+    assert engine.optimizer.param_groups[0]["lr"] == 1e-2  # set by the step
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_shard_splits_rows_evenly():
+    batch = {"a": torch.arange(6).reshape(6, 1), "b": None}
+    parts = shard(batch, 2)
+    assert [p["a"].flatten().tolist() for p in parts] == [[0, 1, 2], [3, 4, 5]] and parts[1]["b"] is None
+
+
+def test_learning_rate_schedule():
+    cfg = SFTConfig(max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(0, cfg, 1.0) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert learning_rate(9, cfg, 1.0) == pytest.approx(1.0)
+    assert learning_rate(60, cfg, 1.0) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert learning_rate(110, cfg, 1.0) == pytest.approx(0.1)
+    assert learning_rate(10, SFTConfig(warmup_steps=0), 2.0) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(
+        math.pi * 10 / 4000))))
+
+
+@pytest.mark.parametrize("response, gold, expected", [
+    ("<think>2+3=5</think>\\boxed{5}", "5", True),
+    ("<think>2+3=5</think>\\boxed{6}", "5", False),
+    ("<think>2+3=5</think>\\boxed{5.0}", "5", True),
+    ("<think>\\boxed{5}</think>\\boxed{}", "5", False),  # the answer after </think> is empty
+    ("no box at all, 5", "5", True),  # the last-number fallback of the reward's extraction
+    ("\\boxed{2+3}", "5", False),  # not a plain number: the fast path counts it wrong
+])
+def test_answer_correct(response, gold, expected):
+    assert answer_correct(response, gold) is expected
+
+
+def test_tokenize_examples_pads_with_eos_and_rejects_bad_rows(tiny):
+    from jobs.data import PromptRecord
+
+    tokenizer = tiny.tokenizer
+    good = PromptRecord("u1", "text", "Compute 1 + 2.", "3", meta={"response": "<think>1+2=3</think>\\boxed{3}"})
+    [example] = tokenize_examples([good], tokenizer, response_field="response", thinking=False, gen_length=24,
+                                  eos_id=PAD)
+    body = tokenizer(good.meta["response"], add_special_tokens=False)["input_ids"]
+    assert example.response_ids == tuple(body) + (PAD,) * (24 - len(body)) and len(example.response_ids) == 24
+    with pytest.raises(ValueError, match="leaves no room for an EOS"):
+        tokenize_examples([good], tokenizer, response_field="response", thinking=False, gen_length=len(body),
+                          eos_id=PAD)
+    missing = PromptRecord("u2", "text", "Compute 1 + 2.", "3", source="f.jsonl:7")
+    with pytest.raises(ValueError, match="f.jsonl:7: no reference response"):
+        tokenize_examples([missing], tokenizer, response_field="response", thinking=False, gen_length=24, eos_id=PAD)
+
+
+def test_config_loads_and_errors_name_the_key():
+    from jobs.configtree import ConfigError
+
+    cfg = load_sft_config(DEMO_CONFIG)
+    assert cfg.sampler.gen_length == 40 and cfg.learner.num_ranks == 1 and not cfg.data.thinking
+    for override, message in [("sft.batch_size=3", "learner.num_ranks"), ("sft.mask_eps=0", "sft.mask_eps"),
+                              ("data.train=x.csv", "data.train"), ("sampler.block_length=7", "sampler.gen_length"),
+                              ("sft.bogus=1", "sft.bogus: unknown key")]:
+        overrides = [override, "learner.num_ranks=2"] if override.startswith("sft.batch_size") else [override]
+        with pytest.raises(ConfigError, match=message):
+            load_sft_config(DEMO_CONFIG, overrides)
+
+
+def test_end_to_end_run_on_the_learner_group(tmp_path):
+    """A few steps of `jobs.sft.run` on a 1-rank DeepSpeed group: outputs written, loss down, policy loads."""
+    import ray
+
+    import model
+    from jobs.sft import run
+    from jobs.tasks.arithmetic import generate, write_jsonl
+
+    splits = generate(64, 8, seed=1)
+    write_jsonl(splits["train"], tmp_path / "train.jsonl")
+    write_jsonl(splits["heldout"], tmp_path / "heldout.jsonl")
+    cfg = load_sft_config(DEMO_CONFIG, [
+        f"run.output_dir={tmp_path}", "run.name=e2e", f"run.export_to={tmp_path / 'exported'}",
+        f"data.train={tmp_path / 'train.jsonl'}", f"data.heldout={tmp_path / 'heldout.jsonl'}",
+        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.mlp_hidden_size=64",
+        "sft.max_steps=12", "sft.batch_size=16", "sft.warmup_steps=2", "sft.log_every=4", "sft.eval_every=6",
+        "sft.eval_size=8", "sampler.gen_length=48", "sampler.steps=6", "sampler.block_length=16",
+        "learner.micro_batch_size=8", "learner.lr=0.003"])
+    started_here = not ray.is_initialized()
+    try:
+        summary = run(cfg)
+    finally:
+        if started_here:
+            ray.shutdown()
+    lines = [json.loads(x) for x in (tmp_path / "e2e" / "sft_metrics.jsonl").read_text().splitlines()]
+    train = [x["loss"] for x in lines if x["kind"] == "train"]
+    assert [x["step"] for x in lines if x["kind"] == "eval"] == [0, 6, 12] and len(train) == 3
+    assert train[-1] < train[0]
+    assert summary["steps"] == 12 and (tmp_path / "e2e" / "config.yaml").is_file()
+    loaded = model.load(tmp_path / "exported")
+    assert loaded.config.d_model == 32 and loaded.tokenizer is not None
+
+
+DEMO_POLICY = REPO / "model" / "assets" / "demo_policy"
+DEMO_HELDOUT_CORRECT_OF_32 = 3  # docs/demo.md: greedy pass@1 of the shipped policy on the first 32 held-out rows
+"""Greedy decoding is deterministic, so on the machine that recorded it the count is exact; elsewhere a different
+BLAS / CPU can round a logit differently and flip an argmax or a reveal order where two candidates are within
+~1e-6, which changes at most a problem or so. The test allows 2 of 32 either way."""
+
+
+def test_shipped_demo_policy_matches_its_documented_accuracy():
+    import model
+    from jobs.data import PromptDataset
+    from jobs.sft import evaluate
+    from model.templates import chat_prompt_ids
+
+    size = sum(f.stat().st_size for f in DEMO_POLICY.iterdir())
+    assert size <= 20 * 2**20, f"{DEMO_POLICY} is {size / 2**20:.1f} MiB; the budget is 20 MiB"
+    loaded = model.load(DEMO_POLICY)
+    cfg = load_sft_config(DEMO_CONFIG)
+    records = PromptDataset(REPO / cfg.data.heldout).records[:32]
+    examples = [Example(r.uid, tuple(chat_prompt_ids(loaded.tokenizer, r.prompt, thinking=cfg.data.thinking)), (),
+                        r.answer) for r in records]
+    result = evaluate(loaded.network, loaded.tokenizer, examples, cfg.sampler, batch_size=32)
+    correct = round(result["pass1"] * 32)
+    assert abs(correct - DEMO_HELDOUT_CORRECT_OF_32) <= 2, (correct, result["rows"][:4])
+    assert result["format_rate"] >= 0.9
