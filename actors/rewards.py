@@ -39,7 +39,7 @@ from actors.cluster import RoleResources
 from rewards import registry
 from rewards.base import Sample, ScoredBatch
 from rewards.config import RewardsConfig, RewardTermConfig
-from rewards.service import ERROR_CATEGORIES, RewardService
+from rewards.service import RewardService, reward_metrics
 
 CPU_GROUP = "cpu"
 """Name of the actor that holds every term not in `heavy_terms`."""
@@ -342,34 +342,9 @@ class RewardRouter:
         return answers
 
     def _metrics(self, samples, terms, reasons, total, latency) -> dict[str, float]:
-        """`rewards.service.RewardService._metrics`, computed over the merged answers."""
-        metrics: dict[str, float] = {}
-        by_task: dict[str, list[int]] = defaultdict(list)
-        for index, sample in enumerate(samples):
-            by_task[sample.task].append(index)
-        for task, indices in by_task.items():
-            for term in self._task_terms[task]:
-                prefix = f"reward/{task}/{term.name}"
-                values = [terms[term.name][i] for i in indices]
-                scored_values = [v for v in values if v is not None]
-                categories = Counter(reasons[term.name][i].split(":", 1)[0].strip()
-                                     for i in indices if terms[term.name][i] is None)
-                metrics[f"{prefix}/count"] = float(len(indices))
-                if scored_values:
-                    metrics[f"{prefix}/mean"] = sum(scored_values) / len(scored_values)
-                metrics[f"{prefix}/none"] = float(len(values) - len(scored_values))
-                metrics[f"{prefix}/timeouts"] = float(categories.get("timeout", 0))
-                metrics[f"{prefix}/errors"] = float(sum(categories.get(c, 0) for c in ERROR_CATEGORIES))
-                metrics[f"{prefix}/latency_s"] = latency.get((task, term.name), 0.0)
-                for category, count in categories.items():
-                    metrics[f"{prefix}/none/{category}"] = float(count)
-            totals = [total[i] for i in indices]
-            scored_totals = [t for t in totals if t is not None]
-            metrics[f"reward/{task}/total/count"] = float(len(indices))
-            metrics[f"reward/{task}/total/none"] = float(len(totals) - len(scored_totals))
-            if scored_totals:
-                metrics[f"reward/{task}/total/mean"] = sum(scored_totals) / len(scored_totals)
-        return metrics
+        """The same keys as `RewardService`, computed over the merged answers."""
+        return reward_metrics(samples, {task: [t.name for t in ts] for task, ts in self._task_terms.items()},
+                              terms, reasons, total, lambda task, name: latency.get((task, name), 0.0))
 
     def health_metrics(self) -> dict[str, float]:
         """`health/reward_actor_restarts` and `health/reward_actor_failures`, cumulative."""

@@ -28,7 +28,7 @@ import numbers
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,33 +236,9 @@ class RewardService:
         outputs.setdefault(unit_id, result)
 
     def _metrics(self, samples, terms, reasons, total, latency) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        by_task: dict[str, list[int]] = defaultdict(list)
-        for index, sample in enumerate(samples):
-            by_task[sample.task].append(index)
-        for task, indices in by_task.items():
-            for term, unit in self._task_terms[task]:
-                prefix = f"reward/{task}/{term.name}"
-                values = [terms[term.name][i] for i in indices]
-                scored_values = [v for v in values if v is not None]
-                categories = Counter(reasons[term.name][i].split(":", 1)[0].strip()
-                                     for i in indices if terms[term.name][i] is None)
-                metrics[f"{prefix}/count"] = float(len(indices))
-                if scored_values:
-                    metrics[f"{prefix}/mean"] = sum(scored_values) / len(scored_values)
-                metrics[f"{prefix}/none"] = float(len(values) - len(scored_values))
-                metrics[f"{prefix}/timeouts"] = float(categories.get("timeout", 0))
-                metrics[f"{prefix}/errors"] = float(sum(categories.get(c, 0) for c in ERROR_CATEGORIES))
-                metrics[f"{prefix}/latency_s"] = latency.get(id(unit), 0.0)
-                for category, count in categories.items():
-                    metrics[f"{prefix}/none/{category}"] = float(count)
-            totals = [total[i] for i in indices]
-            scored_totals = [t for t in totals if t is not None]
-            metrics[f"reward/{task}/total/count"] = float(len(indices))
-            metrics[f"reward/{task}/total/none"] = float(len(totals) - len(scored_totals))
-            if scored_totals:
-                metrics[f"reward/{task}/total/mean"] = sum(scored_totals) / len(scored_totals)
-        return metrics
+        units = {(task, term.name): unit for task, pairs in self._task_terms.items() for term, unit in pairs}
+        return reward_metrics(samples, {task: [term.name for term, _ in pairs] for task, pairs in self._task_terms.items()},
+                              terms, reasons, total, lambda task, name: latency.get(id(units[(task, name)]), 0.0))
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -282,3 +258,36 @@ class RewardService:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]], terms: Mapping[str, list],
+                   reasons: Mapping[str, list], total: list, latency_of: Callable[[str, str], float]) -> dict[str, float]:
+    """`reward/<task>/<term>/{count,mean,none,timeouts,errors,latency_s,none/<reason>}` and
+    `reward/<task>/total/{count,none,mean}` of one scored batch (shared by the service and the Ray router,
+    so both report exactly the same keys). `latency_of(task, term)` is the seconds that term's batch took."""
+    metrics: dict[str, float] = {}
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for index, sample in enumerate(samples):
+        by_task[sample.task].append(index)
+    for task, indices in by_task.items():
+        for name in task_terms[task]:
+            prefix = f"reward/{task}/{name}"
+            values = [terms[name][i] for i in indices]
+            scored_values = [v for v in values if v is not None]
+            categories = Counter(reasons[name][i].split(":", 1)[0].strip() for i in indices if terms[name][i] is None)
+            metrics[f"{prefix}/count"] = float(len(indices))
+            if scored_values:
+                metrics[f"{prefix}/mean"] = sum(scored_values) / len(scored_values)
+            metrics[f"{prefix}/none"] = float(len(values) - len(scored_values))
+            metrics[f"{prefix}/timeouts"] = float(categories.get("timeout", 0))
+            metrics[f"{prefix}/errors"] = float(sum(categories.get(c, 0) for c in ERROR_CATEGORIES))
+            metrics[f"{prefix}/latency_s"] = latency_of(task, name)
+            for category, count in categories.items():
+                metrics[f"{prefix}/none/{category}"] = float(count)
+        totals = [total[i] for i in indices]
+        scored_totals = [t for t in totals if t is not None]
+        metrics[f"reward/{task}/total/count"] = float(len(indices))
+        metrics[f"reward/{task}/total/none"] = float(len(totals) - len(scored_totals))
+        if scored_totals:
+            metrics[f"reward/{task}/total/mean"] = sum(scored_totals) / len(scored_totals)
+    return metrics
