@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from rewards.base import Sample, Scored
-from rewards.blip.inputs import check_image, clean_text, preprocess, torch_dtype
+from rewards.blip.inputs import preprocess, score_image_text, torch_dtype
 from rewards.blip.loader import MODEL_LOAD_LOCK
 from rewards.registry import register
 
@@ -263,34 +262,12 @@ class ClipScore:
         return [scored.value for scored in self.score_detailed(samples)]
 
     def score_detailed(self, samples: Sequence[Sample], *, timeout_s: float | None = None) -> list[Scored]:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        results: list[Scored | None] = [None] * len(samples)
-        todo: list[tuple[int, str, object]] = []
-        for index, sample in enumerate(samples):
-            text = clean_text(getattr(sample, self.text_field, None))
-            image, why = check_image(getattr(sample, "image", None))
-            if image is None:
-                results[index] = Scored(None, f"no_image: {why}")
-            elif text is None:
-                results[index] = Scored(None, f"empty_text: the {self.text_field} is empty")
-            else:
-                todo.append((index, text, image))
-        if todo:
-            backend = self._model()
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                if deadline is not None and time.monotonic() > deadline:
-                    for index, _, _ in chunk:
-                        results[index] = Scored(None, f"timeout: batch budget of {timeout_s:g} s spent")
-                    continue
-                image_emb, text_emb = backend.embed(
-                    [image for _, _, image in chunk], [text for _, text, _ in chunk]
-                )
-                for (index, _, _), value in zip(chunk, clip_score(image_emb, text_emb).tolist()):
-                    results[index] = (
-                        Scored(value) if math.isfinite(value) else Scored(None, "error: non-finite")
-                    )
-        return results  # type: ignore[return-value]
+        def score_chunk(chunk):
+            image_emb, text_emb = self._model().embed([image for _, _, image in chunk], [text for _, text, _ in chunk])
+            return clip_score(image_emb, text_emb).tolist()
+
+        return score_image_text(samples, text_field=self.text_field, batch_size=self.batch_size,
+                                timeout_s=timeout_s, score_chunk=score_chunk)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_backend": None}

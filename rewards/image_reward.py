@@ -21,8 +21,6 @@ Deviations from the package, and why:
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -30,7 +28,7 @@ import torch
 
 from rewards.base import Sample, Scored
 from rewards.blip import loader
-from rewards.blip.inputs import check_image, clean_text, preprocess, torch_dtype
+from rewards.blip.inputs import preprocess, score_image_text, torch_dtype
 from rewards.registry import register
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -70,31 +68,8 @@ class ImageRewardScorer:
         return [scored.value for scored in self.score_detailed(samples)]
 
     def score_detailed(self, samples: Sequence[Sample], *, timeout_s: float | None = None) -> list[Scored]:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        results: list[Scored | None] = [None] * len(samples)
-        todo: list[tuple[int, str, object]] = []
-        for index, sample in enumerate(samples):
-            text = clean_text(getattr(sample, "prompt", None))
-            image, why = check_image(getattr(sample, "image", None))
-            if image is None:
-                results[index] = Scored(None, f"no_image: {why}")
-            elif text is None:
-                results[index] = Scored(None, "empty_text: the prompt is empty")
-            else:
-                todo.append((index, text, image))
-        if todo:
-            loaded = self._model()
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                if deadline is not None and time.monotonic() > deadline:
-                    for index, _, _ in chunk:
-                        results[index] = Scored(None, f"timeout: batch budget of {timeout_s:g} s spent")
-                    continue
-                for (index, _, _), value in zip(chunk, score_pairs(loaded, chunk)):
-                    results[index] = (
-                        Scored(value) if math.isfinite(value) else Scored(None, "error: non-finite")
-                    )
-        return results  # type: ignore[return-value]
+        return score_image_text(samples, text_field="prompt", batch_size=self.batch_size, timeout_s=timeout_s,
+                                score_chunk=lambda chunk: score_pairs(self._model(), chunk))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_loaded": None}

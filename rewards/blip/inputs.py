@@ -15,6 +15,8 @@ A sample's image is an H×W×3 uint8 array (RGB); a PIL image is accepted too. A
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Literal
 
 import numpy as np
@@ -114,3 +116,34 @@ def preprocess(
     """Checked RGB images -> pixels [B, 3, crop_to, crop_to] float32 (resize, centre crop, normalise)."""
     cropped = [centre_crop(resize_shorter_side(image, resize_to), crop_to, rounding) for image in images]
     return to_normalised_tensor(cropped, mean, std)
+
+
+def score_image_text(samples, *, text_field: str, batch_size: int, timeout_s: float | None,
+                     score_chunk) -> list:
+    """The loop every image-text reward shares: a sample without a usable image or text is None with a
+    reason; the rest are scored `batch_size` at a time by `score_chunk(chunk) -> list[float]` (chunk: a list
+    of (sample index, text, PIL image)); chunks not started before the deadline are `timeout`, and a
+    non-finite score is None (`error: non-finite`)."""
+    from rewards.base import Scored
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    results: list = [None] * len(samples)
+    todo: list[tuple[int, str, Image.Image]] = []
+    for index, sample in enumerate(samples):
+        text = clean_text(getattr(sample, text_field, None))
+        image, why = check_image(getattr(sample, "image", None))
+        if image is None:
+            results[index] = Scored(None, f"no_image: {why}")
+        elif text is None:
+            results[index] = Scored(None, f"empty_text: the {text_field} is empty")
+        else:
+            todo.append((index, text, image))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        if deadline is not None and time.monotonic() > deadline:
+            for index, _, _ in chunk:
+                results[index] = Scored(None, f"timeout: batch budget of {timeout_s:g} s spent")
+            continue
+        for (index, _, _), value in zip(chunk, score_chunk(chunk)):
+            results[index] = Scored(value) if math.isfinite(value) else Scored(None, "error: non-finite")
+    return results
