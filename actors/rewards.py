@@ -39,7 +39,7 @@ from actors.cluster import RoleResources
 from rewards import registry
 from rewards.base import Sample, ScoredBatch
 from rewards.config import RewardsConfig, RewardTermConfig
-from rewards.service import RewardService, reward_metrics
+from rewards.service import RewardService, check_samples, reward_metrics
 
 CPU_GROUP = "cpu"
 """Name of the actor that holds every term not in `heavy_terms`."""
@@ -255,15 +255,7 @@ class RewardRouter:
     # ------------------------------------------------------------------------------------------ scoring
     def score(self, samples: Sequence[Sample]) -> ScoredBatch:
         """What `RewardService(config, tasks).score(samples)` returns; see the module docstring."""
-        samples = list(samples)
-        for index, sample in enumerate(samples):
-            if not isinstance(sample, Sample):
-                raise ValueError(f"samples[{index}]: got {type(sample).__name__}; expected rewards.Sample")
-            if sample.task not in self._task_terms:
-                raise ValueError(
-                    f"samples[{index}].task={sample.task!r} has no reward terms in this service; "
-                    f"built tasks: {', '.join(self._task_terms)}"
-                )
+        samples = check_samples(samples, self._task_terms)
         members = {name: [i for i, s in enumerate(samples) if s.task in group.config.tasks]
                    for name, group in self.groups.items()}
         answers = self._run_groups(samples, {name: rows for name, rows in members.items() if rows})

@@ -167,15 +167,7 @@ class RewardService:
     # ------------------------------------------------------------------------------------------ scoring
     def score(self, samples: Sequence[Sample]) -> ScoredBatch:
         """Score every sample with its task's terms; see the module docstring."""
-        samples = list(samples)
-        for index, sample in enumerate(samples):
-            if not isinstance(sample, Sample):
-                raise ValueError(f"samples[{index}]: got {type(sample).__name__}; expected rewards.Sample")
-            if sample.task not in self._task_terms:
-                raise ValueError(
-                    f"samples[{index}].task={sample.task!r} has no reward terms in this service; "
-                    f"built tasks: {', '.join(self._task_terms)}"
-                )
+        samples = check_samples(samples, self._task_terms)
         members: dict[int, list[int]] = defaultdict(list)  # id(unit) -> sample indices
         units = {}
         for index, sample in enumerate(samples):
@@ -291,3 +283,15 @@ def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]
         if scored_totals:
             metrics[f"reward/{task}/total/mean"] = sum(scored_totals) / len(scored_totals)
     return metrics
+
+
+def check_samples(samples: Iterable[Sample], tasks: Iterable[str]) -> list[Sample]:
+    """`samples` as a list; ValueError naming the first item that is not a Sample or whose task has no terms."""
+    samples, tasks = list(samples), list(tasks)
+    for index, sample in enumerate(samples):
+        if not isinstance(sample, Sample):
+            raise ValueError(f"samples[{index}]: got {type(sample).__name__}; expected rewards.Sample")
+        if sample.task not in tasks:
+            raise ValueError(f"samples[{index}].task={sample.task!r} has no reward terms in this service; "
+                             f"built tasks: {', '.join(tasks)}")
+    return samples
