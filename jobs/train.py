@@ -202,7 +202,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         def dispatch(step: int):
             cursor_before.update(step=step, data=stream.state_dict())
             records = stream.next_batch(cfg.run.prompts_per_step)
-            return records, pool.dispatch(build_requests(records, tokenizer, cfg), step=step, run_seed=cfg.run.seed)
+            return pool.dispatch(build_requests(records, tokenizer, cfg), step=step, run_seed=cfg.run.seed)
 
         def save(step: int) -> None:
             data = cursor_before["data"] if cursor_before.get("step") == step + 1 else stream.state_dict()
@@ -220,8 +220,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         dynamic_ncols=True, disable=None)
         for step in progress:
             step_started = time.perf_counter()
-            records, shards = pending
-            batches, step_metrics = pool.collect(shards)
+            batches, step_metrics = pool.collect(pending)
             batch = RolloutBatch.concat(batches)
             lag = version - min(batch.policy_version)
             if lag > cfg.run.max_policy_lag:
@@ -268,11 +267,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 {"uid": uid, "sample": index, "version": v, "reward": reward}
                 for uid, index, v, reward in zip(batch.uid, batch.sample_index, batch.policy_version,
                                                  batch.rewards["total"])])
-            if metrics.should_log_samples(step):
-                metrics.log_samples(step, sample_rows(batch, torch.zeros(batch.num_rows) if not kept.num_rows
-                                                      else advantages, cfg.logging.sample_table_rows))
-            reward_mean = step_metrics.get("reward/text/total/mean", float("nan"))
-            progress.set_postfix(reward=f"{reward_mean:.3f}", v=version)
+            if metrics.should_log_samples(step):  # the advantages belong to the kept rows (groups may be dropped)
+                rows = sample_rows(kept, advantages, cfg.logging.sample_table_rows) if kept.num_rows else \
+                    sample_rows(batch, torch.zeros(batch.num_rows), cfg.logging.sample_table_rows)
+                metrics.log_samples(step, rows)
+            scored = [r for r in batch.rewards["total"] if r is not None]
+            progress.set_postfix(reward=f"{sum(scored) / len(scored):.3f}" if scored else "n/a", v=version)
             if checkpoints.should_save(step, final=step == cfg.run.steps):
                 save(step)
             if checkpoints.should_export(step, final=step == cfg.run.steps):
