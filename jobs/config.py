@@ -2,7 +2,7 @@
 
     cfg = load_config("jobs/configs/demo.yaml", ["algo.mu=4", "learner.num_ranks=2"])
 
-Sections (each owned by the package that uses it): `run`, `data`, `model` (here), `rollout`,
+Sections (each owned by the package that uses it): `run`, `data`, `model`, `eval` (here), `rollout`,
 `learner`, `cluster`, `checkpoint`, `logging` (`actors.config`), `algo` (`rl.config`), `rewards`
 (`rewards.config`). The whole tree is validated before anything starts: an unknown key or a bad value
 is a `ConfigError` naming the dotted key and what would be right. `write_resolved` stores the resolved
@@ -80,6 +80,35 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation of the policy during training (on `data.eval`; jobs/heldout.py)."""
+
+    every: int = 0
+    """Steps between evaluations; the starting policy and the final one are always evaluated when
+    `data.eval` is set (0: only those two)."""
+    limit: int | None = None
+    """Evaluate only the first N held-out problems (None: all of them)."""
+    temperature: float = 0.0
+    """Sampling temperature of the evaluation (0: greedy); the other sampler knobs are `rollout.sampler`'s."""
+    batch_size: int = 128
+    """Prompts per sampler call."""
+    torch_threads: int = 2
+    """CPU threads the driver's evaluation may use (the learner and workers are idle while it runs)."""
+
+    def __post_init__(self):
+        if self.every < 0:
+            raise ValueError(f"every: {self.every} is negative; use 0 (start and end only) or a step count")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: {self.limit}; use a positive number of problems or null for all")
+        if self.temperature < 0:
+            raise ValueError(f"temperature: {self.temperature} is negative; use 0 (greedy) or more")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: {self.batch_size}; need at least 1")
+        if self.torch_threads < 1:
+            raise ValueError(f"torch_threads: {self.torch_threads}; need at least 1")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The policy to train (the frozen reference starts as the same weights)."""
 
@@ -102,6 +131,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
         # Cross-section checks; each line names the key to change.
@@ -126,6 +156,9 @@ class TrainConfig:
                     check(term.name)
                 except ValueError as exc:
                     problems.append(f"rewards.tasks.{task}[{index}].name: {exc}")
+        if self.eval.every and not self.data.eval:
+            problems.append(f"eval.every: {self.eval.every} needs a held-out file; set data.eval to a .jsonl or "
+                            ".parquet file, or eval.every to 0")
         if not self.data.train:
             problems.append("data.train: no training prompts file; set it to a .jsonl or .parquet file")
         if problems:

@@ -1,6 +1,6 @@
 """Metrics: TensorBoard + one JSON object per step, optional W&B, and a table of sample generations.
 
-Keys are namespaced and checked: `loss/*`, `reward/<term>/*`, `rollout/*` (lengths, tokens/s),
+Keys are namespaced and checked: `loss/*`, `reward/<term>/*`, `rollout/*` (lengths, tokens/s), `eval/*` (held-out),
 `perf/*` (seconds per phase, weight sync), `health/*` (restarts, skipped samples). A key outside
 these fails loudly, so dashboards never silently lose a metric to a typo.
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from actors.config import LoggingConfig
 
-NAMESPACES = ("loss", "reward", "rollout", "perf", "health")
+NAMESPACES = ("loss", "reward", "rollout", "perf", "health", "eval")
 CELL_CHARS = 400  # markdown cells are cut here; the jsonl keeps the whole text
 
 

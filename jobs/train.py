@@ -146,6 +146,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from actors.learner import LearnerGroup
     from actors.rollout_pool import RolloutPool
     from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+    from jobs.heldout import HeldoutEvaluator, eval_history, should_evaluate
+    from jobs.plots import learning_curve
     from jobs.data import PromptDataset, PromptStream
     from jobs.metrics import MetricsLogger
     from rewards import RewardService
@@ -198,6 +200,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # The next step's prompts are drawn (and dispatched) before the current step is checkpointed; the
         # checkpoint keeps the cursor from before that draw, so a resumed run draws those prompts again.
         cursor_before: dict[str, Any] = {}  # {"step": s, "data": cursor before step s's prompts were drawn}
+        evaluator = HeldoutEvaluator(cfg, backbone, tokenizer, run_dir) if cfg.data.eval else None
+        if evaluator is not None and start == 0:  # the starting policy: the curve's first point
+            metrics.log(0, evaluator.evaluate(0, learners.state_dict_for_sync()))
 
         def dispatch(step: int):
             cursor_before.update(step=step, data=stream.state_dict())
@@ -262,6 +267,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             })
             if "perf/weight_sync_s" in step_metrics:
                 step_metrics["perf/weight_sync_frac"] = step_metrics["perf/weight_sync_s"] / step_metrics["perf/step_s"]
+            if evaluator is not None and should_evaluate(step, every=cfg.eval.every, last_step=cfg.run.steps):
+                step_metrics.update(evaluator.evaluate(step, learners.state_dict_for_sync()))
             metrics.log(step, step_metrics)
             metrics.log_rollouts(step, [
                 {"uid": uid, "sample": index, "version": v, "reward": reward}
@@ -280,6 +287,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         summary.update({"final_step": cfg.run.steps, "policy_version": version,
                         "learner_checksums": learners.checksums(), "worker_checksums": pool.checksums(),
                         "worker_versions": pool.versions(), "worker_restarts": pool.restarts})
+    summary["heldout"] = eval_history(run_dir / "metrics.jsonl")
+    summary["learning_curve"] = str(learning_curve(run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -316,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run finished: {summary['run_dir']} (policy version {summary.get('policy_version')})")
     if "export" in summary:
         print(f"policy exported to {summary['export']}")
+    heldout = summary.get("heldout") or []
+    if heldout:
+        first, last = heldout[0], heldout[-1]
+        print(f"held-out pass@1: {100 * first['eval/pass@1']:.1f}% at step {first['step']} -> "
+              f"{100 * last['eval/pass@1']:.1f}% at step {last['step']} ({int(last['eval/problems'])} problems)")
+    print(f"learning curve: {summary['learning_curve']}")
     return 0
 
 

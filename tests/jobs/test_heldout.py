@@ -1,0 +1,72 @@
+"""Held-out evaluation during training (jobs/heldout.py) and its config section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jobs.config import load_config
+from jobs.configtree import ConfigError
+from jobs.heldout import HeldoutEvaluator, eval_history, should_evaluate
+
+REPO = Path(__file__).resolve().parents[2]
+HELDOUT = REPO / "data/arithmetic/heldout.jsonl"
+
+
+def test_schedule_is_start_every_and_end():
+    assert [s for s in range(0, 11) if should_evaluate(s, every=4, last_step=10)] == [0, 4, 8, 10]
+    assert [s for s in range(0, 11) if should_evaluate(s, every=0, last_step=10)] == [0, 10]
+
+
+def test_evaluator_equals_jobs_eval_on_the_same_weights(tmp_path):
+    """The driver's evaluation of a state dict gives exactly `python -m jobs.eval`'s numbers."""
+    from jobs.eval import main as eval_main
+    from model import load
+    from model.tiny import tiny_model
+
+    policy = load(REPO / "model/assets/demo_policy")
+    cfg = load_config(REPO / "jobs/configs/demo.yaml", ["eval.limit=24", "eval.batch_size=10"])
+    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
+    metrics = evaluator.evaluate(7, policy.network.state_dict())
+    out = tmp_path / "eval.json"
+    assert eval_main(["--model", "demo", "--data", str(HELDOUT), "--limit", "24", "--batch-size", "10",
+                      "--out", str(out)]) == 0
+    reference = json.loads(out.read_text())
+    assert metrics["eval/pass@1"] == reference["pass_at_k"]["1"]
+    assert metrics["eval/format_rate"] == reference["format_rate"]
+    assert metrics["eval/problems"] == 24
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "step_7.jsonl").read_text().splitlines()]
+    correct = sum(r["correct"] == 1.0 for r in rows)
+    assert metrics["eval/pass@1"] == correct / 24
+
+    # other weights give other answers: the evaluator really uses the state dict it is given
+    random_policy = tiny_model(seed=0, d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=384)
+    with pytest.raises(RuntimeError, match="do not match the policy config"):
+        evaluator.evaluate(8, {"unexpected.weight": random_policy.network.state_dict()["model.transformer.wte.weight"]})
+
+
+def test_eval_history_reads_the_evaluated_steps(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": 0, "eval/pass@1": 0.1}, {"step": 1, "loss/kl": 0.0}, {"step": 2, "eval/pass@1": 0.3, "loss/kl": 1.0}]))
+    assert eval_history(path) == [{"step": 0, "eval/pass@1": 0.1}, {"step": 2, "eval/pass@1": 0.3}]
+    assert eval_history(tmp_path / "missing.jsonl") == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.every=-1", "eval.every: -1 is negative"),
+    ("eval.limit=0", "eval.limit: 0"),
+    ("eval.temperature=-0.5", "eval.temperature: -0.5 is negative"),
+    ("eval.batch_size=0", "eval.batch_size: 0"),
+    ("eval.torch_threads=0", "eval.torch_threads: 0"),
+])
+def test_bad_eval_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "jobs/configs/demo.yaml", [override])
+
+
+def test_periodic_evaluation_needs_a_heldout_file():
+    with pytest.raises(ConfigError, match="eval.every: 5 needs a held-out file; set data.eval"):
+        load_config(REPO / "jobs/configs/demo.yaml", ["data.eval=null", "eval.every=5"])
