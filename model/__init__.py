@@ -20,6 +20,18 @@ _EXPORTS = {
     "BackboneConfig": "model.network",
     "MaskedDiffusionLM": "model.network",
     "generate_text": "model.sampling",
+    "load_image_tokenizer": "model.magvit",
+    "save_image_tokenizer": "model.magvit",
+    "random_image_tokenizer": "model.magvit",
+    "MagvitConfig": "model.magvit",
+    "MagvitTokenizer": "model.magvit",
+    "MMaDALayout": "model.mmada",
+    "t2i_prompt": "model.mmada",
+    "mmu_prompt": "model.mmada",
+    "ImageSamplerConfig": "model.image_sampling",
+    "generate_images": "model.image_sampling",
+    "cosine_mask_counts": "model.image_sampling",
+    "codes_of": "model.image_sampling",
 }
 __all__ = sorted(_EXPORTS)
 
