@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from model.image_sampling import ImageSamplerConfig
 from model.sampling import TextSamplerConfig
 
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -56,10 +57,18 @@ class RolloutConfig:
     """How weights reach the workers after each update."""
     sampler: TextSamplerConfig = field(default_factory=TextSamplerConfig)
     """Text sampler knobs (models.md §3): gen_length, steps, block_length, temperature, remasking, cfg_scale."""
+    image_sampler: ImageSamplerConfig = field(default_factory=ImageSamplerConfig)
+    """Text-to-image sampler knobs (models.md §3): steps, guidance_scale, temperature, temperature_schedule,
+    text_length. Used by t2i requests only."""
+    image_tokenizer: str | None = None
+    """Directory of the MAGVIT-v2 image tokenizer every worker loads (needed for mmu and t2i requests; its
+    codebook must match the MMaDA model's); None: the workers sample text only."""
 
     def __post_init__(self):
         if self.num_workers < 1:
             raise ValueError(f"num_workers: {self.num_workers}; need at least 1 rollout worker")
+        if self.image_tokenizer is not None and not str(self.image_tokenizer).strip():
+            raise ValueError("image_tokenizer: empty string; use null (no image tokenizer) or a directory path")
         _check_resources("worker", self.cpus_per_worker, self.gpus_per_worker)
 
 

@@ -7,14 +7,29 @@ complete versions (`set_weights` from the object store, `receive_weights` over a
 `load_state_dict`); a refused or failed version never mixes with the held one, and a worker without a
 valid version refuses to sample (so no sample comes from stale or half-written weights).
 
-`sample` runs the text sampler (`model.generate_text`) and returns an `rl.batch.RolloutBatch` tagged
-with the worker's policy version; each row's decoded response (up to its first EOS / end-of-turn)
-is in `metadata["response"]` for the reward service. Row r of one call is seeded from (seed, r) by
-the sampler, so the caller picks `seed` per call (e.g. from (run seed, step, worker)).
+`sample` takes requests of three kinds (rl.batch.TASK_KINDS) in any mix and returns ONE
+`rl.batch.RolloutBatch` tagged with the worker's policy version, rows in request order:
+- "text": the chat prompt ids, sampled by the LLaDA text sampler (`model.sampling`).
+- "mmu" (image understanding): the worker preprocesses the request's image at the image tokenizer's
+  resolution (√num_vq_tokens · downsample), encodes it to codes and samples a text response to
+  `<|mmu|> <|soi|>` image ids `<|eoi|>` + chat prompt (model/mmada.py); the image ids are protected.
+- "t2i" (text-to-image): the plain prompt ids go through the MaskGIT sampler (model/image_sampling.py);
+  the codes are decoded by the image tokenizer. The row's response is the N image slots, scored over the
+  image-code columns only, with `<|eoi|>` as a suffix.
+Row metadata: the request's metadata plus `task` (the request's reward task name), `response` (the
+decoded text up to the first EOS / end-of-turn; "" for t2i; ids past the text vocabulary are dropped by
+the tokenizer) and, for t2i, `image` (H x W x 3 uint8 numpy array of the decoded, clamped pixels).
+
+Seeds: the text group is sampled with `seed` itself (a text-only call is what it always was), the mmu
+and t2i groups with `stable_seed(kind, seed)`; inside a group row r is seeded from (group seed, r) by
+the sampler. So a request's sample depends on its position among the requests of its own kind, never
+on the requests of the other kinds. The caller picks `seed` per call (e.g. from (run seed, step, shard)).
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +49,9 @@ from actors.weight_sync import (
     named_state,
     open_payload,
 )
+from model.image_sampling import ImageSamplerConfig
+from model.sampling import TextSamplerConfig
+from rl.batch import TASK_KINDS
 
 
 @dataclass(frozen=True)
@@ -41,17 +59,39 @@ class PromptRequest:
     """One response to sample: the prompt's token ids and the keys the batch row will carry."""
 
     prompt_ids: tuple[int, ...]
+    """text / mmu: the chat prompt ids (mmu: without the image); t2i: the plain prompt ids (no template)."""
     uid: str
     sample_index: int
     task: str = "text"
+    """The dataset / reward task name (e.g. "captioning"), copied to the row's metadata["task"]."""
     metadata: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None
+    """The sampler / batch kind, one of TASK_KINDS; None takes `task` when it is one of them."""
+    image: Any = field(default=None, compare=False)
+    """mmu only: an image path, an H x W x 3 uint8 array or a PIL image. (Not compared: arrays have no
+    single truth value.)"""
+
+    def __post_init__(self):
+        where = f"PromptRequest(uid={self.uid!r}, sample_index={self.sample_index})"
+        kind = self.kind if self.kind is not None else self.task
+        if self.kind is not None and kind not in TASK_KINDS:
+            raise ValueError(f"{where}: kind {kind!r} is not one of {list(TASK_KINDS)}")
+        if kind not in TASK_KINDS:
+            raise ValueError(f"{where}: task {self.task!r} is not a sampler kind; pass kind= one of {list(TASK_KINDS)}")
+        object.__setattr__(self, "kind", kind)
+        if kind == "mmu" and self.image is None:
+            raise ValueError(f"{where}: an mmu request needs image= (a path or an H x W x 3 uint8 array)")
+        if kind != "mmu" and self.image is not None:
+            raise ValueError(f"{where}: a {kind} request takes no image; only mmu requests do")
 
 
 class RolloutWorker:
     """Holds a policy copy; run it as a Ray actor (`ray.remote(RolloutWorker)`) or in-process."""
 
     def __init__(self, network_source: NetworkSource, *, policy_version: int = 0, dtype: str | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", image_tokenizer: str | os.PathLike | None = None):
+        """image_tokenizer: directory of a MAGVIT-v2 tokenizer (`model.load_image_tokenizer`), needed for
+        mmu and t2i requests; its codebook must be the network's and num_vq_tokens a square."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -59,6 +99,35 @@ class RolloutWorker:
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.receiver = WeightReceiver(self.network, policy_version)
         self.broadcast: BroadcastGroup | None = None
+        self.layout = None  # MMaDALayout of an MMaDA network with its tokenizer
+        config = getattr(self.network, "config", None)
+        if getattr(config, "model_type", None) == "mmada" and self.tokenizer is not None:
+            from model.mmada import MMaDALayout
+
+            self.layout = MMaDALayout.from_model(config, self.tokenizer)
+        self.image_tokenizer = None
+        self.image_resolution: int | None = None  # pixels per side of an mmu image
+        if image_tokenizer is not None:
+            self._load_image_tokenizer(image_tokenizer)
+
+    def _load_image_tokenizer(self, path) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"image_tokenizer: got {type(path).__name__}; expected a directory path or None")
+        if self.layout is None:
+            raise ValueError(f"image_tokenizer={os.fspath(path)!r} given, but the network is not an MMaDA model "
+                             "with a tokenizer (model_type 'mmada' and a text tokenizer are needed for images)")
+        from model.magvit import load_image_tokenizer
+
+        tokenizer = load_image_tokenizer(path, device=self.device)
+        if tokenizer.num_codes != self.layout.codebook_size:
+            raise ValueError(f"image tokenizer {os.fspath(path)} has {tokenizer.num_codes} codes, but the network's "
+                             f"codebook_size is {self.layout.codebook_size}; use the tokenizer the model was "
+                             "trained with")
+        side = math.isqrt(self.layout.num_vq_tokens)
+        if side * side != self.layout.num_vq_tokens:
+            raise ValueError(f"num_vq_tokens={self.layout.num_vq_tokens} is not a square; images need a square grid")
+        self.image_tokenizer = tokenizer.requires_grad_(False)
+        self.image_resolution = side * tokenizer.downsample
 
     # -- weights --------------------------------------------------------------------------------
     def version(self) -> int | None:
@@ -104,12 +173,17 @@ class RolloutWorker:
         protected |= {v for v in (ids.soi, ids.eoi, ids.t2i, ids.mmu, ids.ipad, ids.r2i) if v is not None}
         return {ids.eos, ids.eot}, protected
 
-    def sample(self, requests: Sequence[PromptRequest], *, gen_length: int, steps: int, block_length: int,
-               temperature: float = 0.0, remasking: str = "low_confidence", cfg_scale: float = 0.0,
-               seed: int = 0) -> Any:
-        """Sample one response per request; returns an `rl.batch.RolloutBatch` at this worker's version."""
-        from model.sampling import generate_text
+    def sample(self, requests: Sequence[PromptRequest], *, text: TextSamplerConfig | None = None,
+               image: ImageSamplerConfig | None = None, seed: int = 0, gen_length: int | None = None,
+               steps: int | None = None, block_length: int | None = None, temperature: float | None = None,
+               remasking: str | None = None, cfg_scale: float | None = None) -> Any:
+        """Sample one response per request; returns an `rl.batch.RolloutBatch` at this worker's version.
+
+        text: knobs for text and mmu requests (or the older keyword form gen_length=, steps=, ...);
+        image: knobs for t2i requests. Rows come back in request order (module docstring).
+        """
         from rl.batch import RolloutBatch
+        from rl.masking import stable_seed
 
         version = self.receiver.version
         if version is None:
@@ -117,25 +191,133 @@ class RolloutWorker:
                                   "send a complete version before sampling")
         if not requests:
             raise ValueError("sample: no requests")
+        bad = next((i for i, r in enumerate(requests) if not isinstance(r, PromptRequest)), None)
+        if bad is not None:
+            raise TypeError(f"sample: requests[{bad}] is a {type(requests[bad]).__name__}, not a PromptRequest")
+        text = _text_config(text, gen_length=gen_length, steps=steps, block_length=block_length,
+                            temperature=temperature, remasking=remasking, cfg_scale=cfg_scale)
+        groups: dict[str, list[int]] = {kind: [] for kind in TASK_KINDS}
+        for index, request in enumerate(requests):
+            groups[request.kind].append(index)
+        if (groups["text"] or groups["mmu"]) and text is None:
+            raise ValueError("sample: text/mmu requests need text=TextSamplerConfig(...) "
+                             "(or gen_length=, steps=, block_length=)")
+        if groups["t2i"] and not isinstance(image, ImageSamplerConfig):
+            raise ValueError(f"sample: t2i requests need image=ImageSamplerConfig(...), got {type(image).__name__}")
+        batches, order = [], []
+        for kind, indices in groups.items():
+            if not indices:
+                continue
+            chosen = [requests[i] for i in indices]
+            kind_seed = seed if kind == "text" else stable_seed(kind, seed)
+            if kind == "t2i":
+                batches.append(self._sample_images(chosen, image, kind_seed, version))
+            else:
+                batches.append(self._sample_text(chosen, kind, text, kind_seed, version))
+            order += indices
+        batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(batches)
+        if order != sorted(order):
+            batch = batch.select(sorted(range(len(order)), key=order.__getitem__)).validate()  # request order
+        return batch
+
+    def _sample_text(self, requests: list[PromptRequest], kind: str, cfg: TextSamplerConfig, seed: int,
+                     version: int) -> Any:
+        """text / mmu requests -> RolloutBatch rows (mmu: image codes spliced in front of the chat prompt)."""
+        from model.sampling import generate_text_with
+        from rl.batch import RolloutBatch
+
         config = self.network.config
-        prompts = [list(r.prompt_ids) for r in requests]
-        sequences, reveal_step = generate_text(
-            self.network, prompts, gen_length=gen_length, steps=steps, block_length=block_length,
-            temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, mask_id=config.mask_token_id,
-            seed=seed, pad_id=config.pad_token_id)
-        sequences, reveal_step = sequences.cpu(), reveal_step.cpu()  # [N, P+L], [N, L]
+        image_range = None
+        if kind == "mmu":
+            prompts = self._mmu_prompts(requests)
+            image_range = (self.layout.image_lo, self.layout.image_hi)
+        else:
+            prompts = [list(r.prompt_ids) for r in requests]
+        sequences, reveal_step = generate_text_with(self.network, prompts, cfg, mask_id=config.mask_token_id,
+                                                    pad_id=config.pad_token_id, seed=seed)
+        sequences, reveal_step = sequences.cpu(), reveal_step.cpu()  # [n, P+L], [n, L]
         end_ids, protected = self._special_ids()
         metadata = []
         for row, request in enumerate(requests):
-            response = sequences[row, sequences.shape[1] - gen_length:].tolist()
+            response = sequences[row, sequences.shape[1] - cfg.gen_length:].tolist()
             cut = next((i for i, t in enumerate(response) if t in end_ids), len(response))
-            text = self.tokenizer.decode(response[:cut]) if self.tokenizer is not None else None
-            metadata.append({**request.metadata, "response": text})
+            decoded = self.tokenizer.decode(response[:cut]) if self.tokenizer is not None else None
+            metadata.append({**request.metadata, "task": request.task, "response": decoded})
         return RolloutBatch.from_sampler(
-            sequences, reveal_step, [len(p) for p in prompts], eos_ids=end_ids,
-            task=[r.task for r in requests], uid=[r.uid for r in requests],
+            sequences, reveal_step, [len(p) for p in prompts], eos_ids=end_ids, task=kind,
+            uid=[r.uid for r in requests], sample_index=[r.sample_index for r in requests], policy_version=version,
+            protected_ids=protected, protected_id_range=image_range, metadata=metadata,
+            pad_token_id=config.pad_token_id)
+
+    def _mmu_prompts(self, requests: list[PromptRequest]) -> list[list[int]]:
+        """`<|mmu|> <|soi|>` codes `<|eoi|>` + chat prompt per request; an image shared by requests is encoded once."""
+        from model.image_processing import preprocess_image
+        from model.mmada import mmu_prompt
+
+        self._need_images("mmu")
+        codes_of_image: dict[Any, list[int]] = {}
+        prompts = []
+        for request in requests:
+            key = request.image if isinstance(request.image, (str, os.PathLike)) else id(request.image)
+            if key not in codes_of_image:
+                try:
+                    pixels = preprocess_image(request.image, self.image_resolution)  # [3, R, R]
+                except (OSError, ValueError, TypeError) as error:
+                    raise ValueError(f"mmu request (uid {request.uid!r}, sample {request.sample_index}): cannot use "
+                                     f"its image: {error}") from error
+                codes_of_image[key] = self.image_tokenizer.encode(pixels[None])[0].tolist()  # [N]
+            prompts.append(mmu_prompt(self.layout, codes_of_image[key], request.prompt_ids))
+        return prompts
+
+    def _sample_images(self, requests: list[PromptRequest], cfg: ImageSamplerConfig, seed: int, version: int) -> Any:
+        """t2i requests -> RolloutBatch rows; the decoded image of each row goes to metadata["image"]."""
+        from model.image_processing import to_uint8
+        from model.image_sampling import codes_of, generate_images
+        from rl.batch import RolloutBatch
+
+        self._need_images("t2i")
+        layout = self.layout
+        sample = generate_images(self.network, layout, [list(r.prompt_ids) for r in requests], cfg, seed=seed)
+        sequences, reveal_step = sample.sequences.cpu(), sample.reveal_step.cpu()  # [n, P+N+1], [n, N]
+        codes = codes_of(sequences, layout, sample.prompt_width)  # [n, N]
+        metadata = []
+        for row, request in enumerate(requests):  # one image at a time: a 512 px decode is large
+            pixels = self.image_tokenizer.decode(codes[row : row + 1].to(self.device))  # [1, 3, H, W]
+            metadata.append({**request.metadata, "task": request.task, "response": "", "image": to_uint8(pixels[0])})
+        _, protected = self._special_ids()
+        return RolloutBatch.from_sampler(
+            sequences, reveal_step, sample.prompt_lengths, eos_ids=(), task="t2i", uid=[r.uid for r in requests],
             sample_index=[r.sample_index for r in requests], policy_version=version,
-            protected_ids=protected, metadata=metadata, pad_token_id=config.pad_token_id)
+            prompt_width=sample.prompt_width, score_vocab=(layout.image_lo, layout.image_hi), protected_ids=protected,
+            protected_id_range=(layout.image_lo, layout.image_hi), metadata=metadata,
+            pad_token_id=self.network.config.pad_token_id)
+
+    def _need_images(self, kind: str) -> None:
+        if self.layout is None:
+            raise ValueError(f"sample: {kind} requests need an MMaDA network with its tokenizer; this worker holds a "
+                             f"{getattr(getattr(self.network, 'config', None), 'model_type', 'non-MMaDA')} network"
+                             f"{'' if self.tokenizer is not None else ' without a tokenizer'}")
+        if self.image_tokenizer is None:
+            raise ValueError(f"sample: {kind} requests need an image tokenizer; start the worker with "
+                             "image_tokenizer=<directory> (config: rollout.image_tokenizer)")
+
+
+def _text_config(text: TextSamplerConfig | None, **knobs) -> TextSamplerConfig | None:
+    """`text`, or a TextSamplerConfig from the older keyword form (gen_length, steps, block_length, ...)."""
+    given = {name: value for name, value in knobs.items() if value is not None}
+    if text is not None:
+        if given:
+            raise ValueError(f"sample: pass either text=TextSamplerConfig(...) or the keywords {sorted(given)}, "
+                             "not both")
+        if not isinstance(text, TextSamplerConfig):
+            raise TypeError(f"sample: text must be a TextSamplerConfig, got {type(text).__name__}")
+        return text
+    if not given:
+        return None
+    missing = [name for name in ("gen_length", "steps", "block_length") if name not in given]
+    if missing:
+        raise ValueError(f"sample: the keyword form needs gen_length, steps and block_length; missing {missing}")
+    return TextSamplerConfig(**{"temperature": 0.0, **given})
 
 
 def start_workers(cfg: RolloutConfig, network_source: NetworkSource, *, policy_version: int = 0,
@@ -147,5 +329,6 @@ def start_workers(cfg: RolloutConfig, network_source: NetworkSource, *, policy_v
         options: dict[str, Any] = {"num_cpus": cfg.cpus_per_worker, "num_gpus": cfg.gpus_per_worker}
         if placement_group is not None:
             options["scheduling_strategy"] = bundle_strategy(placement_group, index)
-        workers.append(actor.options(**options).remote(network_source, policy_version=policy_version, dtype=dtype))
+        workers.append(actor.options(**options).remote(network_source, policy_version=policy_version, dtype=dtype,
+                                                        image_tokenizer=cfg.image_tokenizer))
     return workers

@@ -88,10 +88,8 @@ class RolloutPool:
         return pending
 
     def _sample(self, worker: int, requests: list[PromptRequest], seed: int) -> Any:
-        s = self.cfg.sampler
-        return self.workers[worker].sample.remote(
-            requests, gen_length=s.gen_length, steps=s.steps, block_length=s.block_length,
-            temperature=s.temperature, remasking=s.remasking, cfg_scale=s.cfg_scale, seed=seed)
+        return self.workers[worker].sample.remote(requests, text=self.cfg.sampler, image=self.cfg.image_sampler,
+                                                  seed=seed)
 
     def collect(self, pending: list[PendingShard]) -> tuple[list[Any], dict[str, float]]:
         """Wait for every shard, re-sampling a dead worker's shard on a fresh worker.
@@ -134,7 +132,8 @@ class RolloutPool:
             options["scheduling_strategy"] = bundle_strategy(self.placement_group, index)
         if self.name is not None:
             options["name"] = self.worker_name(index)
-        return ray.remote(RolloutWorker).options(**options).remote(self.source, dtype=self.dtype)
+        return ray.remote(RolloutWorker).options(**options).remote(self.source, dtype=self.dtype,
+                                                                   image_tokenizer=self.cfg.image_tokenizer)
 
     def _restart(self, index: int) -> None:
         """Replace worker `index` by a fresh actor holding the current policy version."""
