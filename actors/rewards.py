@@ -39,7 +39,7 @@ from actors.cluster import RoleResources
 from rewards import registry
 from rewards.base import Sample, ScoredBatch
 from rewards.config import RewardsConfig, RewardTermConfig
-from rewards.service import RewardService, check_samples, reward_metrics
+from rewards.service import RewardService, check_samples, metric_term, reward_metrics
 
 CPU_GROUP = "cpu"
 """Name of the actor that holds every term not in `heavy_terms`."""
@@ -274,7 +274,7 @@ class RewardRouter:
                         reasons[term.name][index] = batch.reasons[term.name][position]
             for task in self.groups[name].config.tasks:
                 for term in self.groups[name].config.tasks[task]:
-                    key = f"reward/{task}/{term.name}/latency_s"
+                    key = f"reward/{task}/{metric_term(term.name)}/latency_s"
                     latency[task, term.name] = batch.metrics.get(key, seconds) if batch is not None else seconds
         total: list[float | None] = [0.0] * len(samples)
         for index, sample in enumerate(samples):  # the service's order of summation, so the floats match

@@ -252,6 +252,12 @@ class RewardService:
         self.close()
 
 
+def metric_term(name: str) -> str:
+    """A reward term's name as one component of a metric key: one-off names (`path/to/file.py:fn`) hold '/',
+    which would split the key, so it becomes '.' (`path.to.file.py:fn`; a leading '/' is dropped)."""
+    return name.strip("/").replace("/", ".")
+
+
 def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]], terms: Mapping[str, list],
                    reasons: Mapping[str, list], total: list, latency_of: Callable[[str, str], float]) -> dict[str, float]:
     """`reward/<task>/<term>/{count,mean,none,timeouts,errors,latency_s,none/<reason>}` and
@@ -263,7 +269,7 @@ def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]
         by_task[sample.task].append(index)
     for task, indices in by_task.items():
         for name in task_terms[task]:
-            prefix = f"reward/{task}/{name}"
+            prefix = f"reward/{task}/{metric_term(name)}"
             values = [terms[name][i] for i in indices]
             scored_values = [v for v in values if v is not None]
             categories = Counter(reasons[name][i].split(":", 1)[0].strip() for i in indices if terms[name][i] is None)

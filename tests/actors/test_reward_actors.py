@@ -21,6 +21,7 @@ from actors.rewards import (
     split_config,
 )
 from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
+from rewards.service import metric_term
 
 PLUGINS = '''
 import os
@@ -165,8 +166,8 @@ def test_a_term_that_cannot_be_scored_is_none_with_a_reason_after_bounded_retrie
         assert reason.startswith(f"crash: reward actor {dying!r} failed 2 time(s) (reward_actors.max_attempts=2)")
         assert "reward file not found" in reason
         assert scored.terms["format"] == [1.0, 1.0, 0.0, 1.0]  # the CPU actor is untouched
-        assert scored.metrics[f"reward/text/{dying}/none/crash"] == 4.0
-        assert scored.metrics[f"reward/text/{dying}/errors"] == 4.0
+        assert scored.metrics[f"reward/text/{metric_term(dying)}/none/crash"] == 4.0
+        assert scored.metrics[f"reward/text/{metric_term(dying)}/errors"] == 4.0
         assert "reward/text/total/mean" not in scored.metrics
         assert router.health_metrics() == {"health/reward_actor_restarts": 1.0, "health/reward_actor_failures": 1.0}
         assert router.actor(dying) is None  # replaced at the next call

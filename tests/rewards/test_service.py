@@ -7,7 +7,7 @@ import time
 import pytest
 
 from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
-from rewards.service import THREAD_GRACE_S, validate_output
+from rewards.service import THREAD_GRACE_S, metric_term, validate_output
 
 THOUGHT = "<think>2 and 2 make 4</think>"
 
@@ -56,7 +56,7 @@ def test_plugins_read_meta_they_know_and_none_is_counted(misbehaving):
         batch = service.score(samples)
     assert batch.total == [0.5, None]
     assert batch.reasons[misbehaving("meta_score")] == [None, "unscorable"]
-    assert batch.metrics[f"reward/t/{misbehaving('meta_score')}/none/unscorable"] == 1.0
+    assert batch.metrics[f"reward/t/{metric_term(misbehaving('meta_score'))}/none/unscorable"] == 1.0
 
 
 def test_infinite_loop_plugin_is_cut_off_and_other_terms_survive(misbehaving):
@@ -72,7 +72,7 @@ def test_infinite_loop_plugin_is_cut_off_and_other_terms_survive(misbehaving):
     assert batch.terms["format"] == [1.0, 0.0] and batch.terms[name] == [None, None]
     assert batch.total == [None, None]
     assert batch.reasons[name][0].startswith("timeout: exceeded 0.5 s")
-    assert batch.metrics[f"reward/t/{name}/timeouts"] == 2.0
+    assert batch.metrics[f"reward/t/{metric_term(name)}/timeouts"] == 2.0
     assert elapsed < 0.5 + 1.0
     assert again.reasons[name][0].startswith("timeout")
 
@@ -96,7 +96,7 @@ def test_every_failure_is_contained_as_none_with_a_reason(misbehaving, helper, i
     assert batch.total == [None, None]
     assert batch.reasons[name][0] == f"{category}: {detail}"
     key = "errors" if category in ("error", "crash") else "timeouts"
-    assert batch.metrics[f"reward/t/{name}/{key}"] == 2.0
+    assert batch.metrics[f"reward/t/{metric_term(name)}/{key}"] == 2.0
 
 
 def test_thread_term_that_overruns_is_abandoned_at_its_deadline(misbehaving):
@@ -127,7 +127,7 @@ def test_broken_outputs_are_invalid(misbehaving, helper, reasons):
         batch = service.score([Sample("t", "q", "r"), Sample("t", "q", "s")])
     name = misbehaving(helper)
     assert batch.reasons[name] == [r.format(name=name) for r in reasons]
-    assert batch.metrics[f"reward/t/{name}/errors"] == 2.0
+    assert batch.metrics[f"reward/t/{metric_term(name)}/errors"] == 2.0
 
 
 def test_validate_output_directly():
@@ -167,3 +167,22 @@ def test_process_plugins_are_built_in_their_worker_when_the_service_is_built(mis
     with pytest.raises(ValueError, match=r"rewards.tasks.t: term '.*Threshold': error: cannot load the reward in the "
                                          r"worker: ValueError: .*bad options \{'threshold': -1\}: threshold: got -1"):
         RewardService(bad)
+
+
+def test_a_one_off_reward_by_absolute_path_gives_valid_metric_keys(tmp_path):
+    """`/abs/path/file.py:fn` holds '/', which would split (or empty) a metric key component."""
+    from jobs.metrics import check_key
+    from rewards.service import metric_term
+
+    plugin = tmp_path / "sevens.py"
+    plugin.write_text("def sevens(samples):\n    return [float(s.response.count('7')) for s in samples]\n")
+    name = f"{plugin}:sevens"
+    config = RewardsConfig(tasks={"text": [RewardTermConfig(name, 1.0, isolation="thread")]})
+    with RewardService(config, tasks=["text"]) as service:
+        batch = service.score([Sample("text", "q", "77"), Sample("text", "q", "1")])
+    assert batch.terms[name] == [2.0, 0.0]  # the batch keeps the configured name
+    term = str(plugin).lstrip("/").replace("/", ".") + ":sevens"
+    assert metric_term(name) == term and "/" not in term
+    assert batch.metrics[f"reward/text/{term}/mean"] == 1.0
+    for key in batch.metrics:
+        check_key(key)
