@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Literal
 
 from actors.config import CheckpointConfig, ClusterConfig, LearnerConfig, LoggingConfig, RolloutConfig
+from actors.rewards import RewardActorsConfig
 from jobs.configtree import ConfigError, apply_overrides, build, read_yaml, write_yaml  # noqa: F401 (ConfigError re-exported)
 from rewards.config import RewardsConfig
 from rl.config import AlgoConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+TaskKind = Literal["text", "mmu", "t2i"]
+KINDS: tuple[str, ...] = ("text", "mmu", "t2i")  # = rl.batch.TASK_KINDS (not imported: keeps this module light)
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,33 @@ class DataConfig:
     """Shuffle each epoch with a seed derived from (run.seed, epoch)."""
     thinking: bool = True
     """Prepend the thinking instruction (reason in <think> </think>, then answer) to reasoning prompts."""
-    default_task: Literal["text", "mmu", "t2i"] = "text"
+    default_task: TaskKind = "text"
     """Task of rows that name none."""
+    task_kinds: dict[str, TaskKind] = field(default_factory=lambda: {"captioning": "mmu"})
+    """How each dataset task is sampled, for tasks not named after a kind. Kinds: `text` (chat prompt ->
+    text), `mmu` (the row's `image` + chat prompt -> text; rows need an image), `t2i` (the plain prompt
+    text -> an image). Tasks named `text`, `mmu`, `t2i` are their own kind; a task listed nowhere is `mmu`
+    when its row has an image and `text` otherwise. The task name itself selects the reward terms."""
 
     def __post_init__(self):
+        problems = []
         for key, value in (("train", self.train), ("eval", self.eval)):
             if value and not value.endswith((".jsonl", ".parquet")):
-                raise ValueError(f"{key}: {value!r} must be a .jsonl or .parquet file")
+                problems.append(f"{key}: {value!r} must be a .jsonl or .parquet file")
+        for task, kind in self.task_kinds.items():
+            if not task.strip():
+                problems.append(f"task_kinds: empty task name (mapped to {kind!r}); use the dataset's task names")
+            elif task in KINDS and kind != task:
+                problems.append(f"task_kinds.{task}: {kind!r}; the task {task!r} is always sampled as {task!r} "
+                                f"(remove the entry, or give your task another name)")
+        if problems:
+            raise ValueError("\n".join(problems))
+
+    def kind_of(self, task: str, has_image: bool) -> str:
+        """The sampler kind (text, mmu, t2i) of a row of `task`; see `task_kinds`."""
+        if task in KINDS:
+            return task
+        return self.task_kinds.get(task, "mmu" if has_image else "text")
 
 
 @dataclass(frozen=True)
@@ -108,13 +131,39 @@ class EvalConfig:
             raise ValueError(f"torch_threads: {self.torch_threads}; need at least 1")
 
 
+TINY_SIZES = {
+    "tiny": ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size"),
+    "tiny-mmada": ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "codebook_size", "num_vq_tokens"),
+}
+"""`model.path` values that build a random tiny twin -> the `model.tiny_size` keys each accepts."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The policy to train (the frozen reference starts as the same weights)."""
 
     path: str = "tiny"
-    """A checkpoint directory in the published format, or 'tiny' for a random tiny twin (tests, demos).
+    """A checkpoint directory in the published format, or a random tiny twin seeded by `run.seed` (tests,
+    demos): 'tiny' (LLaDA layout) or 'tiny-mmada' (MMaDA layout: image codes after the text vocabulary).
     Weights are cast to `learner.dtype` on the learner and the rollout workers."""
+    tiny_size: dict[str, int] = field(default_factory=dict)
+    """Sizes of a tiny twin (model.tiny.tiny_model / tiny_mmada_model keywords): d_model, n_layers, n_heads,
+    n_kv_heads, mlp_hidden_size; for 'tiny-mmada' also codebook_size and num_vq_tokens, which must match the
+    image tokenizer (its number of codes, and codes per image). Empty: model.tiny's defaults."""
+
+    def __post_init__(self):
+        if not self.tiny_size:
+            return
+        if self.path not in TINY_SIZES:
+            raise ValueError(f"tiny_size: {self.tiny_size!r} is only for path 'tiny' or 'tiny-mmada' "
+                             f"(path is {self.path!r}); remove it")
+        unknown = sorted(set(self.tiny_size) - set(TINY_SIZES[self.path]))
+        if unknown:
+            raise ValueError(f"tiny_size: unknown key(s) {unknown} for path {self.path!r}; valid: "
+                             f"{', '.join(TINY_SIZES[self.path])}")
+        bad = {k: v for k, v in self.tiny_size.items() if v < 1}
+        if bad:
+            raise ValueError(f"tiny_size: {bad} must be positive integers")
 
 
 @dataclass(frozen=True)
@@ -128,6 +177,7 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    reward_actors: RewardActorsConfig = field(default_factory=RewardActorsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -6,6 +6,10 @@ data file's folder, that must exist) and `uid` (default: `<file name>:<row>`, st
 file is). Columns may be renamed with `fields` (e.g. `{"prompt": "question"}` for GSM8K); every other
 column is kept in `meta`. The `data` config section (jobs/config.py) supplies the arguments.
 
+Rows of the tasks listed in `image_tasks` (the multimodal-understanding kinds, e.g. captioning) must
+have an image. `load_image(path)` reads one as the HxWx3 uint8 RGB array that rewards and rollout workers
+take.
+
 Bad rows are reported with file, row number (1-based: the line number in a jsonl file, the record
 number in a parquet file) and what is wrong, then skipped; if no row is good the load fails with the
 list. Duplicate uids are bad rows too (advantages are grouped by uid).
@@ -20,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +105,8 @@ def _text(value: Any, name: str, *, required: bool) -> str | None:
     return text
 
 
-def _record(path: Path, row_no: int, row: dict, column: dict[str, str], default_task: str | None) -> PromptRecord:
+def _record(path: Path, row_no: int, row: dict, column: dict[str, str], default_task: str | None,
+            image_tasks: Collection[str] = ()) -> PromptRecord:
     prompt = _text(row.get(column["prompt"]), column["prompt"], required=True)
     answer = _text(row.get(column["answer"]), column["answer"], required=False)
     task = row.get(column["task"])
@@ -116,6 +121,9 @@ def _record(path: Path, row_no: int, row: dict, column: dict[str, str], default_
         if not image_path.is_file():
             raise ValueError(f"image file {str(image_path)!r} does not exist")
         image = str(image_path.resolve())
+    elif task in image_tasks:
+        raise ValueError(f"task {task!r} needs an image (it is sampled as image understanding); "
+                         f"'{column['image']}' is missing")
     uid = _text(row.get(column["uid"]), column["uid"], required=False)
     if uid is None:
         uid = f"{path.name}:{row_no}"
@@ -132,10 +140,11 @@ class PromptDataset:
     default_task: task of rows without one (None: such rows are bad).
     fields: our field -> column name in the files, for the fields named differently there.
     format: "auto" (from each file's suffix), "jsonl" or "parquet".
+    image_tasks: tasks whose rows must have an image (rows without one are bad rows).
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], *, default_task: str | None = None,
-                 fields: Mapping[str, str] | None = None, format: str = "auto"):
+                 fields: Mapping[str, str] | None = None, format: str = "auto", image_tasks: Collection[str] = ()):
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if not paths or not all(str(p) for p in paths):
             raise DataError("no data file given; set data.train to a .jsonl or .parquet file")
@@ -156,7 +165,7 @@ class PromptDataset:
                 raise DataError(f"data file {str(path)!r} does not exist")
             for row_no, row in _raw_rows(path, _format_of(path, format), self.problems):
                 try:
-                    record = _record(path, row_no, row, column, default_task)
+                    record = _record(path, row_no, row, column, default_task, image_tasks)
                 except ValueError as exc:
                     self.problems.append(f"{path}:{row_no}: {exc}")
                     continue
@@ -179,6 +188,22 @@ class PromptDataset:
         for record in self.records:
             digest.update(record.uid.encode() + b"\0")
         return digest.hexdigest()
+
+
+def load_image(path: str | Path):
+    """The image file at `path` as a read-only HxWx3 uint8 RGB numpy array (any mode PIL reads is converted;
+    read-only because the driver shares one array between a prompt's requests and reward samples);
+    DataError naming the file when it cannot be read."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"image {str(path)!r} cannot be read as an image: {exc}") from exc
+    array.flags.writeable = False
+    return array
 
 
 def _listing(problems: list[str]) -> str:

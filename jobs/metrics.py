@@ -1,6 +1,6 @@
 """Metrics: TensorBoard + one JSON object per step, optional W&B, and a table of sample generations.
 
-Keys are namespaced and checked: `loss/*`, `reward/<term>/*`, `rollout/*` (lengths, tokens/s), `eval/*` (held-out),
+Keys are namespaced and checked: `loss/*`, `reward/<task>/<term>/*`, `rollout/*` (lengths, tokens/s), `eval/*` (held-out),
 `perf/*` (seconds per phase, weight sync), `health/*` (restarts, skipped samples). A key outside
 these fails loudly, so dashboards never silently lose a metric to a typo.
 
@@ -9,10 +9,13 @@ Files under the run directory:
   non-finite values are written as null (JSON has no NaN) and kept as NaN in TensorBoard.
 - `samples.jsonl`: `{"step": N, "rows": [...]}` every `sample_table_every` steps; the same rows go to
   TensorBoard's text tab as a markdown table (cells truncated there, full in the jsonl).
+- `samples/step_N.png` (+ `samples/step_N.json`, the caption of each grid row): a grid of generated
+  images (text-to-image rows: one grid row per prompt, its group's samples side by side), logged with
+  `log_image_grid` on the sample-table steps; the same grid goes to TensorBoard's image tab.
 - `tensorboard/`: event files.
 On resume (`resume_step=k`), lines for steps > k (written after the last checkpoint by the run that
 died) and a line torn by the kill are dropped from both jsonl files, and TensorBoard purges its events
-after k, so every step appears once. (A fresh run reusing a run directory passes `resume_step=0`.)
+after k, so every step appears once. (A fresh run reusing a run directory passes `resume_step=-1`: every old line goes.)
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from actors.config import LoggingConfig
 
 NAMESPACES = ("loss", "reward", "rollout", "perf", "health", "eval")
 CELL_CHARS = 400  # markdown cells are cut here; the jsonl keeps the whole text
+GRID_GAP = 2  # pixels of white between the cells of an image grid
 
 
 def check_key(key: str) -> None:
@@ -82,6 +88,36 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def check_image(image: Any, where: str) -> np.ndarray:
+    """`image` as an HxWx3 uint8 array; ValueError naming `where` otherwise."""
+    shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", None)
+    if not isinstance(image, np.ndarray) or len(shape) != 3 or shape[2] != 3 or dtype != np.uint8 or 0 in shape:
+        raise ValueError(f"{where}: expected a non-empty HxWx3 uint8 numpy array, got {type(image).__name__} "
+                         f"shape={shape} dtype={dtype}")
+    return image
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = GRID_GAP) -> np.ndarray:
+    """Rows of HxWx3 uint8 images -> one [R·(h+gap)+gap, C·(w+gap)+gap, 3] uint8 image (white background).
+
+    Every cell is h x w = the largest height and width among the images; a smaller image sits in its cell's
+    top-left corner, and rows shorter than the longest one leave their last cells white.
+    """
+    if not rows or not any(rows):
+        raise ValueError("image_grid: no images")
+    cells = [[check_image(image, f"image_grid: rows[{r}][{c}]") for c, image in enumerate(row)]
+             for r, row in enumerate(rows)]
+    h = max(image.shape[0] for row in cells for image in row)
+    w = max(image.shape[1] for row in cells for image in row)
+    columns = max(len(row) for row in cells)
+    grid = np.full((len(cells) * (h + gap) + gap, columns * (w + gap) + gap, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(cells):
+        for c, image in enumerate(row):
+            top, left = gap + r * (h + gap), gap + c * (w + gap)
+            grid[top:top + image.shape[0], left:left + image.shape[1]] = image
+    return grid
 
 
 class MetricsLogger:
@@ -158,6 +194,34 @@ class MetricsLogger:
             columns = list(dict.fromkeys(k for row in rows for k in row))
             table = wandb.Table(columns=columns, data=[[str(row.get(c, "")) for c in columns] for row in rows])
             self._wandb.log({"samples": table}, step=step)
+
+    def log_image_grid(self, step: int, rows: Sequence[Sequence[np.ndarray]], captions: Sequence[str],
+                       tag: str = "samples/t2i") -> Path:
+        """Write `rows` of images (e.g. one row per prompt, its samples side by side) as one grid:
+        `samples/step_N.png`, the row captions in `samples/step_N.json`, TensorBoard image `tag`, W&B.
+        Returns the PNG's path."""
+        from PIL import Image
+
+        if len(captions) != len(rows):
+            raise ValueError(f"log_image_grid: {len(captions)} captions for {len(rows)} rows; give one per row")
+        grid = image_grid(rows)  # [H, W, 3] uint8
+        directory = self.run_dir / "samples"
+        directory.mkdir(exist_ok=True)
+        path = directory / f"step_{step}.png"
+        tmp = path.with_suffix(".png.tmp")
+        Image.fromarray(grid).save(tmp, format="PNG")
+        tmp.replace(path)
+        (directory / f"step_{step}.json").write_text(json.dumps(
+            {"step": step, "png": path.name, "rows": [str(c) for c in captions]}, indent=1) + "\n")
+        if self._writer is not None:
+            self._writer.add_image(tag, grid, step, dataformats="HWC")
+            self._writer.add_text(f"{tag}/captions", "\n".join(f"{i}. {c}" for i, c in enumerate(captions)), step)
+            self._writer.flush()
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({tag: wandb.Image(grid, caption=" | ".join(map(str, captions)))}, step=step)
+        return path
 
     def close(self) -> None:
         if self._jsonl is not None:

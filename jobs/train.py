@@ -5,8 +5,11 @@
 
 One step (shared/spec/algorithm.md §2):
 1. draw `run.prompts_per_step` prompts; every prompt is sampled `algo.group_size` times by the rollout
-   workers, which hold π_old at `policy_version` v;
-2. score every response with its task's reward terms (weights from `rewards`);
+   workers, which hold π_old at `policy_version` v. A batch may mix text, image-understanding and
+   text-to-image prompts: each dataset task maps to a sampler kind (jobs/multitask.py, docs/multimodal.md);
+2. score every response with its task's reward terms (weights from `rewards`; heavy terms such as `clip`
+   and `image_reward` in Ray actors of their own); t2i samples are scored on their generated image,
+   understanding samples on their input image;
 3. group z-score advantages per prompt uid (unscorable samples: Â = 0, left out of the statistics);
 4. the learner ranks (DeepSpeed ZeRO, data parallel) run the UniGRPO update on their shards: μ
    structured-masked copies, old/reference log-probs, μ optimizer steps (rl.update);
@@ -58,11 +61,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 # -- pieces the loop uses ------------------------------------------------------------------------------
 def network_source(cfg: TrainConfig):
-    """A checkpoint directory, or a seeded factory of the tiny twin (every process builds the same)."""
-    if cfg.model.path == "tiny":
-        from model.tiny import tiny_model
+    """A checkpoint directory, or a seeded factory of a tiny twin (every process builds the same)."""
+    if cfg.model.path in ("tiny", "tiny-mmada"):
+        from model.tiny import tiny_mmada_model, tiny_model
 
-        return functools.partial(tiny_model, seed=cfg.run.seed)
+        factory = tiny_model if cfg.model.path == "tiny" else tiny_mmada_model
+        return functools.partial(factory, seed=cfg.run.seed, **cfg.model.tiny_size)
     return cfg.model.path
 
 
@@ -71,46 +75,29 @@ def driver_tokenizer_and_config(cfg: TrainConfig):
     from model.checkpoint import CONFIG_NAME, config_from_json
     from model.tokenizer import load_tokenizer
 
-    if cfg.model.path == "tiny":
-        from model.tiny import tiny_model
-
-        loaded = tiny_model(seed=cfg.run.seed)
+    if cfg.model.path in ("tiny", "tiny-mmada"):
+        loaded = network_source(cfg)()
         return loaded.tokenizer, loaded.config
     path = Path(cfg.model.path)
     config_file = path / CONFIG_NAME
     if not config_file.is_file():
         raise ConfigError([f"model.path: {cfg.model.path!r} has no {CONFIG_NAME}; give a checkpoint directory "
-                           "in the published format, or 'tiny'"])
+                           "in the published format, or 'tiny' / 'tiny-mmada'"])
     return load_tokenizer(path), config_from_json(json.loads(config_file.read_text()), str(config_file))
 
 
-def build_requests(records, tokenizer, cfg: TrainConfig):
-    """One PromptRequest per (prompt, sample index); the group of a prompt shares its uid."""
-    from actors.rollout import PromptRequest
-    from model.templates import chat_prompt_ids
-
-    requests = []
-    for record in records:
-        ids = tuple(chat_prompt_ids(tokenizer, record.prompt, thinking=cfg.data.thinking))
-        for index in range(cfg.algo.group_size):
-            requests.append(PromptRequest(ids, record.uid, index, record.task,
-                                          {"prompt": record.prompt, "answer": record.answer}))
-    return requests
-
-
-def score(batch, records_by_uid, service) -> tuple[dict[str, Any], dict[str, float]]:
-    """Reward terms per row (+ the per-task weighted `total`), and the reward metrics."""
-    from rewards import Sample
-
-    samples = [Sample(task=task, prompt=records_by_uid[uid].prompt, response=meta.get("response") or "",
-                      answer=records_by_uid[uid].answer, meta=records_by_uid[uid].meta)
-               for task, uid, meta in zip(batch.task, batch.uid, batch.metadata)]
-    scored = service.score(samples)
+def score(samples, scorer) -> tuple[dict[str, Any], dict[str, float]]:
+    """Reward terms per row (+ the per-task weighted `total`), and the reward metrics (plus the reward
+    actors' health counters when the scorer is the Ray router)."""
+    scored = scorer.score(samples)
     rewards = {"total": scored.total}
     for term, values in scored.terms.items():  # terms every row has (mixed tasks: some are absent)
         if all(reason != "absent" for reason in scored.reasons[term]):
             rewards[term] = values
-    return rewards, scored.metrics
+    metrics = dict(scored.metrics)
+    if hasattr(scorer, "health_metrics"):
+        metrics.update(scorer.health_metrics())
+    return rewards, metrics
 
 
 def shard_rows(num_rows: int, num_ranks: int) -> list[list[int]]:
@@ -123,7 +110,8 @@ def sample_rows(batch, advantages, limit: int) -> list[dict[str, Any]]:
     rows = []
     for row in range(min(limit, batch.num_rows)):
         meta = batch.metadata[row]
-        rows.append({"uid": batch.uid[row], "sample": batch.sample_index[row], "prompt": meta.get("prompt"),
+        rows.append({"uid": batch.uid[row], "sample": batch.sample_index[row],
+                     "task": meta.get("task", batch.task[row]), "prompt": meta.get("prompt"),
                      "response": meta.get("response"), "reward": batch.rewards["total"][row],
                      "advantage": round(float(advantages[row]), 4)})
     return rows
@@ -146,11 +134,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from actors.learner import LearnerGroup
     from actors.rollout_pool import RolloutPool
     from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
-    from jobs.heldout import HeldoutEvaluator, eval_history, should_evaluate
-    from jobs.plots import learning_curve
     from jobs.data import PromptDataset, PromptStream
+    from jobs.heldout import HeldoutEvaluator, eval_history, should_evaluate
     from jobs.metrics import MetricsLogger
-    from rewards import RewardService
+    from jobs.multitask import (
+        build_requests,
+        check_tasks,
+        image_loader,
+        image_tasks,
+        reward_actor_roles,
+        reward_samples,
+        reward_scorer,
+        t2i_grid,
+        task_metrics,
+        without_images,
+    )
+    from jobs.plots import learning_curve
     from rl.advantages import batch_advantages
     from rl.batch import RolloutBatch
     from rl.losses import reduce_stats, summarize_stats
@@ -159,19 +158,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = write_resolved(cfg, run_dir)
     tokenizer, backbone = driver_tokenizer_and_config(cfg)
-    dataset = PromptDataset(cfg.data.train, default_task=cfg.data.default_task)
+    dataset = PromptDataset(cfg.data.train, default_task=cfg.data.default_task, image_tasks=image_tasks(cfg.data))
     for problem in dataset.problems:
         log.warning("skipped %s", problem)
     stream = PromptStream(dataset, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     records_by_uid = {r.uid: r for r in dataset.records}
+    problems = check_tasks(cfg, dataset.records, backbone)  # data tasks vs reward terms, model, image tokenizer
+    if problems:
+        raise ConfigError(problems, str(cfg.data.train))
+    tasks = sorted({r.task for r in dataset.records})
+    load_image = image_loader(cache_size=4 * cfg.run.prompts_per_step)  # input images of mmu rows
     roles = [learner_role(cfg.learner), rollout_role(cfg.rollout)]
 
     with contextlib.ExitStack() as cleanup:  # whatever was started is stopped, in reverse order, on any exit
         if not ray.is_initialized() and cfg.cluster.address is None and not _ray_was_external():
             cleanup.callback(ray.shutdown)  # the local Ray this run starts (a no-op if it never starts)
-        init_ray(cfg.cluster, roles)  # an impossible resource request fails here, before any actor exists
-        service = RewardService(cfg.rewards, tasks=sorted({r.task for r in dataset.records}))
-        cleanup.callback(service.close)
+        # an impossible resource request fails here, before any actor exists (reward actors included)
+        init_ray(cfg.cluster, roles + reward_actor_roles(cfg, tasks))
+        scorer = reward_scorer(cfg, tasks)  # heavy terms (clip, image_reward): Ray actors; else in-process
+        cleanup.callback(scorer.close)
         groups = create_placement_groups(roles, cfg.cluster)
         cleanup.callback(remove_placement_groups, groups)
         source = network_source(cfg)
@@ -194,7 +199,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             log.info("resumed from %s (step %d, policy version %d)", resumed.path, start, version)
 
         metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg),
-                                resume_step=start if resumed is not None else None)
+                                resume_step=start if resumed is not None else -1)  # fresh: drop an old run's lines
         cleanup.callback(metrics.close)
         summary: dict[str, Any] = {"run_dir": str(run_dir), "config": str(config_path), "start_step": start}
         # The next step's prompts are drawn (and dispatched) before the current step is checkpointed; the
@@ -207,7 +212,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         def dispatch(step: int):
             cursor_before.update(step=step, data=stream.state_dict())
             records = stream.next_batch(cfg.run.prompts_per_step)
-            return pool.dispatch(build_requests(records, tokenizer, cfg), step=step, run_seed=cfg.run.seed)
+            return pool.dispatch(build_requests(records, tokenizer, cfg, load_image), step=step, run_seed=cfg.run.seed)
 
         def save(step: int) -> None:
             data = cursor_before["data"] if cursor_before.get("step") == step + 1 else stream.state_dict()
@@ -236,18 +241,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 pending = dispatch(step + 1)  # sampled with the current weights while the learner trains
 
             t = time.perf_counter()
-            rewards, reward_metrics = score(batch, records_by_uid, service)
+            samples = reward_samples(batch, records_by_uid, load_image)
+            rewards, reward_metrics = score(samples, scorer)
             batch = dataclasses.replace(batch, rewards=rewards)
             step_metrics.update(reward_metrics)
             step_metrics["perf/reward_s"] = time.perf_counter() - t
 
             kept, advantages, adv_stats = batch_advantages(batch, cfg.algo.advantage, {"total": 1.0})
             step_metrics.update({f"health/{k}": v for k, v in adv_stats.items()})
+            row_tasks = [sample.task for sample in samples]  # dataset task names (the batch holds kinds)
+            step_metrics.update(task_metrics(batch, row_tasks, [records_by_uid[u].task for u in kept.uid], advantages))
             if kept.num_rows:
                 t = time.perf_counter()
                 rows = shard_rows(kept.num_rows, cfg.learner.num_ranks)
                 rank_stats = learners.train_step(
-                    "unigrpo", [{"batch": kept.select(r), "advantages": advantages[r]} for r in rows],
+                    "unigrpo", [{"batch": without_images(kept.select(r)), "advantages": advantages[r]} for r in rows],
                     algo=cfg.algo, step=step, run_seed=cfg.run.seed, num_sequences_global=kept.num_rows)
                 stats = summarize_stats(reduce_stats(rank_stats), num_steps=1)
                 step_metrics.update({f"loss/{k}": v for k, v in stats.items() if not k.endswith(("_sum", "_count"))})
@@ -271,13 +279,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 step_metrics.update(evaluator.evaluate(step, learners.state_dict_for_sync()))
             metrics.log(step, step_metrics)
             metrics.log_rollouts(step, [
-                {"uid": uid, "sample": index, "version": v, "reward": reward}
-                for uid, index, v, reward in zip(batch.uid, batch.sample_index, batch.policy_version,
-                                                 batch.rewards["total"])])
+                {"uid": uid, "sample": index, "task": task, "version": v, "reward": reward}
+                for uid, index, task, v, reward in zip(batch.uid, batch.sample_index, row_tasks, batch.policy_version,
+                                                       batch.rewards["total"])])
             if metrics.should_log_samples(step):  # the advantages belong to the kept rows (groups may be dropped)
                 rows = sample_rows(kept, advantages, cfg.logging.sample_table_rows) if kept.num_rows else \
                     sample_rows(batch, torch.zeros(batch.num_rows), cfg.logging.sample_table_rows)
                 metrics.log_samples(step, rows)
+                grid_rows, captions = t2i_grid(batch, row_tasks)
+                if grid_rows:
+                    metrics.log_image_grid(step, grid_rows, captions)
             scored = [r for r in batch.rewards["total"] if r is not None]
             progress.set_postfix(reward=f"{sum(scored) / len(scored):.3f}" if scored else "n/a", v=version)
             if checkpoints.should_save(step, final=step == cfg.run.steps):

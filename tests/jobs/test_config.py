@@ -49,9 +49,32 @@ def test_shipped_configs_load():
         ([TRAIN, "run.max_policy_lag=0"], "run.max_policy_lag: 0; need at least 1"),
         ([TRAIN, "run.mode=offline"], "run.mode: 'offline' is not one of the valid choices 'sync', 'async'"),
         ([TRAIN, "model.dtype=bf16"], "model.dtype: unknown key; valid keys here: path"),
+        ([TRAIN, "model.path=ckpt", "model.tiny_size={d_model: 32}"],
+         "model.tiny_size: {'d_model': 32} is only for path 'tiny' or 'tiny-mmada' (path is 'ckpt')"),
+        ([TRAIN, "model.tiny_size={codebook_size: 64}"],
+         "model.tiny_size: unknown key(s) ['codebook_size'] for path 'tiny'; valid: d_model, n_layers"),
+        ([TRAIN, "model.path=tiny-mmada", "model.tiny_size={codebook_size: 0}"],
+         "model.tiny_size: {'codebook_size': 0} must be positive integers"),
+        ([TRAIN, "data.task_kinds={t2i: text}"],
+         "data.task_kinds.t2i: 'text'; the task 't2i' is always sampled as 't2i'"),
+        ([TRAIN, "data.task_kinds={'': mmu}"], "data.task_kinds: empty task name (mapped to 'mmu')"),
+        ([TRAIN, "data.task_kinds={shapes: image}"],
+         "data.task_kinds.shapes: 'image' is not one of the valid choices 'text', 'mmu', 't2i'"),
+        ([TRAIN, "reward_actors.cpus_per_actor=0"], "reward_actors.cpus_per_actor: 0.0; each reward actor needs > 0 CPU"),
+        ([TRAIN, "reward_actors.heavy_terms=['']"], "reward_actors.heavy_terms: ('',); expected a list of term names"),
     ],
 )
 def test_bad_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert any(p.startswith(message) for p in err.value.problems), err.value.problems
+
+
+def test_task_kinds_map_dataset_tasks_to_sampler_kinds():
+    cfg = load_config(None, [TRAIN, "data.task_kinds={captioning: mmu, shapes: t2i, vqa: mmu}"])
+    kind_of = cfg.data.kind_of
+    assert [kind_of(task, False) for task in ("text", "mmu", "t2i")] == ["text", "mmu", "t2i"]
+    assert (kind_of("captioning", True), kind_of("shapes", False), kind_of("shapes", True)) == ("mmu", "t2i", "t2i")
+    assert (kind_of("arith", False), kind_of("arith", True)) == ("text", "mmu")  # unlisted: by the row's image
+    assert load_config(None, [TRAIN]).data.task_kinds == {"captioning": "mmu"}
+    assert load_config(None, [TRAIN]).reward_actors.heavy_terms == ("clip", "image_reward")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.data import DataError, PromptDataset, PromptStream
+from jobs.data import DataError, PromptDataset, PromptStream, load_image
 
 
 def write_jsonl(path, lines):
@@ -61,6 +61,42 @@ def test_bad_rows_reported_with_row_numbers_and_skipped(tmp_path, caplog):
     for problem, words in zip(data.problems, expected):
         assert problem.startswith(f"{path}:") and words in problem, problem
     assert "skipped 8 bad row(s)" in caplog.text
+
+
+def test_image_tasks_need_an_image(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"\x89PNG")
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "Describe.", "task": "captioning", "image": "img.png"},   # 1 good
+        {"prompt": "Describe.", "task": "captioning"},                      # 2 no image
+        {"prompt": "Describe.", "task": "mmu", "picture": "img.png"},       # 3 image under another name
+        {"prompt": "a red circle", "task": "t2i"},                          # 4 good: t2i needs none
+    ])
+    data = PromptDataset(path, image_tasks={"captioning", "mmu"})
+    assert [r.uid for r in data.records] == ["d.jsonl:1", "d.jsonl:4"]
+    assert data.problems == [f"{path}:2: task 'captioning' needs an image (it is sampled as image understanding); "
+                             "'image' is missing",
+                             f"{path}:3: task 'mmu' needs an image (it is sampled as image understanding); "
+                             "'image' is missing"]
+    assert len(PromptDataset(path).records) == 4  # without image_tasks every row is fine
+
+
+def test_load_image_gives_rgb_uint8_whatever_the_file_mode(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "grey.png")  # mode L
+    Image.fromarray(np.dstack([rgb, np.full((2, 3), 7, np.uint8)])).save(tmp_path / "rgba.png")
+    loaded = load_image(tmp_path / "rgb.png")
+    assert loaded.dtype == np.uint8 and loaded.shape == (2, 3, 3) and np.array_equal(loaded, rgb)
+    assert not loaded.flags.writeable  # shared by a prompt's requests and samples: nobody may change it
+    assert np.array_equal(load_image(tmp_path / "grey.png"), np.repeat(rgb[:, :, :1], 3, axis=2))
+    assert np.array_equal(load_image(tmp_path / "rgba.png"), rgb)  # alpha dropped
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    for name in ("broken.png", "absent.png"):
+        with pytest.raises(DataError, match=f"image '.*{name}' cannot be read as an image"):
+            load_image(tmp_path / name)
 
 
 def test_default_task_fills_missing_tasks(tmp_path):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from actors.config import LoggingConfig
-from jobs.metrics import MetricsLogger, check_key, markdown_table
+from jobs.metrics import GRID_GAP, MetricsLogger, check_key, image_grid, markdown_table
 
 
 def read_jsonl(path):
@@ -122,3 +124,72 @@ def test_logging_config_checks():
         LoggingConfig(sample_table_rows=0)
     with pytest.raises(ValueError, match="wandb_project: empty"):
         LoggingConfig(wandb_project=" ")
+
+
+def solid(h: int, w: int, value: int) -> np.ndarray:
+    return np.full((h, w, 3), value, dtype=np.uint8)
+
+
+def test_image_grid_places_every_image_in_its_cell():
+    a, b, c = solid(4, 5, 10), solid(4, 5, 20), solid(2, 3, 30)
+    grid = image_grid([[a, b], [c]])
+    g = GRID_GAP
+    # 2 rows x 2 columns of 4x5 cells, gaps of g white pixels around and between them
+    assert grid.shape == (2 * 4 + 3 * g, 2 * 5 + 3 * g, 3) and grid.dtype == np.uint8
+    assert (grid[g:g + 4, g:g + 5] == 10).all()
+    assert (grid[g:g + 4, 2 * g + 5:2 * g + 10] == 20).all()
+    assert (grid[2 * g + 4:2 * g + 6, g:g + 3] == 30).all()  # the smaller image sits top-left in its cell
+    painted = np.zeros(grid.shape[:2], dtype=bool)
+    painted[g:g + 4, g:g + 5] = painted[g:g + 4, 2 * g + 5:2 * g + 10] = painted[2 * g + 4:2 * g + 6, g:g + 3] = True
+    assert (grid[~painted] == 255).all()  # everything else is white: gaps, the rest of c's cell, the empty cell
+
+
+@pytest.mark.parametrize(("rows", "words"), [
+    ([], "no images"),
+    ([[]], "no images"),
+    ([[solid(2, 2, 0)], [np.zeros((2, 2), np.uint8)]], "rows[1][0]: expected a non-empty HxWx3 uint8"),
+    ([[np.zeros((2, 2, 3), np.float32)]], "rows[0][0]"),
+    ([[np.zeros((0, 2, 3), np.uint8)]], "rows[0][0]"),
+    ([["image.png"]], "got str"),
+])
+def test_image_grid_refuses_what_is_not_an_image(rows, words):
+    with pytest.raises(ValueError, match="image_grid") as err:
+        image_grid(rows)
+    assert words in str(err.value)
+
+
+def test_image_grid_goes_to_png_json_and_tensorboard(tmp_path):
+    from PIL import Image
+
+    rows = [[solid(6, 6, 0), solid(6, 6, 128)], [solid(6, 6, 255), solid(6, 6, 64)]]
+    with MetricsLogger(tmp_path, LoggingConfig()) as logger:
+        path = logger.log_image_grid(3, rows, ["a red circle", "a blue square"])
+        with pytest.raises(ValueError, match="1 captions for 2 rows"):
+            logger.log_image_grid(4, rows, ["one"])
+    assert path == tmp_path / "samples" / "step_3.png"
+    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), image_grid(rows))
+    assert json.loads((tmp_path / "samples" / "step_3.json").read_text()) == {
+        "step": 3, "png": "step_3.png", "rows": ["a red circle", "a blue square"]}
+    assert not (tmp_path / "samples" / "step_4.png").exists()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    (event,) = acc.Images("samples/t2i")
+    assert (event.step, event.height, event.width) == (3, 2 * 6 + 3 * GRID_GAP, 2 * 6 + 3 * GRID_GAP)
+    decoded = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+    assert np.array_equal(decoded, image_grid(rows))
+    (caption,) = acc.Tensors("samples/t2i/captions/text_summary")
+    assert caption.tensor_proto.string_val[0].decode() == "0. a red circle\n1. a blue square"
+
+
+def test_a_fresh_run_in_an_old_run_directory_drops_every_old_line(tmp_path):
+    """jobs.train passes resume_step=-1 when it starts fresh (no checkpoint, or resume: never)."""
+    cfg = LoggingConfig(tensorboard=False)
+    with MetricsLogger(tmp_path, cfg) as old:
+        for step in (0, 1, 2):
+            old.log(step, {"loss/kl": float(step)})
+        old.log_rollouts(1, [{"uid": "a"}])
+    with MetricsLogger(tmp_path, cfg, resume_step=-1) as fresh:
+        fresh.log(0, {"loss/kl": 9.0})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["step"], line["loss/kl"]) for line in lines] == [(0, 9.0)]
+    assert (tmp_path / "rollouts.jsonl").read_text() == ""
