@@ -132,7 +132,9 @@ def test_two_rank_zero2_unigrpo_update_equals_single_process(zero2, kit, rollout
     # not undone) and the ranks' loss sums (each rank's share of the global loss) do.
     for rank_stats in stats:
         assert rank_stats["grad_norm"] == pytest.approx(expected_stats["grad_norm"], rel=1e-5)
-    assert sum(s["loss_sum"] for s in stats) == pytest.approx(expected_stats["loss_sum"], rel=1e-5)
+    # The loss is a sum of advantage-weighted terms of both signs that largely cancel (here ~4e-3):
+    # float32 reductions in another order (other thread counts) moved it by 7e-8 once, so the bound is absolute.
+    assert sum(s["loss_sum"] for s in stats) == pytest.approx(expected_stats["loss_sum"], rel=1e-5, abs=1e-6)
     sums = zero2.checksums()
     assert sums[0] == sums[1] == checksum(weights.items())  # both ranks hold identical weights
     frozen = ray.get([rank.ref_checksum.remote() for rank in zero2.ranks])
