@@ -1,1 +1,8 @@
-"""Checked-in assets (the tiny tokenizer) and the script that rebuilds them."""
+"""Checked-in assets and the scripts that rebuild them.
+
+- `tiny_tokenizer/`: the tiny twin of the LLaDA tokenizer (`python -m model.assets.build_tiny_tokenizer`);
+- `demo_policy/`: the SFT policy of the embedded demo (docs/demo.md; `python -m jobs.sft --config
+  jobs/configs/sft_demo.yaml --set run.export_to=model/assets/demo_policy`);
+- `shapes_vq/`: the toy image tokenizer in the MAGVIT-v2 layout (docs/multimodal.md;
+  `python -m jobs.tasks.train_shapes_vq --out model/assets/shapes_vq --steps 1500 --seed 0`).
+"""
