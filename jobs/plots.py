@@ -89,7 +89,7 @@ def learning_curve(run_dir: str | Path, *, smooth: int = 10, title: str | None =
     bottom.set_ylabel("held-out (%)")
     bottom.grid(alpha=0.3)
     if accuracy[0] or formats[0]:
-        bottom.legend(fontsize=8, loc="lower right")
+        bottom.legend(fontsize=8, loc="center right")
     else:
         bottom.text(0.5, 0.5, "no held-out evaluation (data.eval not set)", ha="center", va="center",
                     transform=bottom.transAxes)
