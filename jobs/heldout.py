@@ -10,6 +10,8 @@ sync mode the learner and the rollout workers are idle while it runs, so it comp
 `eval.torch_threads` bounds its threads. Sampling settings are `rollout.sampler` with the temperature
 replaced by `eval.temperature` (default 0: greedy, the setting the shipped policy is quoted at).
 
+Only text problems can be evaluated this way (a file with image tasks is a DataError naming them).
+
 Outputs: `eval/pass@1`, `eval/format_rate`, `eval/unscorable`, `eval/response_tokens_mean` and
 `eval/seconds` in metrics.jsonl (and TensorBoard) at that step, and every sample of the evaluation in
 `<run dir>/eval/step_<N>.jsonl` for inspection.
@@ -31,11 +33,16 @@ class HeldoutEvaluator:
 
     def __init__(self, cfg, backbone, tokenizer, run_dir: Path):
         """`cfg`: the TrainConfig; `backbone`: the policy's BackboneConfig; `tokenizer`: its tokenizer."""
-        from jobs.data import PromptDataset
+        from jobs.data import DataError, PromptDataset
         from model.network import MaskedDiffusionLM
 
         dataset = PromptDataset(cfg.data.eval, default_task=cfg.data.default_task)
         self.records = dataset.records[:cfg.eval.limit] if cfg.eval.limit else dataset.records
+        other = sorted({r.task for r in self.records if cfg.data.kind_of(r.task, r.image is not None) != "text"})
+        if other:
+            raise DataError(f"data.eval {cfg.data.eval}: held-out evaluation scores text answers (correctness and "
+                            f"format of the text sampler's output); rows of task(s) {other} are not text. Give a "
+                            "file of text problems, or no data.eval")
         self.skipped = dataset.problems
         self.cfg = cfg
         self.sampler = {**dataclasses.asdict(cfg.rollout.sampler), "temperature": cfg.eval.temperature}

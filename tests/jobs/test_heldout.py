@@ -70,3 +70,16 @@ def test_bad_eval_settings_name_the_key(override, message):
 def test_periodic_evaluation_needs_a_heldout_file():
     with pytest.raises(ConfigError, match="eval.every: 5 needs a held-out file; set data.eval"):
         load_config(REPO / "jobs/configs/demo.yaml", ["data.eval=null", "eval.every=5"])
+
+
+def test_a_heldout_file_with_image_tasks_is_refused(tmp_path):
+    from jobs.data import DataError
+    from model import load
+
+    rows = tmp_path / "mixed.jsonl"
+    rows.write_text('{"uid": "a", "task": "text", "prompt": "Compute 1 + 1.", "answer": "2"}\n'
+                    '{"uid": "b", "task": "t2i", "prompt": "a red circle"}\n')
+    policy = load(REPO / "model/assets/demo_policy")
+    cfg = load_config(REPO / "jobs/configs/demo.yaml", [f"data.eval={rows}"])
+    with pytest.raises(DataError, match=r"rows of task\(s\) \['t2i'\] are not text"):
+        HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
