@@ -113,6 +113,9 @@ class EvalConfig:
     """Evaluate only the first N held-out problems (None: all of them)."""
     temperature: float = 0.0
     """Sampling temperature of the evaluation (0: greedy); the other sampler knobs are `rollout.sampler`'s."""
+    samples: int = 1
+    """Responses per held-out problem; `eval/pass@1` is their mean (the unbiased pass@1 of that many samples).
+    More than 1 only makes sense with temperature > 0 (greedy decoding repeats itself)."""
     batch_size: int = 128
     """Prompts per sampler call."""
     torch_threads: int = 2
@@ -125,6 +128,8 @@ class EvalConfig:
             raise ValueError(f"limit: {self.limit}; use a positive number of problems or null for all")
         if self.temperature < 0:
             raise ValueError(f"temperature: {self.temperature} is negative; use 0 (greedy) or more")
+        if self.samples < 1:
+            raise ValueError(f"samples: {self.samples}; need at least 1 response per problem")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: {self.batch_size}; need at least 1")
         if self.torch_threads < 1:
@@ -206,6 +211,11 @@ class TrainConfig:
                     check(term.name)
                 except ValueError as exc:
                     problems.append(f"rewards.tasks.{task}[{index}].name: {exc}")
+        if (self.eval.samples > 1 and self.eval.temperature == 0
+                and self.rollout.sampler.remasking == "low_confidence"):
+            problems.append(f"eval.samples: {self.eval.samples} with eval.temperature 0 and low-confidence remasking: "
+                            "every sample of a problem is the same greedy response; set eval.temperature > 0 or "
+                            "eval.samples to 1")
         if self.eval.every and not self.data.eval:
             problems.append(f"eval.every: {self.eval.every} needs a held-out file; set data.eval to a .jsonl or "
                             ".parquet file, or eval.every to 0")

@@ -8,7 +8,8 @@ checkpoint with that command, so the curve's first point is the starting policy'
 Where it runs: in the driver process, on the weights learner rank 0 returns (`state_dict_for_sync`). In
 sync mode the learner and the rollout workers are idle while it runs, so it competes with nothing;
 `eval.torch_threads` bounds its threads. Sampling settings are `rollout.sampler` with the temperature
-replaced by `eval.temperature` (default 0: greedy, the setting the shipped policy is quoted at).
+replaced by `eval.temperature` (default 0: greedy); with `eval.samples` = K every problem is answered K
+times and `eval/pass@1` is the mean over the K x N responses (the demo: K = 2 at the rollout temperature).
 
 Only text problems can be evaluated this way (a file with image tasks is a DataError naming them).
 
@@ -67,12 +68,12 @@ class HeldoutEvaluator:
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.eval.torch_threads)
         try:
-            rows = generate_all(loaded, self.records, samples=1, sampler=self.sampler, thinking=self.cfg.data.thinking,
+            rows = generate_all(loaded, self.records, samples=self.cfg.eval.samples, sampler=self.sampler, thinking=self.cfg.data.thinking,
                                 seed=self.cfg.run.seed, batch_size=self.cfg.eval.batch_size)
         finally:
             torch.set_num_threads(previous_threads)
         score_rows(rows)
-        summary = summarise(rows, samples=1, ks=[1])
+        summary = summarise(rows, samples=self.cfg.eval.samples, ks=[1])
         with (self.out_dir / f"step_{step}.jsonl").open("w") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")

@@ -20,26 +20,32 @@ def test_schedule_is_start_every_and_end():
     assert [s for s in range(0, 11) if should_evaluate(s, every=0, last_step=10)] == [0, 10]
 
 
-def test_evaluator_equals_jobs_eval_on_the_same_weights(tmp_path):
+@pytest.mark.parametrize("settings, cli", [
+    ([], []),  # greedy, one response per problem
+    (["eval.temperature=0.8", "eval.samples=2"], ["--temperature", "0.8", "--samples", "2"]),  # the demo's
+])
+def test_evaluator_equals_jobs_eval_on_the_same_weights(tmp_path, settings, cli):
     """The driver's evaluation of a state dict gives exactly `python -m jobs.eval`'s numbers."""
     from jobs.eval import main as eval_main
     from model import load
     from model.tiny import tiny_model
 
     policy = load(REPO / "model/assets/demo_policy")
-    cfg = load_config(REPO / "jobs/configs/demo.yaml", ["eval.limit=24", "eval.batch_size=10"])
+    cfg = load_config(REPO / "jobs/configs/demo.yaml", ["eval.limit=24", "eval.batch_size=10", *settings])
+    samples = cfg.eval.samples
     evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
     metrics = evaluator.evaluate(7, policy.network.state_dict())
     out = tmp_path / "eval.json"
     assert eval_main(["--model", "demo", "--data", str(HELDOUT), "--limit", "24", "--batch-size", "10",
-                      "--out", str(out)]) == 0
+                      "--out", str(out), *cli]) == 0
     reference = json.loads(out.read_text())
     assert metrics["eval/pass@1"] == reference["pass_at_k"]["1"]
     assert metrics["eval/format_rate"] == reference["format_rate"]
     assert metrics["eval/problems"] == 24
     rows = [json.loads(line) for line in (tmp_path / "eval" / "step_7.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 * samples and {r["sample_index"] for r in rows} == set(range(samples))
     correct = sum(r["correct"] == 1.0 for r in rows)
-    assert metrics["eval/pass@1"] == correct / 24
+    assert metrics["eval/pass@1"] == pytest.approx(correct / (24 * samples), abs=1e-12)  # pass@1 = mean of samples
 
     # other weights give other answers: the evaluator really uses the state dict it is given
     random_policy = tiny_model(seed=0, d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=384)
@@ -60,11 +66,19 @@ def test_eval_history_reads_the_evaluated_steps(tmp_path):
     ("eval.limit=0", "eval.limit: 0"),
     ("eval.temperature=-0.5", "eval.temperature: -0.5 is negative"),
     ("eval.batch_size=0", "eval.batch_size: 0"),
+    ("eval.samples=0", "eval.samples: 0; need at least 1"),
+    ("eval.samples=4 eval.temperature=0", "eval.samples: 4 with eval.temperature 0 and low-confidence remasking"),
     ("eval.torch_threads=0", "eval.torch_threads: 0"),
 ])
 def test_bad_eval_settings_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(REPO / "jobs/configs/demo.yaml", [override])
+        load_config(REPO / "jobs/configs/demo.yaml", override.split())
+
+
+def test_several_greedy_samples_are_fine_with_random_remasking():
+    cfg = load_config(REPO / "jobs/configs/demo.yaml",
+                      ["eval.samples=4", "eval.temperature=0", "rollout.sampler.remasking=random"])
+    assert cfg.eval.samples == 4
 
 
 def test_periodic_evaluation_needs_a_heldout_file():
