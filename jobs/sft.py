@@ -21,8 +21,9 @@ so a step's masks do not depend on the number of ranks; the step function `jobs.
 the learner group in its "module:function" form, which every rank process can import) only computes.
 
 Every `sft.eval_every` steps the driver pulls the weights from learner rank 0 and decodes the first
-`sft.eval_size` held-out prompts greedily with the LLaDA sampler (`sampler` section; the same settings
-the RL rollouts use); pass@1 is the exact-number fast path of the `correctness` reward (`\\boxed{}`
+`sft.eval_size` held-out prompts `sft.eval_samples` times each with the LLaDA sampler (`sampler` section:
+the settings the RL rollouts use, temperature included; greedy when it is 0); pass@1 is the mean over
+those responses, each judged by the exact-number fast path of the `correctness` reward (`\\boxed{}`
 extraction, then an exact numeric comparison; any answer that is not a plain number counts as wrong,
 so no math-verify process is started — enough for integer golds). The best checkpoint by pass@1 is
 kept in the published format (`<run dir>/best_policy/`, tokenizer included); training stops after
@@ -145,6 +146,8 @@ class SFTConfig:
     """Held-out prompts evaluated (the first N rows of data.heldout)."""
     eval_batch_size: int = 64
     """Prompts decoded together during evaluation."""
+    eval_samples: int = 1
+    """Responses per held-out prompt; pass@1 is their mean (use > 1 with `sampler.temperature` > 0)."""
     patience: int = 4
     """Stop after this many evaluations in a row without a pass@1 gain above min_delta..."""
     min_steps: int = 0
@@ -153,7 +156,8 @@ class SFTConfig:
     """Smallest pass@1 gain that counts as an improvement."""
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "log_every", "eval_every", "eval_size", "eval_batch_size", "patience"):
+        for name in ("max_steps", "batch_size", "log_every", "eval_every", "eval_size", "eval_batch_size", "eval_samples",
+                     "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: {getattr(self, name)}; need at least 1")
         if not 0 < self.mask_eps < 1:
@@ -376,8 +380,11 @@ def decode_responses(tokenizer, responses: torch.Tensor, end_ids: set[int]) -> l
 
 
 def evaluate(network, tokenizer, examples: list[Example], sampler: TextSamplerConfig, *, batch_size: int,
-             seed: int = 0) -> dict[str, Any]:
-    """Greedy (or `sampler.temperature`) pass@1 and format rate of `network` on `examples`."""
+             seed: int = 0, samples: int = 1) -> dict[str, Any]:
+    """Greedy (or `sampler.temperature`) pass@1 and format rate of `network` on `examples`.
+
+    With `samples` = K > 1 every example is decoded K times (sampler seed `seed + k` for the k-th pass) and
+    pass@1 is the mean over all K x len(examples) responses (the unbiased pass@1 of K samples)."""
     from model.sampling import generate_text_with
     from model.templates import special_ids
     from rewards.format import well_formatted
@@ -386,18 +393,19 @@ def evaluate(network, tokenizer, examples: list[Example], sampler: TextSamplerCo
     network.eval()
     correct = formatted = 0
     rows = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        sequences, _ = generate_text_with(network, [list(e.prompt_ids) for e in chunk], sampler,
-                                          mask_id=ids.mask, pad_id=ids.pad, seed=seed)  # [n, P+L]
-        texts = decode_responses(tokenizer, sequences[:, -sampler.gen_length:], {ids.eos, ids.eot})
-        for example, text in zip(chunk, texts):
-            ok = answer_correct(text, example.answer or "")
-            correct += ok
-            formatted += well_formatted("", text)
-            rows.append({"uid": example.uid, "response": text, "correct": ok})
-    n = len(examples)
-    return {"pass1": correct / n, "format_rate": formatted / n, "num_problems": n, "rows": rows}
+    for sample in range(samples):
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            sequences, _ = generate_text_with(network, [list(e.prompt_ids) for e in chunk], sampler,
+                                              mask_id=ids.mask, pad_id=ids.pad, seed=seed + sample)  # [n, P+L]
+            texts = decode_responses(tokenizer, sequences[:, -sampler.gen_length:], {ids.eos, ids.eot})
+            for example, text in zip(chunk, texts):
+                ok = answer_correct(text, example.answer or "")
+                correct += ok
+                formatted += well_formatted("", text)
+                rows.append({"uid": example.uid, "sample": sample, "response": text, "correct": ok})
+    n = len(examples) * samples
+    return {"pass1": correct / n, "format_rate": formatted / n, "num_problems": len(examples), "rows": rows}
 
 
 # -- driver -------------------------------------------------------------------------------------
@@ -469,7 +477,8 @@ def run(cfg: SFTJobConfig) -> dict[str, Any]:
         nonlocal evals_without_gain
         eval_network.load_state_dict(group.state_dict_for_sync())
         eval_started = time.perf_counter()
-        result = evaluate(eval_network, tokenizer, heldout, cfg.sampler, batch_size=cfg.sft.eval_batch_size)
+        result = evaluate(eval_network, tokenizer, heldout, cfg.sampler, batch_size=cfg.sft.eval_batch_size,
+                          samples=cfg.sft.eval_samples)
         record = {"step": step, "heldout_pass1": result["pass1"], "format_rate": result["format_rate"],
                   "eval_seconds": round(time.perf_counter() - eval_started, 2),
                   "wall_seconds": round(time.perf_counter() - started, 1)}

@@ -184,7 +184,8 @@ def test_config_loads_and_errors_name_the_key():
     assert cfg.sampler.gen_length == 40 and cfg.learner.num_ranks == 1 and not cfg.data.thinking
     for override, message in [("sft.batch_size=3", "learner.num_ranks"), ("sft.mask_eps=0", "sft.mask_eps"),
                               ("data.train=x.csv", "data.train"), ("sampler.block_length=7", "sampler.gen_length"),
-                              ("sft.bogus=1", "sft.bogus: unknown key")]:
+                              ("sft.bogus=1", "sft.bogus: unknown key"),
+                              ("sft.eval_samples=0", "sft.eval_samples: 0; need at least 1")]:
         overrides = [override, "learner.num_ranks=2"] if override.startswith("sft.batch_size") else [override]
         with pytest.raises(ConfigError, match=message):
             load_sft_config(DEMO_CONFIG, overrides)
@@ -228,6 +229,29 @@ DEMO_HELDOUT_CORRECT_OF_32 = 4  # docs/demo.md: greedy pass@1 of the shipped pol
 """Greedy decoding is deterministic, so on the machine that recorded it the count is exact; elsewhere a different
 BLAS / CPU can round a logit differently and flip an argmax or a reveal order where two candidates are within
 ~1e-6, which changes at most a problem or so. The test allows 2 of 32 either way."""
+
+
+def test_evaluate_with_several_samples_is_the_mean_of_single_sample_passes():
+    """samples=K decodes every problem K times, the k-th pass exactly the single-sample evaluation at seed + k."""
+    import model
+    from jobs.data import PromptDataset
+    from jobs.sft import evaluate
+    from model.templates import chat_prompt_ids
+
+    loaded = model.load(DEMO_POLICY)
+    cfg = load_sft_config(DEMO_CONFIG, ["sampler.temperature=0.8", "sft.eval_samples=2"])
+    records = PromptDataset(REPO / cfg.data.heldout).records[:12]
+    examples = [Example(r.uid, tuple(chat_prompt_ids(loaded.tokenizer, r.prompt, thinking=False)), (), r.answer)
+                for r in records]
+    both = evaluate(loaded.network, loaded.tokenizer, examples, cfg.sampler, batch_size=5, seed=3, samples=2)
+    singles = [evaluate(loaded.network, loaded.tokenizer, examples, cfg.sampler, batch_size=5, seed=3 + k)
+               for k in (0, 1)]
+    assert [r["response"] for r in both["rows"]] == [r["response"] for s in singles for r in s["rows"]]
+    assert [r["sample"] for r in both["rows"]] == [0] * 12 + [1] * 12
+    assert both["pass1"] == pytest.approx(sum(r["correct"] for r in both["rows"]) / 24, abs=1e-12)
+    assert both["pass1"] == pytest.approx((singles[0]["pass1"] + singles[1]["pass1"]) / 2, abs=1e-12)
+    assert both["num_problems"] == 12
+    assert [r["response"] for r in singles[0]["rows"]] != [r["response"] for r in singles[1]["rows"]]
 
 
 def test_shipped_demo_policy_matches_its_documented_accuracy():
