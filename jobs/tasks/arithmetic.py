@@ -2,15 +2,22 @@
 
     python -m jobs.tasks.arithmetic --out data/arithmetic --train 6000 --heldout 256 --seed 0
 
-writes `train.jsonl` and `heldout.jsonl`, one row per problem in the dataset format of `jobs.data`:
+(the defaults) writes `train.jsonl` and `heldout.jsonl`, one row per problem in the dataset format of `jobs.data`:
 
-    {"uid": "arith-heldout-00000", "task": "text", "prompt": "Compute (12 + 7) * 3 - 5.",
-     "answer": "52", "response": "<think>12+7=19\\n19*3=57\\n57-5=52</think>\\boxed{52}", "num_steps": 3}
+    {"uid": "arith-heldout-00001", "task": "text", "prompt": "Compute (9 - 6) * 5 + 9.", "answer": "24",
+     "response": "<think>9-6=3\\n3*5=15\\n15+9=24</think>\\boxed{24}", "num_steps": 3, "response_complete": true}
 
-`response` is the reference solution used by SFT (jobs/sft.py): one `<think>` block with one line
-per operation, in evaluation order, then the gold in `\\boxed{}` — so the `format` and `correctness`
-rewards both give it 1.0. The worked lines are written without spaces (`12+7=19`), which keeps a
-3-step solution under 40 tokens of the tiny tokenizer (digits are single tokens there).
+`response` is the solution SFT imitates (jobs/sft.py): one `<think>` block with one line per operation, in
+evaluation order, then the value of the last line in `\\boxed{}` — so the `format` and `correctness`
+rewards both give it 1.0. The worked lines are written without spaces (`9-6=3`), which keeps a 3-step
+solution under 40 tokens of the tiny tokenizer (digits are single tokens there).
+
+A weak teacher (`--stop-early q`, default 0: off). Held-out rows always carry the complete solution. With
+q > 0 each training row's solution comes from a teacher that, with probability q, leaves out the last
+operation and boxes the line before it (`<think>9-6=3\\n3*5=15</think>\\boxed{15}` for the row above:
+well formatted, never correct; `response_complete` says which). SFT imitates the teacher, so its policy
+stops early about as often, while `answer` stays the gold and the correctness reward tells the two habits
+apart: a cold start with a systematic fault that RL, not imitation, can remove (docs/demo.md §4).
 
 Problems are drawn from eight shapes (`SHAPES`: four with 2 operations, four with 3), e.g.
 `a + b * c`, `(a - b) * c`, `(a + b) * c - d`, `a * b + c * d`: sums and differences of operands in
@@ -22,7 +29,8 @@ RL above it.
 
 Determinism and disjointness: one `random.Random(seed)` draws the held-out problems first, then the
 training problems, skipping any expression already drawn, so the two files never share a problem
-(by its expression text) and the held-out file does not depend on `--train`.
+(by its expression text) and the held-out file does not depend on `--train`; the teacher's coin is a
+second generator, so the problems drawn do not depend on `--stop-early`.
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ class Problem:
     @property
     def response(self) -> str:
         return "<think>" + "\n".join(self.lines) + f"</think>\\boxed{{{self.answer}}}"
+
+    @property
+    def stopped_early_response(self) -> str:
+        """The weak teacher's solution: the last operation left out, the line before it boxed."""
+        lines = self.lines[:-1]
+        return "<think>" + "\n".join(lines) + f"</think>\\boxed{{{lines[-1].rsplit('=', 1)[1]}}}"
 
 
 @dataclass(frozen=True)
@@ -155,12 +169,16 @@ def draw_problem(rng: random.Random, *, three_step_fraction: float, ranges: Rang
 
 
 def generate(num_train: int, num_heldout: int, *, seed: int = 0, three_step_fraction: float = 0.5,
-             ranges: Ranges = Ranges()) -> dict[str, list[dict]]:
+             ranges: Ranges = Ranges(), stop_early: float = 0.0) -> dict[str, list[dict]]:
     """{"train": rows, "heldout": rows}; held-out drawn first, no expression in both (module docstring)."""
     if num_train < 0 or num_heldout < 0:
         raise ValueError(f"sizes must be >= 0; got train={num_train}, heldout={num_heldout}")
     if not 0.0 <= three_step_fraction <= 1.0:
         raise ValueError(f"three_step_fraction: {three_step_fraction} must lie in [0, 1]")
+    if not 0.0 <= stop_early <= 1.0:
+        raise ValueError(f"stop_early: {stop_early} must lie in [0, 1] (the fraction of training solutions "
+                         "that leave out their last operation)")
+    teacher = random.Random(f"teacher-{seed}")  # its own stream: the problems drawn do not depend on stop_early
     if ranges.add_max < 2 or ranges.mul_max < 2:
         raise ValueError(f"ranges: add_max={ranges.add_max}, mul_max={ranges.mul_max}; both must be >= 2")
     rng = random.Random(seed)
@@ -178,9 +196,11 @@ def generate(num_train: int, num_heldout: int, *, seed: int = 0, three_step_frac
                                      "raise the operand ranges or ask for fewer")
                 continue
             seen.add(problem.expression)
+            complete = split == "heldout" or teacher.random() >= stop_early
             rows.append({"uid": f"arith-{split}-{len(rows):05d}", "task": TASK, "prompt": problem.prompt,
-                         "answer": str(problem.answer), "response": problem.response,
-                         "num_steps": len(problem.lines)})
+                         "answer": str(problem.answer),
+                         "response": problem.response if complete else problem.stopped_early_response,
+                         "num_steps": len(problem.lines), "response_complete": complete})
         splits[split] = rows
     return splits
 
@@ -201,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--three-step-fraction", type=float, default=0.5)
     parser.add_argument("--add-max", type=int, default=Ranges.add_max, help="largest additive operand")
     parser.add_argument("--mul-max", type=int, default=Ranges.mul_max, help="largest multiplier")
+    parser.add_argument("--stop-early", type=float, default=0.0,
+                        help="fraction of training solutions the weak teacher ends one operation early")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     splits = generate(args.train, args.heldout, seed=args.seed, three_step_fraction=args.three_step_fraction,
-                      ranges=Ranges(args.add_max, args.mul_max))
+                      ranges=Ranges(args.add_max, args.mul_max), stop_early=args.stop_early)
     out = Path(args.out)
     for split, rows in splits.items():
         write_jsonl(rows, out / f"{split}.jsonl")

@@ -72,18 +72,21 @@ def expression_of(prompt: str) -> str:
 
 
 def check_row(row: dict) -> None:
+    """A complete solution: one true line per operation, the last line's value boxed and equal to the gold.
+    A stopped-early one (the weak teacher's): the same minus the last line, the line before it boxed."""
     assert row["task"] == "text"
     gold = evaluate_expression(expression_of(row["prompt"]))
     assert row["answer"] == str(gold) and gold >= 0
     think = re.fullmatch(r"<think>(.+)</think>\\boxed\{(\d+)\}", row["response"], flags=re.S)
     assert think, row["response"]
-    assert think.group(2) == row["answer"]
     lines = think.group(1).split("\n")
-    assert len(lines) == row["num_steps"] in (2, 3)
+    assert row["num_steps"] in (2, 3)
+    assert len(lines) == row["num_steps"] - (0 if row["response_complete"] else 1)
     for line in lines:  # every worked line is a true equation with non-negative numbers
         left, right = line.split("=")
         assert re.fullmatch(r"\d+[-+*]\d+", left) and int(right) == evaluate_expression(left) >= 0
-    assert lines[-1].split("=")[1] == row["answer"]
+    assert think.group(2) == lines[-1].split("=")[1]
+    assert (think.group(2) == row["answer"]) == row["response_complete"]  # an early stop is never right
 
 
 def test_rows_are_correct_and_deterministic():
@@ -103,6 +106,35 @@ def test_splits_are_disjoint_and_heldout_does_not_depend_on_train_size():
     assert len(set(train)) == len(train) and not heldout & set(train)
     uids = [row["uid"] for row in large["train"] + large["heldout"]]
     assert len(set(uids)) == len(uids)
+
+
+def test_weak_teacher_stops_early_on_training_rows_only():
+    """stop_early q: each training solution independently loses its last operation with probability q; the
+    problems, the held-out file and the complete solutions do not change with q."""
+    complete, weak, all_early = (generate(400, 40, seed=2, stop_early=q) for q in (0.0, 0.5, 1.0))
+    assert weak["heldout"] == complete["heldout"] == all_early["heldout"]
+    assert all(row["response_complete"] for row in complete["train"] + weak["heldout"])
+    assert not any(row["response_complete"] for row in all_early["train"])
+    early = [row for row in weak["train"] if not row["response_complete"]]
+    assert 0.4 < len(early) / 400 < 0.6  # Binomial(400, 0.5): 4 standard deviations either side
+    by_uid = {row["uid"]: row for row in complete["train"]}
+    for row in weak["train"] + all_early["train"]:
+        check_row(row)
+        same = by_uid[row["uid"]]
+        assert (row["prompt"], row["answer"], row["num_steps"]) == (same["prompt"], same["answer"], same["num_steps"])
+        if not row["response_complete"]:  # the complete solution with its last line cut, the line before boxed
+            kept = same["response"].split("</think>")[0].split("\n")[:-1]
+            assert row["response"] == "\n".join(kept) + "</think>\\boxed{" + kept[-1].split("=")[1] + "}"
+
+
+def test_stopped_early_solutions_score_format_but_not_correctness():
+    import rewards
+    from rewards.base import Sample
+
+    rows = generate(64, 0, seed=5, stop_early=1.0)["train"]
+    samples = [Sample(task="text", prompt=r["prompt"], response=r["response"], answer=r["answer"]) for r in rows]
+    assert rewards.get("format")(samples) == [1.0] * len(rows)
+    assert rewards.get("correctness")(samples) == [0.0] * len(rows)
 
 
 def test_three_step_fraction_extremes():
@@ -140,16 +172,22 @@ def test_responses_fit_the_demo_generation_length():
 
 
 def test_cli_writes_both_files(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--train", "7", "--heldout", "3", "--seed", "1"]) == 0
-    written = {split: [json.loads(x) for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
-               for split in ("train", "heldout")}
-    assert written == generate(7, 3, seed=1)
+    def written(out):
+        return {split: [json.loads(x) for x in (out / f"{split}.jsonl").read_text().splitlines()]
+                for split in ("train", "heldout")}
+
+    assert main(["--out", str(tmp_path / "a"), "--train", "7", "--heldout", "3", "--seed", "1"]) == 0
+    assert written(tmp_path / "a") == generate(7, 3, seed=1)
     assert "wrote 7 problems" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path / "b"), "--train", "7", "--heldout", "3", "--seed", "1",
+                 "--stop-early", "0.5"]) == 0
+    assert written(tmp_path / "b") == generate(7, 3, seed=1, stop_early=0.5)
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"num_train": -1, "num_heldout": 1}, "sizes must be >= 0"),
     ({"num_train": 1, "num_heldout": 1, "three_step_fraction": 1.5}, "three_step_fraction"),
+    ({"num_train": 1, "num_heldout": 1, "stop_early": -0.1}, r"stop_early: -0.1 must lie in \[0, 1\]"),
     ({"num_train": 1, "num_heldout": 1, "ranges": Ranges(add_max=1)}, "both must be >= 2"),
     ({"num_train": 5000, "num_heldout": 0, "ranges": Ranges(add_max=2, mul_max=2)}, "distinct problems"),
 ])
