@@ -65,15 +65,17 @@ class HeldoutEvaluator:
             raise RuntimeError(f"held-out evaluation at step {step}: the learner's weights do not match the policy "
                                f"config (missing {missing[:4]}, unexpected {unexpected[:4]})")
         loaded = LoadedModel(network=self.network, tokenizer=self.tokenizer, config=self.network.config, path=None)
+        samples = self.cfg.eval.samples
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.eval.torch_threads)
         try:
-            rows = generate_all(loaded, self.records, samples=self.cfg.eval.samples, sampler=self.sampler, thinking=self.cfg.data.thinking,
-                                seed=self.cfg.run.seed, batch_size=self.cfg.eval.batch_size)
+            rows = generate_all(loaded, self.records, samples=samples, sampler=self.sampler,
+                                thinking=self.cfg.data.thinking, seed=self.cfg.run.seed,
+                                batch_size=self.cfg.eval.batch_size)
         finally:
             torch.set_num_threads(previous_threads)
         score_rows(rows)
-        summary = summarise(rows, samples=self.cfg.eval.samples, ks=[1])
+        summary = summarise(rows, samples=samples, ks=[1])
         with (self.out_dir / f"step_{step}.jsonl").open("w") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")

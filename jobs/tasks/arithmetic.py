@@ -178,10 +178,10 @@ def generate(num_train: int, num_heldout: int, *, seed: int = 0, three_step_frac
     if not 0.0 <= stop_early <= 1.0:
         raise ValueError(f"stop_early: {stop_early} must lie in [0, 1] (the fraction of training solutions "
                          "that leave out their last operation)")
-    teacher = random.Random(f"teacher-{seed}")  # its own stream: the problems drawn do not depend on stop_early
     if ranges.add_max < 2 or ranges.mul_max < 2:
         raise ValueError(f"ranges: add_max={ranges.add_max}, mul_max={ranges.mul_max}; both must be >= 2")
     rng = random.Random(seed)
+    teacher = random.Random(f"teacher-{seed}")  # its own stream: the problems drawn do not depend on stop_early
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}
     for split, size in (("heldout", num_heldout), ("train", num_train)):
