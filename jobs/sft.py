@@ -28,7 +28,8 @@ extraction, then an exact numeric comparison; any answer that is not a plain num
 so no math-verify process is started — enough for integer golds). The best checkpoint by pass@1 is
 kept in the published format (`<run dir>/best_policy/`, tokenizer included); training stops after
 `sft.patience` evaluations without an improvement of more than `sft.min_delta` (not before
-`sft.min_steps`), or at `sft.max_steps`.
+`sft.min_steps`), or at `sft.max_steps`. That checkpoint is the run's policy (`run.export_to` copies it)
+unless `sft.select` is "last": then the weights after the last step are, saved to `<run dir>/last_policy/`.
 The curve goes to `<run dir>/sft_metrics.jsonl` (one line per logged train step and per evaluation).
 
 Deviations from LLaDA's recipe: `sft.mask_eps` defaults to LLaDA's 1e-3, but the demo config uses 0.1 — with
@@ -72,7 +73,7 @@ class SFTRunConfig:
     torch_threads: int = 1
     """torch threads of the driver (evaluation); the learner ranks get `learner.cpus_per_rank` from Ray."""
     export_to: str | None = None
-    """Also copy the best checkpoint here at the end (e.g. model/assets/demo_policy); None: don't."""
+    """Also copy the run's policy (`sft.select`) here at the end (e.g. model/assets/demo_policy); None: don't."""
 
     def __post_init__(self):
         if not self.name or "/" in self.name:
@@ -154,6 +155,10 @@ class SFTConfig:
     """...but never before this step (a policy from scratch sits at 0% for its first evaluations)."""
     min_delta: float = 0.0
     """Smallest pass@1 gain that counts as an improvement."""
+    select: str = "best"
+    """The run's policy (`<run dir>/policy/`, what run.export_to copies): "best", the checkpoint of the best
+    held-out evaluation, or "last", the weights after the last step (a fine-tune that is meant to change a
+    policy's behaviour, such as a cold start from a weak teacher, whose held-out accuracy may go down)."""
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "log_every", "eval_every", "eval_size", "eval_batch_size", "eval_samples",
@@ -168,6 +173,8 @@ class SFTConfig:
             raise ValueError(f"warmup_steps: {self.warmup_steps} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio: {self.min_lr_ratio} must lie in [0, 1]")
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select: {self.select!r}; use 'best' (the best held-out evaluation) or 'last'")
 
 
 def _demo_sampler() -> TextSamplerConfig:
@@ -431,7 +438,7 @@ def _log(path: Path, record: dict) -> None:
 
 
 def run(cfg: SFTJobConfig) -> dict[str, Any]:
-    """Train until pass@1 plateaus; returns {best_pass1, best_step, steps, seconds, best_policy}."""
+    """Train until pass@1 plateaus; returns {best_pass1, best_step, steps, seconds, best_policy, policy}."""
     import model
     from actors.cluster import create_placement_groups, init_ray, learner_role, remove_placement_groups
     from actors.learner import LearnerGroup
@@ -514,21 +521,25 @@ def run(cfg: SFTJobConfig) -> dict[str, Any]:
                 losses = []
             if step % cfg.sft.eval_every == 0 or step == cfg.sft.max_steps:
                 stop = evaluate_now(step)
+        if cfg.sft.select == "last":
+            eval_network.load_state_dict(group.state_dict_for_sync())
+            model.save((eval_network, tokenizer), run_dir / "last_policy", max_shard_bytes=None)
     finally:
         group.shutdown()
         remove_placement_groups(groups)
     seconds = time.perf_counter() - started
+    policy = run_dir / f"{cfg.sft.select}_policy"
     summary = {"best_pass1": best["pass1"], "best_step": best["step"], "steps": step, "seconds": round(seconds, 1),
-               "best_policy": str(run_dir / "best_policy")}
+               "best_policy": str(run_dir / "best_policy"), "policy": str(policy)}
     if cfg.run.export_to:
         target = Path(cfg.run.export_to)
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(run_dir / "best_policy", target)
+        shutil.copytree(policy, target)
         summary["exported_to"] = str(target)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[sft] done: best held-out pass@1 {best['pass1']:.3f} at step {best['step']} after {step} steps, "
-          f"{seconds / 60:.1f} min; best policy in {summary.get('exported_to', summary['best_policy'])}", flush=True)
+          f"{seconds / 60:.1f} min; the {cfg.sft.select} policy is in {summary.get('exported_to', policy)}", flush=True)
     return summary
 
 

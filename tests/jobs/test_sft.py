@@ -185,19 +185,22 @@ def test_config_loads_and_errors_name_the_key():
     for override, message in [("sft.batch_size=3", "learner.num_ranks"), ("sft.mask_eps=0", "sft.mask_eps"),
                               ("data.train=x.csv", "data.train"), ("sampler.block_length=7", "sampler.gen_length"),
                               ("sft.bogus=1", "sft.bogus: unknown key"),
-                              ("sft.eval_samples=0", "sft.eval_samples: 0; need at least 1")]:
+                              ("sft.eval_samples=0", "sft.eval_samples: 0; need at least 1"),
+                              ("sft.select=final", "sft.select: 'final'; use 'best'")]:
         overrides = [override, "learner.num_ranks=2"] if override.startswith("sft.batch_size") else [override]
         with pytest.raises(ConfigError, match=message):
             load_sft_config(DEMO_CONFIG, overrides)
 
 
 def test_end_to_end_run_on_the_learner_group(tmp_path):
-    """A few steps of `jobs.sft.run` on a 1-rank DeepSpeed group: outputs written, loss down, policy loads."""
+    """A few steps of `jobs.sft.run` on a 1-rank DeepSpeed group: outputs written, loss down, policy loads;
+    with `sft.select=last` the exported policy is the last step's weights, and best_policy the best step's."""
     import ray
 
     import model
-    from jobs.sft import run
+    from jobs.sft import evaluate, run
     from jobs.tasks.arithmetic import generate, write_jsonl
+    from model.templates import chat_prompt_ids
 
     splits = generate(64, 8, seed=1)
     write_jsonl(splits["train"], tmp_path / "train.jsonl")
@@ -208,7 +211,7 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
         "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.mlp_hidden_size=64",
         "sft.max_steps=12", "sft.batch_size=16", "sft.warmup_steps=2", "sft.log_every=4", "sft.eval_every=6",
         "sft.eval_size=8", "sampler.gen_length=48", "sampler.steps=6", "sampler.block_length=16",
-        "learner.micro_batch_size=8", "learner.lr=0.003"])
+        "learner.micro_batch_size=8", "learner.lr=0.003", "sft.select=last"])
     started_here = not ray.is_initialized()
     try:
         summary = run(cfg)
@@ -222,6 +225,21 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
     assert summary["steps"] == 12 and (tmp_path / "e2e" / "config.yaml").is_file()
     loaded = model.load(tmp_path / "exported")
     assert loaded.config.d_model == 32 and loaded.tokenizer is not None
+    assert summary["policy"] == str(tmp_path / "e2e" / "last_policy")
+    exported = {f.name: f.read_bytes() for f in (tmp_path / "exported").iterdir()}
+    assert exported == {f.name: f.read_bytes() for f in (tmp_path / "e2e" / "last_policy").iterdir()}
+    # best_policy is the checkpoint its samples were decoded with: greedy decoding reproduces them exactly.
+    best = model.load(tmp_path / "e2e" / "best_policy")
+    examples = [Example(r["uid"], tuple(chat_prompt_ids(best.tokenizer, r["prompt"], thinking=False)), (), r["answer"])
+                for r in splits["heldout"]]
+    again = evaluate(best.network, best.tokenizer, examples, cfg.sampler, batch_size=cfg.sft.eval_batch_size)
+    best_samples = [json.loads(x) for x in (tmp_path / "e2e" / "best_samples.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in again["rows"]] == [r["response"] for r in best_samples]
+    # Nothing is solved in 12 steps, so the step-0 evaluation stays the best and the last policy is another one.
+    assert summary["best_step"] == 0 and summary["best_pass1"] == 0.0
+    last = model.load(tmp_path / "e2e" / "last_policy")
+    assert any(not torch.equal(a, b) for a, b in zip(last.network.state_dict().values(),
+                                                     best.network.state_dict().values()))
 
 
 DEMO_POLICY = REPO / "model" / "assets" / "demo_policy"
