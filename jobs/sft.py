@@ -29,7 +29,7 @@ so no math-verify process is started — enough for integer golds). The best che
 kept in the published format (`<run dir>/best_policy/`, tokenizer included); training stops after
 `sft.patience` evaluations without an improvement of more than `sft.min_delta` (not before
 `sft.min_steps`), or at `sft.max_steps`. That checkpoint is the run's policy (`run.export_to` copies it)
-unless `sft.select` is "last": then the weights after the last step are, saved to `<run dir>/last_policy/`.
+unless `sft.select` is "last": then it is the weights after the last step, saved to `<run dir>/last_policy/`.
 The curve goes to `<run dir>/sft_metrics.jsonl` (one line per logged train step and per evaluation).
 
 Deviations from LLaDA's recipe: `sft.mask_eps` defaults to LLaDA's 1e-3, but the demo config uses 0.1 — with
@@ -156,9 +156,10 @@ class SFTConfig:
     min_delta: float = 0.0
     """Smallest pass@1 gain that counts as an improvement."""
     select: str = "best"
-    """The run's policy (`<run dir>/policy/`, what run.export_to copies): "best", the checkpoint of the best
-    held-out evaluation, or "last", the weights after the last step (a fine-tune that is meant to change a
-    policy's behaviour, such as a cold start from a weak teacher, whose held-out accuracy may go down)."""
+    """The run's policy (what run.export_to copies): "best", the checkpoint of the best held-out evaluation
+    (`<run dir>/best_policy/`), or "last", the weights after the last step (`<run dir>/last_policy/`; for a
+    fine-tune meant to change a policy's behaviour, such as a weak-teacher cold start, whose held-out accuracy
+    may go down)."""
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "log_every", "eval_every", "eval_size", "eval_batch_size", "eval_samples",
