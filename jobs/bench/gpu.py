@@ -1,0 +1,319 @@
+"""`python -m jobs.bench gpu`: the LLaDA-8B backbone with random weights on one GPU — build, sample, update.
+
+Three phases; each runs once untimed as a warm-up at the same shapes (not the build) and is timed between
+`torch.cuda.synchronize()` calls:
+
+1. build: the network on the meta device, `to_empty` on the target device in the target dtype, then
+   model.tiny's init (N(0, 0.02), RMSNorm weights 1) drawn there from a seeded generator — no CPU copy,
+   seconds for 8B. On CPU in fp32 the weights equal `model.tiny.random_network`'s for the same seed.
+   Reported: parameter count, memory allocated after the build.
+2. sampler, per temperature: `model.sampling.generate_text` on `batch` random prompts, all of
+   `prompt_length` tokens (no padding). The warm-up is the same call with one step per block. A plain run
+   gives the wall, generated tokens/s (tokens that are no longer [MASK] after it, ÷ wall) and peak memory;
+   a second run under jobs.bench.sampler's `SideBySideNetwork` gives the overhead ratio (sampler wall ÷
+   forward passes × full-forward wall) and inner ratio as that benchmark defines them. On CUDA every
+   network call is followed by a synchronize (and each step preceded by one), so its clocks time kernels,
+   not launches. fwd TFLOP/s = 2 × non-embedding parameters × batch × (prompt + gen) ÷ full-forward wall
+   (attention's own FLOPs left out).
+3. update: one `rl.update.unigrpo_update` (μ inner steps) on a RolloutBatch of groups × samples random text
+   rows (prompt_length + gen_length tokens, no EOS, so every response token is scored; rewards 1, 0, 1, ...
+   within a group), one micro-batch of all rows, β = 0.01 against a second random network as π_ref, activation
+   checkpointing on. Optimizer: `PlainEngine` (grad clip 1.0) around `torch.optim.AdamW(lr=1e-6)`, fused on
+   CUDA. AdamW keeps its moments in the parameters' dtype, so with --dtype bf16 weights, gradients and both
+   moments are bf16 (8B: 16 GB each, 64 GB + 16 GB π_ref); fp32 moments or master weights are not used.
+   Caveat: at lr 1e-6 most bf16 weight updates round away (a weight of 0.02 has a bf16 spacing of 1.2e-4).
+   Reported: wall per update, peak memory, the loss and grad norm, a float64 checksum of the weights
+   before and after the timed update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from jobs.bench.sampler import SideBySideNetwork, forward_passes
+from model.network import BackboneConfig, MaskedDiffusionLM, RMSNorm
+from model.sampling import TextSamplerConfig, generate_text
+from model.tiny import INIT_STD, tiny_model
+from rl.advantages import group_advantages
+from rl.batch import RolloutBatch
+from rl.config import AlgoConfig
+from rl.update import PlainEngine, unigrpo_update
+
+# LLaDA-8B-Instruct's config.json (shared/spec/models.md §1; the layout tests/model/test_checkpoint.py checks
+# against 8,015,581,184 parameters). Token ids and the rest are BackboneConfig's defaults, which are LLaDA's.
+LLADA_8B = BackboneConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
+                          vocab_size=126464, embedding_size=126464)
+SIZES = ("8b", "tiny")
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+LR = 1e-6  # actors.config's default learning rate
+BETA = 0.01  # AlgoConfig's default: the update scores π_ref as well
+
+
+def backbone_config(size: str) -> BackboneConfig:
+    """The published 8B layout, or the tiny twin's (model.tiny.tiny_model, sized to the tiny tokenizer)."""
+    return LLADA_8B if size == "8b" else tiny_model().config
+
+
+def build_network(config: BackboneConfig, *, device, dtype: torch.dtype, seed: int = 0) -> MaskedDiffusionLM:
+    """`config`'s network straight on `device` with model.tiny's init; on "meta" nothing is allocated."""
+    with torch.device("meta"):
+        network = MaskedDiffusionLM(config).to(dtype)
+    device = torch.device(device)
+    if device.type == "meta":
+        return network.eval()
+    network.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    norm_weights = {id(module.weight) for module in network.modules() if isinstance(module, RMSNorm)}
+    with torch.no_grad():
+        for _, parameter in sorted(network.named_parameters()):  # model.tiny.random_network's order
+            if id(parameter) in norm_weights:
+                parameter.fill_(1.0)
+            else:
+                parameter.normal_(0.0, INIT_STD, generator=generator)
+    return network.eval()
+
+
+def parameter_count(network: torch.nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
+
+
+def checksum(network: torch.nn.Module) -> float:
+    """Sum of every weight, accumulated in float64 (no float64 copy of the weights is made)."""
+    return float(sum(p.detach().sum(dtype=torch.float64) for p in network.parameters()))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, run):
+    """(run(), wall seconds), the device idle at both ends."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = run()
+    synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def allocated_gib(device: torch.device) -> float | None:
+    return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+class _WaitAfterEachCall:
+    """Network proxy that synchronizes after every call, so SideBySideNetwork's clocks time the kernels."""
+
+    def __init__(self, network):
+        self.network, self.config = network, network.config
+
+    def parameters(self):
+        return self.network.parameters()
+
+    @staticmethod
+    def _waited(out):
+        torch.cuda.synchronize()
+        return out
+
+    def __call__(self, input_ids, attention_mask=None):
+        return self._waited(self.network(input_ids, attention_mask))
+
+    def hidden_states(self, input_ids, attention_mask=None):
+        return self._waited(self.network.hidden_states(input_ids, attention_mask))
+
+    def lm_head(self, hidden):
+        return self._waited(self.network.lm_head(hidden))
+
+
+class CudaSideBySideNetwork(SideBySideNetwork):
+    """SideBySideNetwork for CUDA: the previous step's sampler work finishes before the reference's clock."""
+
+    def __init__(self, network):
+        super().__init__(_WaitAfterEachCall(network))
+
+    def hidden_states(self, input_ids, attention_mask=None):
+        torch.cuda.synchronize()
+        return super().hidden_states(input_ids, attention_mask)
+
+
+def plain_ids(config: BackboneConfig) -> int:
+    """Ids below this one are ordinary tokens (no [MASK], EOS, pad or BOS)."""
+    return min(config.mask_token_id, config.eos_token_id, config.pad_token_id, config.bos_token_id)
+
+
+def bench_sampler(network, *, device, batch, prompt_length, gen_length, steps, block_length, temperature) -> dict:
+    cfg = network.config
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, plain_ids(cfg), (batch, prompt_length), generator=generator).tolist()
+    knobs = dict(gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
+                 mask_id=cfg.mask_token_id, pad_id=cfg.pad_token_id)
+    timed(device, lambda: generate_text(network, prompts, **{**knobs, "steps": gen_length // block_length}))
+    reset_peak(device)
+    (sequences, _), wall = timed(device, lambda: generate_text(network, prompts, **knobs))
+    peak = peak_gib(device)
+    generated = int((sequences[:, prompt_length:] != cfg.mask_token_id).sum())
+
+    wrapped = CudaSideBySideNetwork(network) if device.type == "cuda" else SideBySideNetwork(network)
+    _, side_by_side_wall = timed(device, lambda: generate_text(wrapped, prompts, **knobs))
+    sampler_s = side_by_side_wall - wrapped.reference_s
+    n_forwards = forward_passes(gen_length, steps, block_length)
+    assert wrapped.reference_forwards == n_forwards, (wrapped.reference_forwards, n_forwards)
+    forward_s = wrapped.reference_s / n_forwards
+    matmul_params = parameter_count(network) - network.transformer.wte.weight.numel()
+    return dict(
+        temperature=temperature, batch=batch, prompt_length=prompt_length, gen_length=gen_length, steps=steps,
+        block_length=block_length, wall_s=wall, generated_tokens=generated, tokens_per_s=generated / wall,
+        peak_gib=peak, n_forwards=n_forwards, forward_s=forward_s,
+        forward_tflops=2 * matmul_params * batch * (prompt_length + gen_length) / forward_s / 1e12,
+        side_by_side_sampler_s=sampler_s, overhead_ratio=sampler_s / wrapped.reference_s,
+        inner_ratio=sampler_s / wrapped.network_s,
+    )
+
+
+def rollout_batch(config: BackboneConfig, *, groups, samples, prompt_length, gen_length, steps) -> RolloutBatch:
+    """groups × samples random text rows; rewards 1, 0, 1, ... within each group (non-zero advantages)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = groups * samples
+    sequences = torch.randint(0, plain_ids(config), (rows, prompt_length + gen_length), generator=generator)
+    reveal_step = torch.randint(0, steps, (rows, gen_length), generator=generator)  # [G, L]
+    return RolloutBatch.from_sampler(
+        sequences, reveal_step, [prompt_length] * rows, eos_ids=[config.eos_token_id], task="text",
+        uid=[f"prompt-{r // samples}" for r in range(rows)], sample_index=[r % samples for r in range(rows)],
+        policy_version=0, rewards={"correctness": [float(r % 2 == 0) for r in range(rows)]},
+        pad_token_id=config.pad_token_id,
+    )
+
+
+def bench_update(network, ref_network, batch: RolloutBatch, *, device, mu: int) -> dict:
+    """One warm-up update, then one timed; the network is left with the weights after both."""
+    network.gradient_checkpointing = True
+    network.train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=LR, fused=device.type == "cuda")
+    engine = PlainEngine(network, optimizer, grad_clip=1.0)
+    cfg = AlgoConfig(mu=mu, beta=BETA)
+    advantages = group_advantages(batch.total_rewards({"correctness": 1.0}), batch.uid)  # [G]
+
+    def update(step):
+        return unigrpo_update(engine, ref_network, batch, advantages, cfg, step=step, run_seed=0,
+                              micro_batch_size=batch.num_rows)
+
+    timed(device, lambda: update(0))
+    before = checksum(network)
+    reset_peak(device)
+    stats, wall = timed(device, lambda: update(1))
+    peak = peak_gib(device)
+    after = checksum(network)
+    network.gradient_checkpointing = False
+    network.eval()
+    return dict(
+        rows=batch.num_rows, seq_len=batch.seq_len, mu=mu, beta=BETA, micro_batch_size=batch.num_rows,
+        gradient_checkpointing=True, wall_s=wall, wall_per_optimizer_step_s=wall / mu, peak_gib=peak,
+        allocated_gib_after=allocated_gib(device), loss=stats["loss"], grad_norm=stats.get("grad_norm"),
+        checksum_before=before, checksum_after=after, weights_changed=before != after,
+        optimizer=f"torch.optim.AdamW(lr={LR:g}, fused={device.type == 'cuda'}), grad clip 1.0; weights, grads "
+                  f"and moments in {next(network.parameters()).dtype}",
+    )
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.bench gpu", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=SIZES, default="8b", help="the LLaDA-8B layout or the tiny twin")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weights, grads and AdamW moments")
+    parser.add_argument("--batch", type=int, default=8, help="sampler prompts")
+    parser.add_argument("--prompt-length", type=int, default=128, help="sampler and update prompt tokens")
+    parser.add_argument("--gen-length", type=int, default=256, help="sampler and update response tokens")
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=128, help="sampler denoising steps")
+    parser.add_argument("--temperatures", default="0,0.9", help="comma-separated sampling temperatures")
+    parser.add_argument("--groups", type=int, default=2, help="update batch: prompts")
+    parser.add_argument("--samples", type=int, default=4, help="update batch: responses per prompt")
+    parser.add_argument("--mu", type=int, default=2, help="inner optimizer steps of the update")
+    parser.add_argument("--skip-update", action="store_true", help="sampler only (no π_ref, no optimizer)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    temperatures = [float(t) for t in args.temperatures.split(",") if t]
+    try:
+        for temperature in temperatures:
+            TextSamplerConfig(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
+                              temperature=temperature)
+    except ValueError as error:
+        parser.error(str(error))
+    for name in ("batch", "prompt_length", "groups", "samples", "mu"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: {getattr(args, name)} is not a positive integer")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    config = backbone_config(args.size)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {name}, {args.dtype}, {torch.get_num_threads()} threads", flush=True)
+
+    torch.empty(1, device=device)  # CUDA context outside the build's clock
+    network, build_s = timed(device, lambda: build_network(config, device=device, dtype=dtype, seed=0))
+    build = dict(params=parameter_count(network), wall_s=build_s, allocated_gib=allocated_gib(device))
+    print(f"\n| build | params | wall s | allocated GiB |\n|---|---|---|---|\n"
+          f"| {args.size} | {build['params']:,} | {build_s:.2f} | {_fmt(build['allocated_gib'], '.2f')} |",
+          flush=True)
+
+    shape = dict(batch=args.batch, prompt_length=args.prompt_length, gen_length=args.gen_length,
+                 steps=args.steps, block_length=args.block_length)
+    print("\n| temp | B | P | L | S | blk | wall s | tok/s | peak GiB | fwd ms | fwd TFLOP/s | overhead | inner |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    sampler_rows = []
+    for temperature in temperatures:
+        row = bench_sampler(network, device=device, temperature=temperature, **shape)
+        sampler_rows.append(row)
+        print(f"| {temperature:g} | {args.batch} | {args.prompt_length} | {args.gen_length} | {args.steps} | "
+              f"{args.block_length} | {row['wall_s']:.3f} | {row['tokens_per_s']:.1f} | "
+              f"{_fmt(row['peak_gib'], '.2f')} | {1e3 * row['forward_s']:.2f} | {row['forward_tflops']:.3g} | "
+              f"{row['overhead_ratio']:.3f} | {row['inner_ratio']:.3f} |", flush=True)
+
+    update = None
+    if not args.skip_update:
+        ref_network = build_network(config, device=device, dtype=dtype, seed=1).requires_grad_(False)
+        batch = rollout_batch(config, groups=args.groups, samples=args.samples, prompt_length=args.prompt_length,
+                              gen_length=args.gen_length, steps=args.steps)
+        update = bench_update(network, ref_network, batch, device=device, mu=args.mu)
+        del ref_network
+        print(f"\n| update rows | T | μ | wall s | s/step | peak GiB | loss | grad norm | weights changed |\n"
+              f"|---|---|---|---|---|---|---|---|---|\n"
+              f"| {update['rows']} | {update['seq_len']} | {args.mu} | {update['wall_s']:.3f} | "
+              f"{update['wall_per_optimizer_step_s']:.3f} | {_fmt(update['peak_gib'], '.2f')} | "
+              f"{update['loss']:.4g} | {_fmt(update['grad_norm'], '.4g')} | {update['weights_changed']} |\n"
+              f"optimizer: {update['optimizer']}; activation checkpointing on; β = {BETA} against a random π_ref")
+
+    report = dict(torch=torch.__version__, device=str(device), device_name=name, dtype=args.dtype, size=args.size,
+                  model=dict(d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads,
+                             mlp_hidden_size=config.mlp_hidden_size, vocab_size=config.num_embeddings),
+                  build=build, sampler=sampler_rows, update=update)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
