@@ -19,6 +19,14 @@ well formatted, never correct; `response_complete` says which). SFT imitates the
 stops early about as often, while `answer` stays the gold and the correctness reward tells the two habits
 apart: a cold start with a systematic fault that RL, not imitation, can remove (docs/demo.md §4).
 
+A sign slip (`--sign-slip q`, default 0: off): with probability q a training solution is worked out in full
+and correctly but its answer is boxed with a minus sign (`<think>9-6=3\\n3*5=15\\n15+9=24</think>\\boxed{-24}`:
+well formatted, never correct). It changes one token of the solution (`{-` for `{` in the tiny tokenizer), so
+the slip and the right answer have the same length and layout: a masked-diffusion policy that imitates it
+makes the slip or not at one position, instead of mixing two layouts (docs/demo.md §6). The two faults share
+the teacher's coin: a row stops early when u < stop_early and slips when stop_early <= u < stop_early +
+sign_slip. `response_correct` says whether the row's boxed answer is the gold.
+
 Problems are drawn from eight shapes (`SHAPES`: four with 2 operations, four with 3), e.g.
 `a + b * c`, `(a - b) * c`, `(a + b) * c - d`, `a * b + c * d`: sums and differences of operands in
 [1, add_max], products with a factor in [2, mul_max] (defaults 9 and 9); every intermediate
@@ -61,6 +69,11 @@ class Problem:
     @property
     def response(self) -> str:
         return "<think>" + "\n".join(self.lines) + f"</think>\\boxed{{{self.answer}}}"
+
+    @property
+    def sign_slip_response(self) -> str:
+        """The sign-slipping teacher's solution: every line right, the answer boxed negated."""
+        return "<think>" + "\n".join(self.lines) + f"</think>\\boxed{{-{self.answer}}}"
 
     @property
     def stopped_early_response(self) -> str:
@@ -169,7 +182,7 @@ def draw_problem(rng: random.Random, *, three_step_fraction: float, ranges: Rang
 
 
 def generate(num_train: int, num_heldout: int, *, seed: int = 0, three_step_fraction: float = 0.5,
-             ranges: Ranges = Ranges(), stop_early: float = 0.0) -> dict[str, list[dict]]:
+             ranges: Ranges = Ranges(), stop_early: float = 0.0, sign_slip: float = 0.0) -> dict[str, list[dict]]:
     """{"train": rows, "heldout": rows}; held-out drawn first, no expression in both (module docstring)."""
     if num_train < 0 or num_heldout < 0:
         raise ValueError(f"sizes must be >= 0; got train={num_train}, heldout={num_heldout}")
@@ -178,6 +191,10 @@ def generate(num_train: int, num_heldout: int, *, seed: int = 0, three_step_frac
     if not 0.0 <= stop_early <= 1.0:
         raise ValueError(f"stop_early: {stop_early} must lie in [0, 1] (the fraction of training solutions "
                          "that leave out their last operation)")
+    if not 0.0 <= sign_slip <= 1.0 - stop_early:
+        raise ValueError(f"sign_slip: {sign_slip} must lie in [0, 1 - stop_early] = [0, {1.0 - stop_early:g}] (the "
+                         "fraction of training solutions boxed with a minus sign; early stops take the first "
+                         "stop_early of the teacher's coin)")
     if ranges.add_max < 2 or ranges.mul_max < 2:
         raise ValueError(f"ranges: add_max={ranges.add_max}, mul_max={ranges.mul_max}; both must be >= 2")
     rng = random.Random(seed)
@@ -196,11 +213,13 @@ def generate(num_train: int, num_heldout: int, *, seed: int = 0, three_step_frac
                                      "raise the operand ranges or ask for fewer")
                 continue
             seen.add(problem.expression)
-            complete = split == "heldout" or teacher.random() >= stop_early
+            coin = 1.0 if split == "heldout" else teacher.random()  # held-out rows: the reference solution
+            complete, slipped = coin >= stop_early, stop_early <= coin < stop_early + sign_slip
+            response = (problem.stopped_early_response if not complete
+                        else problem.sign_slip_response if slipped else problem.response)
             rows.append({"uid": f"arith-{split}-{len(rows):05d}", "task": TASK, "prompt": problem.prompt,
-                         "answer": str(problem.answer),
-                         "response": problem.response if complete else problem.stopped_early_response,
-                         "num_steps": len(problem.lines), "response_complete": complete})
+                         "answer": str(problem.answer), "response": response, "num_steps": len(problem.lines),
+                         "response_complete": complete, "response_correct": complete and not slipped})
         splits[split] = rows
     return splits
 
@@ -223,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mul-max", type=int, default=Ranges.mul_max, help="largest multiplier")
     parser.add_argument("--stop-early", type=float, default=0.0,
                         help="fraction of training solutions the weak teacher ends one operation early")
+    parser.add_argument("--sign-slip", type=float, default=0.0,
+                        help="fraction of training solutions the weak teacher boxes with a minus sign")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     splits = generate(args.train, args.heldout, seed=args.seed, three_step_fraction=args.three_step_fraction,
-                      ranges=Ranges(args.add_max, args.mul_max), stop_early=args.stop_early)
+                      ranges=Ranges(args.add_max, args.mul_max), stop_early=args.stop_early, sign_slip=args.sign_slip)
     out = Path(args.out)
     for split, rows in splits.items():
         write_jsonl(rows, out / f"{split}.jsonl")
