@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,39 @@ def test_shipped_demo_policy_matches_its_documented_accuracy():
     correct = round(result["pass1"] * 32)
     assert abs(correct - DEMO_HELDOUT_CORRECT_OF_32) <= 2, (correct, result["rows"][:4])
     assert result["format_rate"] >= 0.9
+
+
+SIGN_SLIP_POLICY = REPO / "model" / "assets" / "sign_slip_policy"
+SIGN_SLIP_CONFIG = REPO / "jobs" / "configs" / "sft_sign_slip.yaml"
+SIGN_SLIP_OF_32 = {"slipped": 28, "right_up_to_sign": 9, "correct": 1}
+"""docs/demo.md §6: greedy answers of the shipped cold start on the first 32 held-out rows (as for
+DEMO_HELDOUT_CORRECT_OF_32, a different CPU may flip a problem or two; the test allows 2 either way)."""
+
+
+def test_shipped_sign_slip_policy_slips_where_the_demo_policy_does_not():
+    """The cold start of the embedded RL demo: demo_policy's arithmetic, with most answers boxed negated."""
+    import model
+    from jobs.data import PromptDataset
+    from jobs.sft import evaluate
+    from model.templates import chat_prompt_ids
+
+    size = sum(f.stat().st_size for f in SIGN_SLIP_POLICY.iterdir())
+    assert size <= 20 * 2**20, f"{SIGN_SLIP_POLICY} is {size / 2**20:.1f} MiB; the budget is 20 MiB"
+    cfg = load_sft_config(SIGN_SLIP_CONFIG)
+    assert REPO / cfg.model.path == DEMO_POLICY and cfg.sft.select == "last"
+    records = PromptDataset(REPO / cfg.data.heldout).records[:32]
+    counts = {}
+    for name, path in (("slip", SIGN_SLIP_POLICY), ("demo", DEMO_POLICY)):
+        loaded = model.load(path)
+        examples = [Example(r.uid, tuple(chat_prompt_ids(loaded.tokenizer, r.prompt, thinking=cfg.data.thinking)),
+                            (), r.answer) for r in records]
+        rows = evaluate(loaded.network, loaded.tokenizer, examples, cfg.sampler, batch_size=32)["rows"]
+        boxed = [re.findall(r"\\boxed\{([^}]*)\}", row["response"]) for row in rows]
+        last = [b[-1] if b else None for b in boxed]
+        counts[name] = {"slipped": sum(b is not None and b.startswith("-") for b in last),
+                        "right_up_to_sign": sum(b is not None and b.lstrip("-") == r.answer
+                                                for b, r in zip(last, records)),
+                        "correct": sum(row["correct"] for row in rows)}
+    for key, expected in SIGN_SLIP_OF_32.items():
+        assert abs(counts["slip"][key] - expected) <= 2, counts
+    assert counts["demo"]["slipped"] == 0 and abs(counts["demo"]["correct"] - DEMO_HELDOUT_CORRECT_OF_32) <= 2
