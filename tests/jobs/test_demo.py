@@ -1,6 +1,6 @@
 """The README's main command, shortened: `python -m jobs.train` with no config runs the embedded demo.
 
-Two steps of UniGRPO on the shipped SFT policy (jobs/configs/demo.yaml, the default), held-out evaluation
+Two steps of UniGRPO on the shipped cold-start policy (jobs/configs/demo.yaml, the default), held-out evaluation
 on the first 16 problems, then every output a newcomer is pointed at: the resolved config, the metrics with
 the starting and final held-out pass@1, the learning-curve PNG whose path is printed, the rollout and
 sample logs, TensorBoard events, the exported policy (which loads and differs from the SFT policy, since
@@ -59,7 +59,8 @@ def test_embedded_demo_runs_end_to_end(tmp_path):
     assert len(list((run_dir / "eval").glob("step_*.jsonl"))) == 2
     assert any((run_dir / "tensorboard").iterdir())
 
-    exported, shipped = load(summary["export"]), load(REPO / "model/assets/demo_policy")
+    start_policy = REPO / load_config(REPO / "jobs/configs/demo.yaml").model.path  # the shipped cold start
+    exported, shipped = load(summary["export"]), load(start_policy)
     moved = [name for name, tensor in exported.network.state_dict().items()
              if not torch.equal(tensor, shipped.network.state_dict()[name])]
     assert moved, "two UniGRPO steps left every tensor of the shipped policy unchanged"
