@@ -16,13 +16,7 @@ SMALL = ["--size", "tiny", "--device", "cpu", "--dtype", "fp32", "--batch", "3",
          "--gen-length", "16", "--block-length", "8", "--steps", "4", "--groups", "2", "--samples", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def weight_sum(network) -> float:
