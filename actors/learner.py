@@ -2,8 +2,9 @@
 
 Each `LearnerRank` builds the policy from a `NetworkSource`, keeps a frozen copy of it as the
 reference policy (eval, no grad, never updated), and wraps the policy in a DeepSpeed engine with ZeRO
-stage 0-3 from `LearnerConfig`: gloo on CPU (DS_ACCELERATOR=cpu), NCCL on GPU. Rank 0 picks a free port
-on its node; MASTER_ADDR is rank 0's node IP (127.0.0.1 on a loopback cluster).
+stage 0-3 from `LearnerConfig`: gloo on CPU (DS_ACCELERATOR=cpu), NCCL on GPU. Rank 0 opens the
+rendezvous socket on its node IP (127.0.0.1 on a loopback cluster) and serves the group's store on it;
+nothing listens on all interfaces (`actors/rendezvous.py`).
 
 Update normalisation (why a 2-rank ZeRO update equals a single-process one):
 the `rl` update computes, per rank, `loss_r = sum_{i in shard r} l_i / N_global`, so that
@@ -30,6 +31,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from torch import nn
 from actors.cluster import bundle_strategy, wait_all
 from actors.config import LearnerConfig
 from actors.network_source import NetworkSource, build_network
+from actors.rendezvous import open_listener, pin_interfaces, tcp_store
 from actors.weight_sync import (
     BroadcastGroup,
     WeightManifest,
@@ -159,12 +162,6 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int) -> dict[str, Any]:
     return config
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
 class LearnerRank:
     """One data-parallel rank; runs as a Ray actor (`LearnerGroup` creates them)."""
 
@@ -177,10 +174,16 @@ class LearnerRank:
         self.adapter: DeepSpeedEngineAdapter | None = None
         self.ref_network: nn.Module | None = None
         self.broadcast: BroadcastGroup | None = None
+        self.node_ip = ray.util.get_node_ip_address()
+        self._listeners: dict[int, socket.socket] = {}  # port -> a socket opened by `endpoint`, not yet used
 
     def endpoint(self) -> tuple[str, int]:
-        """(node IP, a free port) on this rank's node, for the rendezvous (rank 0) or a broadcast group."""
-        return ray.util.get_node_ip_address(), _free_port()
+        """(node IP, port) of a socket listening on this rank's node IP, for the rendezvous (rank 0) or a
+        broadcast group; the store that `setup` / `join_broadcast` makes on that port serves it."""
+        listener = open_listener(self.node_ip)
+        port = listener.getsockname()[1]
+        self._listeners[port] = listener
+        return self.node_ip, port
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the process group (all ranks at once) and build the engine and reference network."""
@@ -190,8 +193,14 @@ class LearnerRank:
             torch.cuda.set_device(self.device)
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
-        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", auto_mpi_discovery=False,
-                                   verbose=False, rank=self.rank, world_size=self.world_size)
+        pin_interfaces(self.node_ip)
+        backend, timeout = ("nccl" if self.on_gpu else "gloo"), timedelta(minutes=30)
+        store = tcp_store(master_addr, master_port, self.rank, self.world_size, timeout,
+                          self._listeners.pop(master_port, None))
+        torch.distributed.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size,
+                                             timeout=timeout)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout,
+                                   rank=self.rank, world_size=self.world_size)  # adopts the group above
         network, _ = build_network(self.source, self.cfg.dtype)
         network = network.to(self.device)
         self.ref_network = copy.deepcopy(network).eval().requires_grad_(False)
@@ -263,7 +272,8 @@ class LearnerRank:
         """Rank 0 becomes rank 0 (the source) of a broadcast group with the rollout workers."""
         if self.rank != 0:
             raise RuntimeError(f"learner rank {self.rank} asked to join the broadcast group; only rank 0 sends")
-        self.broadcast = BroadcastGroup(backend, host, port, 0, world_size)
+        pin_interfaces(self.node_ip)
+        self.broadcast = BroadcastGroup(backend, host, port, 0, world_size, listener=self._listeners.pop(port, None))
 
     def broadcast_weights(self, version: int, bucket_mb: float) -> WeightManifest:
         """All ranks (gathers under ZeRO-3); rank 0 broadcasts every bucket to the group."""

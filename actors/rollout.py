@@ -40,6 +40,7 @@ import torch
 from actors.cluster import bundle_strategy
 from actors.config import RolloutConfig
 from actors.network_source import NetworkSource, build_network
+from actors.rendezvous import pin_interfaces
 from actors.weight_sync import (
     BroadcastGroup,
     WeightManifest,
@@ -153,6 +154,7 @@ class RolloutWorker:
         return self.receiver.apply(manifest, fetch, bucket_count=len(bucket_refs))
 
     def join_broadcast(self, backend: str, host: str, port: int, rank: int, world_size: int) -> None:
+        pin_interfaces(ray.util.get_node_ip_address())
         self.broadcast = BroadcastGroup(backend, host, port, rank, world_size)
 
     def receive_weights(self, manifest: WeightManifest) -> int:

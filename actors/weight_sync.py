@@ -20,6 +20,7 @@ valid version (`version is None`), and it refuses to sample until a complete ver
 from __future__ import annotations
 
 import hashlib
+import socket
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from actors.rendezvous import tcp_store
 
 ALIGN = 8  # bytes; every tensor starts at a multiple of this so that `.view(dtype)` works on the slice
 
@@ -214,11 +217,13 @@ def open_payload(manifest: WeightManifest, spec: BucketSpec, payload: tuple[int,
 class BroadcastGroup:
     """A process group of its own: rank 0 = learner rank 0 (source), ranks 1..n = rollout workers."""
 
-    def __init__(self, backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float = 600.0):
+    def __init__(self, backend: str, host: str, port: int, rank: int, world_size: int, timeout_s: float = 600.0,
+                 listener: socket.socket | None = None):
+        """listener: rank 0's socket on (host, port), from `rendezvous.open_listener` (the store serves it)."""
         if backend not in ("gloo", "nccl"):
             raise ValueError(f"broadcast backend {backend!r}; valid: gloo, nccl")
         timeout = timedelta(seconds=timeout_s)
-        self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
+        self.store = tcp_store(host, port, rank, world_size, timeout, listener)
         self.backend, self.rank, self.world_size = backend, rank, world_size
         if backend == "gloo":
             self.group = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)

@@ -26,6 +26,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from rewards.secrets import shown_options
+
 ENTRY_POINT_GROUP = "unigrpo.rewards"
 
 BUILTIN_MODULES: dict[str, str] = {
@@ -207,7 +209,7 @@ def _build(factory: Callable[..., Any], options: dict[str, Any], label: str) -> 
         try:
             return factory(**options)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{label}: bad options {options!r}: {exc}") from exc
+            raise ValueError(f"{label}: bad options {shown_options(options)!r}: {exc}") from exc
     if not options:
         return factory
     _check_options(inspect.signature(factory), options, label, skip_first=True)

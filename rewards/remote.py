@@ -22,10 +22,17 @@ Failures never raise from a call: connection errors, HTTP 5xx/429 and timeouts a
 times with exponential backoff (`backoff_s`, 2·`backoff_s`, ...) within the time budget; then every affected
 sample is None with a reason naming the URL, the HTTP status or error, and the number of attempts. Other
 4xx and malformed responses are not retried. Bad options raise at construction.
+
+Secrets: the key of `api_key_env` (sent as `Authorization: Bearer`) or the `user:password@` of the URL (sent
+as HTTP Basic auth; the stored and printed URL has none) go to the configured URL and nowhere else.
+Redirects are never followed (a 3xx is an `error` reason naming the status): following one would send the
+key to whatever host the reply names and accept that host's scores. Every reason (and `repr`) has the key,
+the password and its Basic token replaced by `<redacted>`, including server replies that echo them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -41,6 +48,7 @@ from typing import Any, Literal
 from rewards.base import Sample, Scored, unscorable
 from rewards.deadline import short_exception
 from rewards.registry import register
+from rewards.secrets import redact, without_userinfo
 
 DEFAULT_JUDGE_PROMPT = (
     "You are grading a response to a task.\n\n"
@@ -86,8 +94,14 @@ class RemoteReward:
         api_key_env: str | None = None,
     ):
         parsed = urllib.parse.urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"url: got {url!r}; expected http://host:port/path or https://...")
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"url: got {without_userinfo(url)!r}; expected http://host:port/path or https://...")
+        self._basic_auth = None if parsed.username is None else (
+            urllib.parse.unquote(parsed.username), urllib.parse.unquote(parsed.password or ""))
+        if self._basic_auth is not None and api_key_env is not None:
+            raise ValueError("url has user:password@ and api_key_env is set: both would be the Authorization "
+                             "header; give the credentials one way")
+        url = without_userinfo(url)
         if mode not in ("batch", "judge"):
             raise ValueError(f"mode: got {mode!r}; expected 'batch' or 'judge'")
         if not timeout_s > 0 or backoff_s < 0 or max_retries < 0 or max_concurrency < 1 or max_tokens < 1:
@@ -126,9 +140,11 @@ class RemoteReward:
             return []
         deadline = time.monotonic() + timeout_s if timeout_s else None
         if self.mode == "batch":
-            return self._score_batch(list(samples), deadline)
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(samples))) as executor:
-            return list(executor.map(lambda s: self._judge_one(s, deadline), samples))
+            scored = self._score_batch(list(samples), deadline)
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(samples))) as executor:
+                scored = list(executor.map(lambda s: self._judge_one(s, deadline), samples))
+        return [Scored(s.value, self._redact(s.reason)) if s.reason else s for s in scored]
 
     # ------------------------------------------------------------------------------------------ batch mode
     def _score_batch(self, samples: list[Sample], deadline: float | None) -> list[Scored]:
@@ -204,6 +220,8 @@ class RemoteReward:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key_env is not None:
             headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env, '')}"
+        elif self._basic_auth is not None:
+            headers["Authorization"] = f"Basic {_basic_token(*self._basic_auth)}"
         failure = RemoteError("error", f"POST {self.url}: no attempt made (time budget already spent)")
         for attempt in range(self.max_retries + 1):
             remaining = math.inf if deadline is None else deadline - time.monotonic()
@@ -227,6 +245,11 @@ class RemoteReward:
             with self._opener().open(request, timeout=timeout_s) as response:
                 raw = response.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                target = without_userinfo(exc.headers.get("Location") or "") or "nowhere"
+                raise RemoteError("error", f"{where} returned HTTP {exc.code}, a redirect to {_excerpt(target)}; "
+                                           "redirects are never followed (the request carries credentials): "
+                                           "set url to the final endpoint") from exc
             body = _read_error_body(exc)
             message = f"{where} returned HTTP {exc.code}: {body}"
             if exc.code >= 500 or exc.code == 429:
@@ -250,9 +273,20 @@ class RemoteReward:
 
     def _opener(self) -> urllib.request.OpenerDirector:
         host = urllib.parse.urlparse(self.url).hostname or ""
+        handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
         if host in _LOOPBACK_HOSTS:
-            return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        return urllib.request.build_opener()
+            handlers.append(urllib.request.ProxyHandler({}))
+        return urllib.request.build_opener(*handlers)
+
+    def _redact(self, text: str) -> str:
+        """`text` with the API key, the URL password and the Basic token redacted."""
+        secrets = []
+        if self.api_key_env is not None:
+            secrets.append(os.environ.get(self.api_key_env, ""))
+        if self._basic_auth is not None:
+            user, password = self._basic_auth
+            secrets += [_basic_token(user, password), password, urllib.parse.quote(password, safe="")]
+        return redact(text, secrets)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -265,6 +299,17 @@ class RemoteReward:
 
     def __repr__(self) -> str:
         return f"RemoteReward(url={self.url!r}, mode={self.mode!r})"
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """No redirect is followed: the 3xx reaches the caller as an HTTPError."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _basic_token(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 class _Retryable(Exception):

@@ -39,3 +39,53 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+
+
+class SocketWatch:
+    """Polls (every 0.1 s, in a thread) the TCP sockets listening in this process and its descendants
+    (the local Ray's processes and actors among them); `seen` maps (address, port) -> process name."""
+
+    def __init__(self):
+        import threading
+
+        self.seen: dict[tuple[str, int], str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def poll(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        pids = {me.pid} | {child.pid for child in me.children(recursive=True)}
+        for conn in psutil.net_connections("inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+                try:
+                    name = psutil.Process(conn.pid).name()
+                except psutil.Error:
+                    name = f"pid {conn.pid}"
+                self.seen[(conn.laddr.ip, conn.laddr.port)] = name
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.poll()
+
+    def wildcard(self) -> dict[tuple[str, int], str]:
+        """The sockets seen listening on all interfaces."""
+        self.poll()
+        return {key: name for key, name in self.seen.items() if key[0] in WILDCARD_ADDRESSES}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def socket_watch():
+    """A SocketWatch running for the duration of the test."""
+    watch = SocketWatch()
+    yield watch
+    watch.stop()

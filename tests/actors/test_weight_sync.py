@@ -207,6 +207,14 @@ def test_broadcast_sync_with_gloo(pipeline):
     assert batch.policy_version == [current + 2] * 2 and batch.validate() is batch  # samples carry the new version
 
 
+def test_no_group_listens_on_all_interfaces(pipeline, socket_watch):
+    learners, workers = pipeline  # the learners' rendezvous store and gloo group are up
+    BroadcastSync(learners, workers, backend="gloo")  # a broadcast store and gloo group more
+    wildcard = socket_watch.wildcard()
+    assert set(socket_watch.seen.values()) >= {"ray::LearnerRank", "ray::RolloutWorker"}  # the watch sees them
+    assert not wildcard, f"listening on all interfaces: {wildcard}"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL broadcast needs a GPU for the learner and one per worker")
 def test_broadcast_sync_with_nccl_on_gpus(ray_session, kit):

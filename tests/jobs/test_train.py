@@ -8,7 +8,8 @@ Training test: a random tiny policy scores 0 on correctness, so the run is rewar
   checked too: the embeddings of every prompt token and of [MASK], and every row of the LM head (the
   softmax spreads gradient over the whole vocabulary);
 - both learner ranks hold identical weights, and the export is exactly them;
-- the rollout workers hold the learner's weights (checksums) at the final policy version.
+- the rollout workers hold the learner's weights (checksums) at the final policy version;
+- no process of the run (Ray's, the actors', DeepSpeed's rendezvous) listened on all interfaces.
 
 Bad configs: an unknown key, an impossible resource request and a missing data file make
 `python -m jobs.train` exit with code 2 and a message naming the key (or file), before Ray starts;
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests/jobs/configs/tiny_lengths.yaml"
 
 
-def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_session, monkeypatch):
+def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_session, monkeypatch, socket_watch):
     from actors.weight_sync import checksum, named_state
     from model import load
     from model.templates import chat_prompt_ids
@@ -40,6 +41,7 @@ def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_sess
     monkeypatch.chdir(REPO)  # the config's reward file and data paths are relative to the repository
     cfg = load_config(CONFIG, [f"run.output_dir={tmp_path}", "run.name=train", "run.steps=2"])
     summary = train(cfg)
+    assert socket_watch.seen and not socket_watch.wildcard(), socket_watch.seen
 
     assert summary["policy_version"] == 2 and summary["worker_versions"] == [2, 2]
     first, second = summary["learner_checksums"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -21,6 +22,9 @@ def misbehaving():
     return lambda name: f"{HELPERS}:{name}"
 
 
+BASIC_USER, BASIC_PASSWORD = "alice", "pa:ss/w@rd"
+
+
 class ScoringHandler(BaseHTTPRequestHandler):
     """Endpoints, chosen by path:
     /score         batch protocol; score = 1.0 if the answer occurs in the response else 0.0; null (with a
@@ -35,10 +39,23 @@ class ScoringHandler(BaseHTTPRequestHandler):
     /v1/chat/completions   judge: "Score: 7" if the prompt contains "correct", "I cannot decide" if it
                    contains "garble", else "Score: 2"
     /judge_empty   judge endpoint that returns no choices
+    /redirect      HTTP 302 to `server.redirect_to` (another server's /score)
+    /echo_auth     HTTP 401 whose body echoes the Authorization header
+    /basic         like /score when the request carries Basic auth for `BASIC_USER:BASIC_PASSWORD`, else
+                   HTTP 401 echoing the Authorization header it got
+    GET /score     {"scores": [9.0, 9.0]}: what a redirect followed as a GET would be handed
     """
 
     def log_message(self, *args):  # keep pytest output clean
         pass
+
+    def do_GET(self):
+        with self.server.lock:
+            self.server.hits["GET " + self.path] += 1
+            self.server.requests.append(("GET " + self.path, dict(self.headers), b""))
+        if self.path == "/score":
+            return self._send(200, json.dumps({"scores": [9.0, 9.0]}))
+        return self._send(404, "unknown path")
 
     def do_POST(self):
         server = self.server
@@ -51,7 +68,18 @@ class ScoringHandler(BaseHTTPRequestHandler):
         body = json.loads(raw)
         if self.path == "/slow":
             time.sleep(2.0)
-        if self.path in ("/score", "/slow") or (self.path == "/flaky" and hits > 1):
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", server.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if self.path == "/echo_auth":
+            return self._send(401, f"unauthorized: you sent {self.headers.get('Authorization')}")
+        expected_basic = "Basic " + base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
+        if self.path == "/basic" and self.headers.get("Authorization") != expected_basic:
+            return self._send(401, f"unauthorized: you sent {self.headers.get('Authorization')}")
+        if self.path in ("/score", "/slow", "/basic") or (self.path == "/flaky" and hits > 1):
             scores, reasons = [], []
             for sample in body["samples"]:
                 if sample["answer"] is None:
@@ -96,17 +124,24 @@ class ScoringHandler(BaseHTTPRequestHandler):
             pass
 
 
-@pytest.fixture(scope="module")
-def http_server():
-    """A real HTTP server on 127.0.0.1 (random port) in a thread; yields its base URL and state."""
+def _start_server() -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", 0), ScoringHandler)
     server.daemon_threads = True
     server.lock = threading.Lock()
     server.hits = Counter()
     server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    return server
+
+
+@pytest.fixture(scope="module")
+def http_server():
+    """Two real HTTP servers on 127.0.0.1 (random ports) in threads; yields the first, whose /redirect
+    points at the second (`server.other`, standing in for another host)."""
+    server, other = _start_server(), _start_server()
+    server.other, server.redirect_to = other, other.base_url + "/score"
     yield server
-    server.shutdown()
-    server.server_close()
+    for each in (server, other):
+        each.shutdown()
+        each.server_close()

@@ -12,6 +12,8 @@ import pytest
 import rewards
 from rewards import Sample, Scored
 
+from .conftest import BASIC_PASSWORD, BASIC_USER
+
 SAMPLES = [
     Sample("text", "2+2?", "it is 4", "4", meta={"row": 1}),
     Sample("text", "3+3?", "it is 7", "6"),
@@ -151,6 +153,50 @@ def test_judge_mode_custom_parser_and_bad_replies(http_server):
 def test_bad_options_raise_at_construction(options, message):
     with pytest.raises(ValueError, match=message):
         rewards.get("remote", **options)
+
+
+def test_redirects_are_never_followed(http_server, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "secret-token")
+    other = http_server.other
+    before = other.hits["GET /score"] + other.hits["/score"]
+    reward = rewards.get("remote", url=http_server.base_url + "/redirect", api_key_env="JUDGE_KEY", max_retries=2,
+                         backoff_s=0.01)
+    scored = reward.score_detailed(SAMPLES[:2])
+    assert other.hits["GET /score"] + other.hits["/score"] == before, "the key went to the redirect's host"
+    assert [s.value for s in scored] == [None, None]  # not the 9.0s the other host hands out
+    assert scored[0].reason == (
+        f"error: POST {http_server.base_url}/redirect returned HTTP 302, a redirect to {other.base_url}/score; "
+        "redirects are never followed (the request carries credentials): set url to the final endpoint")
+
+
+def test_an_echoed_key_is_redacted(http_server, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "secret-token")
+    for mode, path in (("batch", "/echo_auth"), ("judge", "/echo_auth")):
+        reward = rewards.get("remote", url=http_server.base_url + path, mode=mode, api_key_env="JUDGE_KEY")
+        scored = reward.score_detailed(SAMPLES[:1])
+        assert scored[0].reason == (f"error: POST {http_server.base_url}/echo_auth returned HTTP 401: "
+                                    "unauthorized: you sent Bearer <redacted>")
+    assert http_server.requests[-1][1]["Authorization"] == "Bearer secret-token"  # it was sent, to this URL
+
+
+def test_url_userinfo_is_basic_auth_and_never_shown(http_server):
+    host = http_server.base_url.removeprefix("http://")
+    quoted = "pa%3Ass%2Fw%40rd"  # BASIC_PASSWORD, percent-encoded as a URL requires
+    reward = rewards.get("remote", url=f"http://{BASIC_USER}:{quoted}@{host}/basic")
+    assert reward(SAMPLES) == [1.0, 0.0, None]  # the server accepted alice's credentials
+    assert reward.url == f"{http_server.base_url}/basic"
+    assert BASIC_PASSWORD not in repr(reward) and quoted not in repr(reward)
+    copy = pickle.loads(pickle.dumps(reward))  # workers get the credentials too
+    assert copy(SAMPLES) == [1.0, 0.0, None]
+
+    wrong = rewards.get("remote", url=f"http://{BASIC_USER}:wrong-pass@{host}/basic")
+    reason = wrong.score_detailed(SAMPLES[:1])[0].reason
+    assert reason == f"error: POST {http_server.base_url}/basic returned HTTP 401: unauthorized: you sent Basic <redacted>"
+    with pytest.raises(ValueError, match="user:password@ and api_key_env") as caught:
+        rewards.get("remote", url=f"http://{BASIC_USER}:{quoted}@{host}/basic", api_key_env="PATH")
+    with pytest.raises(ValueError, match="url: got 'ftp://h/x'") as caught:
+        rewards.get("remote", url=f"ftp://{BASIC_USER}:{quoted}@h/x")
+    assert quoted not in str(caught.value)
 
 
 def test_pickles(http_server):
