@@ -235,9 +235,9 @@ class RolloutWorker:
             image_range = (self.layout.image_lo, self.layout.image_hi)
         else:
             prompts = [list(r.prompt_ids) for r in requests]
-        sequences, reveal_step = generate_text_with(self.network, prompts, cfg, mask_id=config.mask_token_id,
-                                                    pad_id=config.pad_token_id, seed=seed)
-        sequences, reveal_step = sequences.cpu(), reveal_step.cpu()  # [n, P+L], [n, L]
+        sample = generate_text_with(self.network, prompts, cfg, mask_id=config.mask_token_id,
+                                    pad_id=config.pad_token_id, seed=seed)
+        sequences, reveal_step = sample.sequences.cpu(), sample.reveal_step.cpu()  # [n, P+L], [n, L]
         end_ids, protected = self._special_ids()
         metadata = []
         for row, request in enumerate(requests):

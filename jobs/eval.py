@@ -185,7 +185,7 @@ def generate_all(loaded, records, *, samples: int, sampler: dict, thinking: bool
         for start in range(0, len(records), batch_size):
             batch_seed = stable_seed(seed, "eval", sample_index, start)
             with torch.no_grad():
-                sequences, _ = model.generate_text(
+                sequences, _, _ = model.generate_text(
                     network, prompts[start:start + batch_size], **sampler, mask_id=special.mask,
                     pad_id=special.pad, seed=batch_seed,
                 )  # [b, P+L]

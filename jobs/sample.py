@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [chat_prompt_ids(tokenizer, text, thinking=thinking) for text in prompts_text]
 
     started = time.perf_counter()
-    sequences, reveal_step = model.generate_text(
+    sequences, reveal_step, _ = model.generate_text(
         loaded.network.eval(), prompts, gen_length=args.gen_length, steps=args.steps,
         block_length=args.block_length, temperature=args.temperature, remasking=args.remasking,
         cfg_scale=args.cfg_scale, mask_id=special.mask, pad_id=special.pad, seed=args.seed,

@@ -404,8 +404,8 @@ def evaluate(network, tokenizer, examples: list[Example], sampler: TextSamplerCo
     for sample in range(samples):
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            sequences, _ = generate_text_with(network, [list(e.prompt_ids) for e in chunk], sampler,
-                                              mask_id=ids.mask, pad_id=ids.pad, seed=seed + sample)  # [n, P+L]
+            sequences = generate_text_with(network, [list(e.prompt_ids) for e in chunk], sampler, mask_id=ids.mask,
+                                           pad_id=ids.pad, seed=seed + sample).sequences  # [n, P+L]
             texts = decode_responses(tokenizer, sequences[:, -sampler.gen_length:], {ids.eos, ids.eot})
             for example, text in zip(chunk, texts):
                 ok = answer_correct(text, example.answer or "")

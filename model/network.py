@@ -13,7 +13,11 @@ into the upstream code. Forward math (shared/spec/models.md §1):
 Deviations from the upstream code, on purpose:
 - Padding is a key mask on a *bidirectional* base. (The copy vendored in the MMaDA repository adds
   it to a causal base; that is a bug, not the model.)
-- No dropout, no KV cache, no flash/fused paths: SDPA picks the kernel.
+- No dropout, no flash/fused paths: SDPA picks the kernel.
+- An optional block KV cache for the sampler (`KVCache`; the learner never passes one): a full forward
+  fills it, and a forward of a span of positions attends over the cached keys/values of every other
+  position. Bidirectional attention makes that an approximation (the cached entries go stale as tokens
+  are revealed); docs/sampling.md says when it is exact and what it costs in accuracy.
 """
 
 from __future__ import annotations
@@ -104,6 +108,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x32 * cos + rotated * sin).to(x.dtype)
 
 
+class KVCache:
+    """Keys and values of every layer for one batch of sequences: `layers[i] = (keys, values)`, each
+    [B, Hkv, T, hd] in the network's dtype, after RoPE, before grouped-query heads are repeated.
+
+    Empty until a full forward (`hidden_states(ids, mask, kv_cache=cache)`) fills it; a span forward
+    (`start > 0` or fewer than T ids) writes its fresh keys/values into the span and reads the rest.
+    """
+
+    def __init__(self):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def length(self) -> int:
+        """T, the number of positions cached (0 when empty)."""
+        return int(self.layers[0][0].shape[2]) if self.layers else 0
+
+
 class Block(nn.Module):
     """One LLaMA-style block with the upstream parameter names."""
 
@@ -121,21 +142,32 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)
 
-    def forward(self, x, cos, sin, key_mask):
-        # x [B, T, d]; cos/sin [T, hd]; key_mask [B, 1, 1, T] bool (True = attend) or None
+    def forward(self, x, cos, sin, key_mask, cache=None, start=0):
+        # x [B, T, d] at positions [start, start+T); cos/sin [T, hd]; key_mask [B, 1, 1, T_keys] bool
+        # (True = attend) or None; cache: this layer's (keys, values) [B, Hkv, T_keys, hd], written in place
         B, T, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            keys, values = cache
+            keys[:, :, start : start + T] = k
+            values[:, :, start : start + T] = v
+            if T != keys.shape[2]:  # a span: attend over every cached position (a full forward uses k, v as is)
+                k, v = keys, values  # [B, Hkv, T_keys, hd]
         if self.n_kv_heads != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)  # [B, H, T, hd]
+        att = self.attend(q, k, v, key_mask)  # [B, H, T, hd]
         x = x + self.attn_out(att.transpose(1, 2).reshape(B, T, -1))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+    def attend(self, q, k, v, key_mask):
+        """Bidirectional attention of q [B, H, Tq, hd] over k, v [B, H, Tk, hd] -> [B, H, Tq, hd]."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)
 
 
 class Transformer(nn.Module):
@@ -173,22 +205,41 @@ class MaskedDiffusionLM(nn.Module):
     def transformer(self) -> Transformer:
         return self.model.transformer
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Final normed hidden states [B, T, d] (the input of the LM head)."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                      kv_cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        """Final normed hidden states [B, T, d] (the input of the LM head).
+
+        kv_cache (sampler only): with `start == 0`, input_ids is the whole sequence [B, T] and the cache is
+        (re)filled with its keys/values; with `start > 0`, input_ids [B, Tq] are the tokens at positions
+        [start, start+Tq) of a filled cache, the hidden states are theirs only, and every other position's
+        keys/values come from the cache. attention_mask is always [B, T] over the whole sequence.
+        """
         tr = self.model.transformer
-        B, T = input_ids.shape
+        B, Tq = input_ids.shape
+        T = Tq if kv_cache is None or start == 0 else kv_cache.length
+        if kv_cache is None and start:
+            raise ValueError(f"start={start} needs a kv_cache filled by a full forward")
+        if kv_cache is not None and start and not 0 < start <= start + Tq <= T:
+            raise ValueError(f"positions [{start}, {start + Tq}) are outside the cached [0, {T}) (kv_cache.length "
+                             f"{T}; fill it with a full forward at start=0)")
         if T > self.config.max_sequence_length:
             raise ValueError(f"sequence length {T} exceeds max_sequence_length={self.config.max_sequence_length}")
-        x = tr.wte(input_ids)  # [B, T, d]
-        cos, sin = rotary_tables(T, self.config.head_dim, self.config.rope_theta, input_ids.device)
+        x = tr.wte(input_ids)  # [B, Tq, d]
+        cos, sin = rotary_tables(T, self.config.head_dim, self.config.rope_theta, input_ids.device)  # [T, hd]
+        cos, sin = cos[start : start + Tq], sin[start : start + Tq]  # [Tq, hd]
         key_mask = None
         if attention_mask is not None:
             key_mask = attention_mask.to(torch.bool).view(B, 1, 1, T)
-        for block in tr.blocks:
+        if kv_cache is not None and start == 0:  # a full forward: buffers of this batch's shape (reused if equal)
+            shape = (B, self.config.kv_heads, T, self.config.head_dim)
+            if not kv_cache.layers or kv_cache.layers[0][0].shape != shape or kv_cache.layers[0][0].dtype != x.dtype:
+                kv_cache.layers = [(x.new_empty(shape), x.new_empty(shape)) for _ in tr.blocks]
+        for index, block in enumerate(tr.blocks):
+            cache = None if kv_cache is None else kv_cache.layers[index]
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, key_mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, key_mask, cache, start, use_reentrant=False)
             else:
-                x = block(x, cos, sin, key_mask)
+                x = block(x, cos, sin, key_mask, cache, start)
         return tr.ln_f(x)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -29,18 +29,38 @@ Where this deviates from the reference loop, and why:
   tensor over the whole batch and sequence), so only the distribution, not the bits, matches upstream.
 - Ties in confidence are broken by `torch.topk` over the candidate positions; the reference's topk over
   the whole row may break exact ties differently.
+
+Fast decoding (Fast-dLLM, arXiv 2505.22618; both off by default, the learner never uses either):
+- `cache`: `prefix` runs one full forward at the first step of each block, filling a KV cache of every
+  position, and later steps of the block run only the block and everything after it, reading the cached
+  keys/values of everything before it; `dual` also reads the cached keys/values of the positions after
+  the block, so a step runs the block alone. The cache is refreshed at every block boundary. It is an
+  approximation (attention is bidirectional, so cached entries go stale as the block is revealed); with
+  one step per block, or for the prefix cache in a network whose prefix cannot see later positions, it is
+  exact.
+- `threshold` τ_c: a step reveals every masked position of the block whose confidence (the probability
+  of its proposal) exceeds τ_c, and at least the most confident one per row; a block takes as many steps
+  as it needs (at most block_length) and `steps` does not apply. `reveal_step` is then the index of the
+  forward pass that revealed the token. Needs `remasking="low_confidence"` (random remasking has no
+  confidence). A row draws its randomness only while its block has masks, so it stays independent of the
+  other rows. `TextSample.forwards` is the number of forward passes run (NFE).
+docs/sampling.md has the measured speed and accuracy of each mode.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
+from model.network import KVCache
+
 Remasking = Literal["low_confidence", "random"]
 REMASKING_CHOICES: tuple[str, ...] = get_args(Remasking)
+Cache = Literal["none", "prefix", "dual"]
+CACHE_CHOICES: tuple[str, ...] = get_args(Cache)
 
 _MASK64 = (1 << 64) - 1
 
@@ -61,6 +81,10 @@ class TextSamplerConfig:
     """Which masked positions a step reveals: the most confident ones, or uniformly random ones."""
     cfg_scale: float = 0.0
     """Text classifier-free guidance w: logits = uncond + (w+1)(cond − uncond); 0 disables it."""
+    cache: Cache = "none"
+    """Block KV cache: none (exact), prefix or dual (module docstring)."""
+    threshold: float | None = None
+    """Confidence-threshold parallel decoding in (0, 1]; None reveals the fixed per-step count."""
 
     def __post_init__(self):
         check_schedule(
@@ -70,10 +94,21 @@ class TextSamplerConfig:
             temperature=self.temperature,
             remasking=self.remasking,
             cfg_scale=self.cfg_scale,
+            cache=self.cache,
+            threshold=self.threshold,
         )
 
 
-def check_schedule(*, gen_length, steps, block_length, temperature, remasking, cfg_scale) -> None:
+class TextSample(NamedTuple):
+    """What `generate_text` returns."""
+
+    sequences: torch.Tensor  # [N, P+L] long: left-padded prompt then response, P = longest prompt
+    reveal_step: torch.Tensor  # [N, L] long: step (threshold: forward pass) that revealed each response token
+    forwards: int  # forward passes of the network run (full or cached), the NFE of the whole batch
+
+
+def check_schedule(*, gen_length, steps, block_length, temperature, remasking, cfg_scale, cache="none",
+                   threshold=None) -> None:
     """Raise ValueError("<argument>: <what is wrong>; <what is right>") for an invalid sampler setting."""
     for name, value in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -94,6 +129,15 @@ def check_schedule(*, gen_length, steps, block_length, temperature, remasking, c
             raise ValueError(f"{name}: got {value!r}; expected a finite number >= 0")
     if remasking not in REMASKING_CHOICES:
         raise ValueError(f"remasking: got {remasking!r}; expected one of {list(REMASKING_CHOICES)}")
+    if cache not in CACHE_CHOICES:
+        raise ValueError(f"cache: got {cache!r}; expected one of {list(CACHE_CHOICES)}")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"threshold: got {threshold!r}; expected a confidence in (0, 1], or None for the "
+                             "fixed per-step count")
+        if remasking != "low_confidence":
+            raise ValueError(f"threshold: {threshold!r} needs remasking='low_confidence' (got {remasking!r}: random "
+                             "remasking has no confidence to compare); set threshold to None")
 
 
 def reveal_schedule(masked_count: int, steps: int) -> list[int]:
@@ -173,20 +217,22 @@ def generate_text(
     temperature: float = 0.0,
     remasking: Remasking = "low_confidence",
     cfg_scale: float = 0.0,
+    cache: Cache = "none",
+    threshold: float | None = None,
     mask_id: int,
     seed: int = 0,
     pad_id: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> TextSample:
     """Sample a response of `gen_length` tokens for every prompt; see the module docstring.
 
     network: a `MaskedDiffusionLM` (uses `.config`, `.hidden_states`, `.lm_head`).
     prompts: N lists of token ids, any lengths (no `mask_id` inside).
     pad_id: id written in the left padding (hidden by the attention mask); None writes 0.
-    Returns (sequences [N, P+L] long: left-padded prompt then response, P = longest prompt;
-    reveal_step [N, L] long: 0-based global step at which each response token was revealed).
+    Returns TextSample(sequences [N, P+L], reveal_step [N, L]: 0-based global step at which each response
+    token was revealed, forwards: forward passes run).
     """
-    check_schedule(gen_length=gen_length, steps=steps, block_length=block_length,
-                   temperature=temperature, remasking=remasking, cfg_scale=cfg_scale)
+    check_schedule(gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
+                   remasking=remasking, cfg_scale=cfg_scale, cache=cache, threshold=threshold)
     vocab = network.config.num_embeddings
     for name, value in (("mask_id", mask_id), ("pad_id", 0 if pad_id is None else pad_id)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab:
@@ -199,29 +245,58 @@ def generate_text(
             prompts, gen_length=gen_length, mask_id=mask_id, pad_id=0 if pad_id is None else pad_id,
             vocab=vocab, max_length=network.config.max_sequence_length, device=device,
         )
-        sequences, reveal_step = _denoise(
+        sequences, reveal_step, forwards = _denoise(
             network, x, attention_mask, prompt_mask,
             gen_length=gen_length, steps_per_block=steps // (gen_length // block_length),
             block_length=block_length, temperature=float(temperature), remasking=remasking,
-            cfg_scale=float(cfg_scale), mask_id=mask_id, seed=seed,
+            cfg_scale=float(cfg_scale), mask_id=mask_id, seed=seed, cache=cache,
+            threshold=None if threshold is None else float(threshold),
         )
     # Clones made outside inference mode are ordinary tensors, usable later as inputs of a graph.
-    return sequences.clone(), reveal_step.clone()
+    return TextSample(sequences.clone(), reveal_step.clone(), forwards)
 
 
 def generate_text_with(network, prompts: list[list[int]], cfg: TextSamplerConfig, *, mask_id: int,
-                       pad_id: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                       pad_id: int | None = None, seed: int = 0) -> TextSample:
     """`generate_text` with the knobs taken from a `TextSamplerConfig`."""
     return generate_text(
         network, prompts, gen_length=cfg.gen_length, steps=cfg.steps, block_length=cfg.block_length,
-        temperature=cfg.temperature, remasking=cfg.remasking, cfg_scale=cfg.cfg_scale,
-        mask_id=mask_id, seed=seed, pad_id=pad_id,
+        temperature=cfg.temperature, remasking=cfg.remasking, cfg_scale=cfg.cfg_scale, cache=cfg.cache,
+        threshold=cfg.threshold, mask_id=mask_id, seed=seed, pad_id=pad_id,
     )
 
 
+class _Forwards:
+    """The network calls of one sampling run, counted. `none`: every call is a full forward. `prefix` /
+    `dual`: the first call of a block is a full forward that refills the KV cache; later calls run
+    positions [start, T) (prefix) or the block [start, start+Lb) (dual) against the cache."""
+
+    def __init__(self, network, inputs, attention_mask, cache: str, block_length: int):
+        self.network, self.inputs, self.attention_mask = network, inputs, attention_mask
+        self.mode, self.block_length = cache, block_length
+        self.kv_cache = None if cache == "none" else KVCache()
+        self.count, self.start, self.fresh = 0, 0, True
+
+    def new_block(self, start: int) -> None:
+        self.start, self.fresh = start, True
+
+    def hidden(self) -> tuple[torch.Tensor, int]:
+        """(hidden states [C*N, Tq, d], the absolute position of their first column)."""
+        self.count += 1
+        if self.kv_cache is None:
+            return self.network.hidden_states(self.inputs, self.attention_mask), 0
+        if self.fresh:
+            self.fresh = False
+            return self.network.hidden_states(self.inputs, self.attention_mask, kv_cache=self.kv_cache), 0
+        end = self.inputs.shape[1] if self.mode == "prefix" else self.start + self.block_length
+        span = self.inputs[:, self.start : end]  # [C*N, Tq]
+        return self.network.hidden_states(span, self.attention_mask, kv_cache=self.kv_cache, start=self.start), \
+            self.start
+
+
 def _denoise(network, x, attention_mask, prompt_mask, *, gen_length, steps_per_block, block_length,
-             temperature, remasking, cfg_scale, mask_id, seed):
-    """The block/step loop on prepared tensors; returns (sequences [N, T], reveal_step [N, L])."""
+             temperature, remasking, cfg_scale, mask_id, seed, cache, threshold):
+    """The block/step loop on prepared tensors; returns (sequences [N, T], reveal_step [N, L], forwards)."""
     n, total = x.shape
     prompt_end = total - gen_length
     device = x.device
@@ -240,11 +315,19 @@ def _denoise(network, x, attention_mask, prompt_mask, *, gen_length, steps_per_b
     if needs_rng:
         generators = [torch.Generator(device=device).manual_seed(row_seed(seed, r)) for r in range(n)]
     schedule = reveal_schedule(block_length, steps_per_block)
+    forwards = _Forwards(network, inputs, attention_mask, cache, block_length)
+    forward_index = 0  # global index of the next forward pass (threshold decoding's reveal_step)
 
     for block in range(gen_length // block_length):
         start = prompt_end + block * block_length
         block_inputs = inputs[:, start : start + block_length].unflatten(0, (copies, n))  # [C, N, Lb] view
         block_reveal = reveal_step[:, block * block_length : (block + 1) * block_length]  # [N, Lb] view
+        forwards.new_block(start)
+        if threshold is not None:
+            forward_index = _threshold_block(network, forwards, block_inputs, block_reveal, start, forward_index,
+                                             threshold=threshold, temperature=temperature, cfg_scale=cfg_scale,
+                                             mask_id=mask_id, generators=generators)
+            continue
         # Masked positions of the block, ascending; every row has the same count.
         candidates = torch.arange(block_length, device=device).expand(n, block_length)  # [N, m]
         for step_in_block, count in enumerate(schedule):
@@ -256,10 +339,10 @@ def _denoise(network, x, attention_mask, prompt_mask, *, gen_length, steps_per_b
                     confidence[r].uniform_(generator=generator)
                 chosen = confidence.topk(count, dim=-1).indices  # [N, k]
                 positions = candidates.gather(1, chosen)  # [N, k]
-                logits = _guided_logits(network, inputs, attention_mask, start + positions, copies, cfg_scale)
+                logits = _guided_logits(network, *forwards.hidden(), start + positions, copies, cfg_scale)
                 tokens = _propose(logits, temperature, mask_id, generators)  # [N, k]
             else:
-                logits = _guided_logits(network, inputs, attention_mask, start + candidates, copies, cfg_scale)
+                logits = _guided_logits(network, *forwards.hidden(), start + candidates, copies, cfg_scale)
                 probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # [N, m, V], before excluding [MASK]
                 proposal = _propose(logits, temperature, mask_id, generators)  # [N, m]
                 confidence = probs.gather(2, proposal.unsqueeze(2)).squeeze(2)  # [N, m]
@@ -270,13 +353,38 @@ def _denoise(network, x, attention_mask, prompt_mask, *, gen_length, steps_per_b
             block_reveal.scatter_(1, positions, block * steps_per_block + step_in_block)
             # Drop the revealed ones, keep the order: push them past the end, sort, cut (no host sync).
             candidates = candidates.scatter(1, chosen, block_length).sort(dim=1).values[:, : candidates.shape[1] - count]
-    return inputs[:n], reveal_step
+    return inputs[:n], reveal_step, forwards.count
 
 
-def _guided_logits(network, inputs, attention_mask, positions, copies, cfg_scale):
-    """Logits [N, k, V] at `positions` [N, k] (absolute), CFG-combined when copies == 2."""
-    hidden = network.hidden_states(inputs, attention_mask)  # [C*N, T, d]
-    index = positions.repeat(copies, 1) if copies == 2 else positions  # [C*N, k]
+def _threshold_block(network, forwards, block_inputs, block_reveal, start, forward_index, *, threshold,
+                     temperature, cfg_scale, mask_id, generators) -> int:
+    """Decode one block by confidence threshold: each step reveals, per row, every masked position whose
+    confidence exceeds `threshold`, and at least the most confident one. Returns the next forward index."""
+    copies, n, block_length = block_inputs.shape
+    device = block_inputs.device
+    masked = torch.ones(n, block_length, dtype=torch.bool, device=device)  # [N, Lb] still masked
+    positions = start + torch.arange(block_length, device=device).expand(n, block_length)  # [N, Lb] absolute
+    while True:
+        active = masked.any(dim=1)  # [N] rows with masks left in this block
+        if not bool(active.any()):
+            return forward_index
+        logits = _guided_logits(network, *forwards.hidden(), positions, copies, cfg_scale)  # [N, Lb, V]
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # before excluding [MASK]
+        proposal = _propose(logits, temperature, mask_id, generators, rows=active.nonzero().flatten().tolist())
+        confidence = probs.gather(2, proposal.unsqueeze(2)).squeeze(2).masked_fill(~masked, -math.inf)  # [N, Lb]
+        reveal = masked & (confidence > threshold)  # [N, Lb]
+        reveal.scatter_(1, confidence.argmax(dim=1, keepdim=True), active.unsqueeze(1))  # the best one, always
+        block_inputs.copy_(torch.where(reveal, proposal, block_inputs))  # [C, N, Lb], both copies
+        block_reveal.masked_fill_(reveal, forward_index)
+        masked &= ~reveal
+        forward_index += 1
+
+
+def _guided_logits(network, hidden, offset, positions, copies, cfg_scale):
+    """Logits [N, k, V] at `positions` [N, k] (absolute), CFG-combined when copies == 2; `hidden`
+    [C*N, Tq, d] holds positions offset..offset+Tq-1."""
+    index = positions - offset if offset else positions  # [N, k] columns of hidden
+    index = index.repeat(copies, 1) if copies == 2 else index  # [C*N, k]
     picked = hidden.gather(1, index.unsqueeze(2).expand(-1, -1, hidden.shape[2]))  # [C*N, k, d]
     logits = network.lm_head(picked)  # [C*N, k, V]
     if copies == 1:
@@ -285,16 +393,19 @@ def _guided_logits(network, inputs, attention_mask, positions, copies, cfg_scale
     return conditional.sub_(unconditional).mul_(cfg_scale + 1).add_(unconditional)
 
 
-def _propose(logits, temperature, mask_id, generators):
-    """x̂ [N, k] from logits [N, k, V] (modified in place): Gumbel-max at `temperature`, never [MASK]."""
+def _propose(logits, temperature, mask_id, generators, rows=None):
+    """x̂ [N, k] from logits [N, k, V] (modified in place): Gumbel-max at `temperature`, never [MASK].
+    rows: the rows that draw noise (default all); the others' proposals are meaningless."""
     logits[..., mask_id] = -math.inf
     if temperature == 0:
         return logits.argmax(-1)
     # LLaDA's add_gumbel_noise ranks exp(logits) / (-log U)^τ; its log, logits - τ·log(-log U), ranks the
     # same and costs two logs instead of exp, log and pow. Float64 throughout; U ~ Uniform[0, 1) per row.
     noise = torch.empty(logits.shape, dtype=torch.float64, device=logits.device)  # [N, k, V]
-    for r, generator in enumerate(generators):
-        noise[r].uniform_(generator=generator)
+    if rows is not None:
+        noise.fill_(0.5)  # rows that draw nothing get a finite placeholder
+    for r in range(len(generators)) if rows is None else rows:
+        noise[r].uniform_(generator=generators[r])
     noise.log_().neg_().log_()  # log(-log U) = -Gumbel
     # (Convert first: torch.sub(float32, float64) takes a slow mixed-dtype path, ~10x slower on CPU.)
     return logits.to(torch.float64).sub_(noise, alpha=temperature).argmax(-1)

@@ -162,7 +162,7 @@ def bench_sampler(network, *, device, batch, prompt_length, gen_length, steps, b
                  mask_id=cfg.mask_token_id, pad_id=cfg.pad_token_id)
     timed(device, lambda: generate_text(network, prompts, **{**knobs, "steps": gen_length // block_length}))
     reset_peak(device)
-    (sequences, _), wall = timed(device, lambda: generate_text(network, prompts, **knobs))
+    (sequences, _, _), wall = timed(device, lambda: generate_text(network, prompts, **knobs))
     peak = peak_gib(device)
     generated = int((sequences[:, prompt_length:] != cfg.mask_token_id).sum())
 

@@ -62,12 +62,26 @@ def test_shipped_configs_load():
          "data.task_kinds.shapes: 'image' is not one of the valid choices 'text', 'mmu', 't2i'"),
         ([TRAIN, "reward_actors.cpus_per_actor=0"], "reward_actors.cpus_per_actor: 0.0; each reward actor needs > 0 CPU"),
         ([TRAIN, "reward_actors.heavy_terms=['']"], "reward_actors.heavy_terms: ('',); expected a list of term names"),
+        ([TRAIN, "rollout.sampler.cache=full"],
+         "rollout.sampler.cache: 'full' is not one of the valid choices 'none', 'prefix', 'dual'"),
+        ([TRAIN, "rollout.sampler.threshold=0"], "rollout.sampler.threshold: got 0.0; expected a confidence in (0, 1]"),
+        ([TRAIN, "rollout.sampler.threshold=1.01"], "rollout.sampler.threshold: got 1.01; expected a confidence in"),
+        ([TRAIN, "rollout.sampler.threshold=.nan"], "rollout.sampler.threshold: got nan; expected a confidence in"),
+        ([TRAIN, "rollout.sampler.threshold=0.9", "rollout.sampler.remasking=random"],
+         "rollout.sampler.threshold: 0.9 needs remasking='low_confidence'"),
     ],
 )
 def test_bad_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert any(p.startswith(message) for p in err.value.problems), err.value.problems
+
+
+def test_fast_sampler_knobs_load():
+    cfg = load_config(None, [TRAIN, "rollout.sampler.cache=dual", "rollout.sampler.threshold=0.9"])
+    assert (cfg.rollout.sampler.cache, cfg.rollout.sampler.threshold) == ("dual", 0.9)
+    assert (load_config(None, [TRAIN]).rollout.sampler.cache, load_config(None, [TRAIN]).rollout.sampler.threshold) \
+        == ("none", None)
 
 
 def test_task_kinds_map_dataset_tasks_to_sampler_kinds():

@@ -91,7 +91,7 @@ def independent_pass_at_1(limit: int) -> float:
     rows = [json.loads(line) for line in HELDOUT.read_text().splitlines()[:limit]]
     prompts = [chat_prompt_ids(loaded.tokenizer, row["prompt"], thinking=False) for row in rows]
     with torch.no_grad():
-        sequences, _ = model.generate_text(loaded.network.eval(), prompts, gen_length=40, steps=20, block_length=8,
+        sequences, _, _ = model.generate_text(loaded.network.eval(), prompts, gen_length=40, steps=20, block_length=8,
                                            temperature=0.0, mask_id=special.mask, pad_id=special.pad, seed=0)
     correct = 0
     for row, ids in zip(rows, sequences[:, -40:].tolist()):

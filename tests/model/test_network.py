@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import model
+from model.network import KVCache
 from model.tiny import INIT_STD, tiny_backbone, tiny_mmada_model, tiny_model
 
 TOLERANCE = 1e-5  # max |logit difference| between the fp32 model and the reference
@@ -166,6 +167,57 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert torch.equal(plain_loss, ckpt_loss)
     for name, grad in plain_grads.items():
         assert torch.allclose(grad, ckpt_grads[name], atol=1e-7), name
+
+
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_kv_cache_span_forward_equals_the_full_forward_on_an_unchanged_sequence(n_kv_heads):
+    # Nothing changed since the cache was filled, so a span read against it is exact (float64: only the
+    # GEMM blocking differs). Left padding on row 0; grouped-query heads when n_kv_heads=2.
+    network = tiny_backbone(50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, mlp_hidden_size=48,
+                            mask_token_id=1, eos_token_id=2, seed=3).double().eval()
+    ids = random_ids(2, 12, 50, seed=4)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[0, :3] = False
+    with torch.no_grad():
+        full = network.hidden_states(ids, mask)  # [2, 12, d]
+        cache = KVCache()
+        assert torch.equal(network.hidden_states(ids, mask, kv_cache=cache), full)  # filling changes nothing
+        assert cache.length == 12 and len(cache.layers) == 2
+        assert cache.layers[0][0].shape == (2, n_kv_heads or 4, 12, 8)
+        for start, end in ((5, 12), (5, 9), (11, 12)):  # a prefix-cache span, a dual-cache block, one position
+            span = network.hidden_states(ids[:, start:end], mask, kv_cache=cache, start=start)
+            assert max_diff(span, full[:, start:end]) <= 1e-12, (start, end)
+
+
+def test_kv_cache_span_reads_its_fresh_tokens():
+    # In a 1-layer network a position's keys/values depend on its own token only, so after the span's tokens
+    # change, the cache outside the span is still exact and a span forward equals the full forward of the new
+    # sequence there (and not that of the old one: the span's own keys/values were recomputed).
+    network = tiny_backbone(50, d_model=32, n_layers=1, n_heads=4, mlp_hidden_size=48, mask_token_id=1,
+                            eos_token_id=2, seed=5).double().eval()
+    old = random_ids(1, 10, 50, seed=6)
+    new = old.clone()
+    new[0, 4:7] = torch.tensor([11, 12, 13])
+    with torch.no_grad():
+        cache = KVCache()
+        network.hidden_states(old, kv_cache=cache)
+        span = network.hidden_states(new[:, 4:7], kv_cache=cache, start=4)  # [1, 3, d]
+        assert max_diff(span, network.hidden_states(new)[:, 4:7]) <= 1e-12
+        assert max_diff(span, network.hidden_states(old)[:, 4:7]) > 1e-3
+
+
+def test_kv_cache_misuse_is_refused():
+    network = tiny_backbone(50, d_model=32, n_layers=1, n_heads=4, mlp_hidden_size=48, mask_token_id=1,
+                            eos_token_id=2)
+    ids = random_ids(1, 10, 50, seed=1)
+    with pytest.raises(ValueError, match="start=3 needs a kv_cache filled by a full forward"):
+        network.hidden_states(ids[:, 3:], start=3)
+    with pytest.raises(ValueError, match=r"positions \[3, 10\) are outside the cached \[0, 0\)"):
+        network.hidden_states(ids[:, 3:], kv_cache=KVCache(), start=3)
+    cache = KVCache()
+    network.hidden_states(ids[:, :8], kv_cache=cache)
+    with pytest.raises(ValueError, match=r"positions \[3, 10\) are outside the cached \[0, 8\)"):
+        network.hidden_states(ids[:, 3:], kv_cache=cache, start=3)
 
 
 def test_sequence_longer_than_max_sequence_length_is_rejected():

@@ -150,7 +150,7 @@ def assert_matches_reference(network, prompts, sequences, reveal_step, gen_lengt
     ],
 )
 def test_greedy_batch_equals_unbatched_reference(network, gen_length, steps, block_length):
-    sequences, reveal_step = generate_text(network, PROMPTS, gen_length=gen_length, steps=steps,
+    sequences, reveal_step, _ = generate_text(network, PROMPTS, gen_length=gen_length, steps=steps,
                                            block_length=block_length, mask_id=MASK, pad_id=PAD)
     assert sequences.shape == (len(PROMPTS), max(map(len, PROMPTS)) + gen_length)
     assert sequences.dtype == reveal_step.dtype == torch.long
@@ -161,9 +161,9 @@ def test_greedy_batch_equals_unbatched_reference(network, gen_length, steps, blo
 
 
 def test_cfg_equals_reference(network):
-    sequences, reveal_step = generate_text(network, PROMPTS, gen_length=16, steps=8, block_length=8,
+    sequences, reveal_step, _ = generate_text(network, PROMPTS, gen_length=16, steps=8, block_length=8,
                                            cfg_scale=1.5, mask_id=MASK, pad_id=PAD)
-    plain, _ = generate_text(network, PROMPTS, gen_length=16, steps=8, block_length=8, mask_id=MASK, pad_id=PAD)
+    plain, _, _ = generate_text(network, PROMPTS, gen_length=16, steps=8, block_length=8, mask_id=MASK, pad_id=PAD)
     assert not torch.equal(sequences, plain), "guidance had no effect"
     assert_matches_reference(network, PROMPTS, sequences, reveal_step, 16, steps=8, block_length=8,
                              cfg_scale=1.5)
@@ -171,7 +171,7 @@ def test_cfg_equals_reference(network):
 
 def test_equal_length_prompts_use_no_padding(network):
     prompts = [[3, 4, 5, 6], [7, 8, 9, 10]]
-    sequences, reveal_step = generate_text(network, prompts, gen_length=16, steps=8, block_length=8,
+    sequences, reveal_step, _ = generate_text(network, prompts, gen_length=16, steps=8, block_length=8,
                                            mask_id=MASK)
     assert_matches_reference(network, prompts, sequences, reveal_step, 16, steps=8, block_length=8)
 
@@ -191,7 +191,7 @@ def test_reveal_schedule_is_llada_even_split():
                                                     (1.0, "random"), (0.0, "random")])
 def test_every_token_revealed_once_block_by_block(network, temperature, remasking):
     gen_length, steps, block_length = 24, 9, 8
-    sequences, reveal_step = generate_text(network, PROMPTS, gen_length=gen_length, steps=steps,
+    sequences, reveal_step, _ = generate_text(network, PROMPTS, gen_length=gen_length, steps=steps,
                                            block_length=block_length, temperature=temperature,
                                            remasking=remasking, mask_id=MASK, pad_id=PAD, seed=3)
     assert not (sequences[:, -gen_length:] == MASK).any()
@@ -221,8 +221,8 @@ def test_seeded_runs_repeat_and_seeds_differ(network, temperature, remasking):
 def test_row_randomness_does_not_depend_on_the_other_rows(network):
     knobs = dict(gen_length=16, steps=8, block_length=8, temperature=1.0, remasking="low_confidence",
                  mask_id=MASK, pad_id=PAD, seed=5)
-    together, together_steps = generate_text(network, [[1, 2, 3, 4, 5, 6, 7], [8, 9]], **knobs)
-    replaced, replaced_steps = generate_text(network, [[30, 31], [8, 9]], **knobs)
+    together, together_steps, _ = generate_text(network, [[1, 2, 3, 4, 5, 6, 7], [8, 9]], **knobs)
+    replaced, replaced_steps, _ = generate_text(network, [[30, 31], [8, 9]], **knobs)
     assert torch.equal(together[1, -16:], replaced[1, -16:])
     assert torch.equal(together_steps[1], replaced_steps[1])
 
@@ -265,14 +265,14 @@ def test_greedy_proposal_skips_mask_even_when_it_is_the_argmax():
 # ---- outputs, config, dtype ---------------------------------------------------------------------------
 
 def test_empty_prompt_is_all_padding(network):
-    sequences, reveal_step = generate_text(network, [[], [1, 2, 3]], gen_length=8, steps=4, block_length=8,
+    sequences, reveal_step, _ = generate_text(network, [[], [1, 2, 3]], gen_length=8, steps=4, block_length=8,
                                            mask_id=MASK, pad_id=PAD)
     assert sequences[0, :3].tolist() == [PAD] * 3 and sequences[1, :3].tolist() == [1, 2, 3]
     assert not (sequences[:, 3:] == MASK).any() and (reveal_step >= 0).all()
 
 
 def test_outputs_are_ordinary_tensors(network):
-    sequences, reveal_step = generate_text(network, [[1, 2]], gen_length=8, steps=4, block_length=8, mask_id=MASK)
+    sequences, reveal_step, _ = generate_text(network, [[1, 2]], gen_length=8, steps=4, block_length=8, mask_id=MASK)
     assert not sequences.is_inference() and not reveal_step.is_inference()
     embedded = network.transformer.wte(sequences)  # usable in a graph (the learner re-embeds them)
     embedded.sum().backward()
@@ -293,7 +293,7 @@ def test_bf16_network_samples(network):
     half = MaskedDiffusionLM(network.config).eval()
     half.load_state_dict(network.state_dict())
     half.to(torch.bfloat16)
-    sequences, reveal_step = generate_text(half, PROMPTS, gen_length=16, steps=8, block_length=8,
+    sequences, reveal_step, _ = generate_text(half, PROMPTS, gen_length=16, steps=8, block_length=8,
                                            temperature=0.9, mask_id=MASK, pad_id=PAD)
     assert not (sequences[:, -16:] == MASK).any() and (reveal_step >= 0).all()
 
