@@ -39,11 +39,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from jobs.sample import DEMO_POLICY, DEMO_PROBLEMS
+from jobs.sampler_flags import DEMO_DEFAULTS, add_sampler_flags, sampler_knobs
 
 log = logging.getLogger("jobs.eval")
-
-DEMO_SAMPLER = {"gen_length": 40, "steps": 20, "block_length": 8, "temperature": 0.0,
-                "remasking": "low_confidence", "cfg_scale": 0.0}
 
 
 class EvalInputError(ValueError):
@@ -82,12 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weight dtype (default: as stored)")
     parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                         help="prepend the <think> instruction (default: config data.thinking; else off for demo)")
-    parser.add_argument("--gen-length", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--block-length", type=int, default=None)
-    parser.add_argument("--temperature", type=float, default=None)
-    parser.add_argument("--remasking", default=None, choices=["low_confidence", "random"])
-    parser.add_argument("--cfg-scale", type=float, default=None)
+    add_sampler_flags(parser, None)  # an unset flag falls back to the config, then to DEMO_DEFAULTS
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per sampler call")
     parser.add_argument("--torch-threads", type=int, default=None,
@@ -97,7 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def resolve_settings(args: argparse.Namespace) -> dict:
     """model, data, thinking, sampler (dict), ks: flag > config > demo defaults. Raises EvalInputError."""
-    sampler, thinking, model_arg, data_arg = dict(DEMO_SAMPLER), None, "demo", str(DEMO_PROBLEMS)
+    sampler, thinking, model_arg, data_arg = dict(DEMO_DEFAULTS), None, "demo", str(DEMO_PROBLEMS)
     if args.config is not None:
         from dataclasses import asdict
 
@@ -113,9 +106,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         data_arg = cfg.data.eval or data_arg
     model_arg = args.model if args.model is not None else model_arg
     data_arg = args.data if args.data is not None else data_arg
-    for key in DEMO_SAMPLER:
-        if getattr(args, key) is not None:
-            sampler[key] = getattr(args, key)
+    sampler.update(sampler_knobs(args))
     if args.thinking is not None:
         thinking = args.thinking
     elif thinking is None:
@@ -185,10 +176,10 @@ def generate_all(loaded, records, *, samples: int, sampler: dict, thinking: bool
         for start in range(0, len(records), batch_size):
             batch_seed = stable_seed(seed, "eval", sample_index, start)
             with torch.no_grad():
-                sequences, _, _ = model.generate_text(
+                sequences, _, forwards = model.generate_text(
                     network, prompts[start:start + batch_size], **sampler, mask_id=special.mask,
                     pad_id=special.pad, seed=batch_seed,
-                )  # [b, P+L]
+                )  # [b, P+L], forward passes of this batch
             responses = sequences[:, -sampler["gen_length"]:].tolist()  # [b, L]
             for offset, ids in enumerate(responses):
                 problem = start + offset
@@ -197,7 +188,7 @@ def generate_all(loaded, records, *, samples: int, sampler: dict, thinking: bool
                     "uid": record.uid, "task": record.task, "sample_index": sample_index, "prompt": record.prompt,
                     "answer": record.answer,
                     "response": loaded.tokenizer.decode(ids, skip_special_tokens=True),
-                    "response_tokens": response_length(ids, stop_ids),
+                    "response_tokens": response_length(ids, stop_ids), "sampler_forwards": forwards,
                 }
     return rows
 
@@ -234,6 +225,7 @@ def summarise(rows: list[dict], *, samples: int, ks: list[int]) -> dict:
             "format_rate": sum(row["format"] or 0.0 for row in group) / len(group),
             "unscorable": sum(row["correct"] is None for row in group),
             "mean_response_tokens": sum(row["response_tokens"] for row in group) / len(group),
+            "mean_sampler_forwards": sum(row["sampler_forwards"] for row in group) / len(group),
         }
 
     by_task: dict[str, list[dict]] = defaultdict(list)

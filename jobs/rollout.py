@@ -57,7 +57,8 @@ SUMMARY = "summary.json"
 SHARDS_DIR = "shards"
 MANIFEST_VERSION = 1
 IDENTITY_ARGS = ("model", "dtype", "samples_per_prompt", "shard_size", "batch_size", "thinking", "gen_length",
-                 "steps", "block_length", "temperature", "remasking", "cfg_scale", "seed", "format", "score")
+                 "steps", "block_length", "temperature", "remasking", "cfg_scale", "cache", "threshold", "seed",
+                 "format", "score")
 """Arguments that shape the output files; a rerun into the same --out must repeat them."""
 TEXT_DEFAULT_WEIGHTS = {"correctness": 2.0, "format": 0.5}  # rewards.config.default_tasks()["text"]
 
@@ -68,7 +69,8 @@ class RolloutJobError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- arguments
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    from model.sampling import REMASKING_CHOICES, check_schedule
+    from jobs.sampler_flags import ROLLOUT_DEFAULTS, add_sampler_flags, sampler_knobs
+    from model.sampling import check_schedule
 
     parser = argparse.ArgumentParser(prog="python -m jobs.rollout", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory, or 'tiny' for the random tiny twin")
@@ -86,12 +88,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-attempts", type=int, default=3, help="tries per shard when its worker dies")
     parser.add_argument("--no-thinking", dest="thinking", action="store_false",
                         help="leave out the <think> instruction from the chat prompt")
-    parser.add_argument("--gen-length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=128)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.9)
-    parser.add_argument("--remasking", default="low_confidence", choices=list(REMASKING_CHOICES))
-    parser.add_argument("--cfg-scale", type=float, default=0.0)
+    add_sampler_flags(parser, ROLLOUT_DEFAULTS)
     parser.add_argument("--seed", type=int, default=0, help="run seed; shard seeds derive from (seed, shard)")
     parser.add_argument("--format", default="jsonl", choices=["jsonl", "parquet"], help="output file format")
     parser.add_argument("--score", nargs="+", default=[], metavar="TERM",
@@ -104,8 +101,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.cpus_per_worker <= 0 and args.gpus_per_worker <= 0:
         parser.error("--cpus-per-worker and --gpus-per-worker are both 0; a worker must reserve something")
     try:
-        check_schedule(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
-                       temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale)
+        check_schedule(**sampler_knobs(args))
     except ValueError as exc:
         parser.error(f"sampler settings: {exc}")
     return args
@@ -426,11 +422,13 @@ def start_rollout_workers(args: argparse.Namespace, network_source: Any, count: 
 
 
 def sampler_submit(args: argparse.Namespace) -> Callable[[Any, Shard], list[Any]]:
-    knobs = {"gen_length": args.gen_length, "steps": args.steps, "block_length": args.block_length,
-             "temperature": args.temperature, "remasking": args.remasking, "cfg_scale": args.cfg_scale}
+    from actors.config import TextSamplerConfig
+    from jobs.sampler_flags import sampler_knobs
+
+    text = TextSamplerConfig(**sampler_knobs(args))
 
     def submit(worker: Any, shard: Shard) -> list[Any]:
-        return [worker.sample.remote(requests, seed=seed, **knobs) for seed, requests in shard_calls(shard, args)]
+        return [worker.sample.remote(requests, seed=seed, text=text) for seed, requests in shard_calls(shard, args)]
 
     return submit
 

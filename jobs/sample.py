@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from jobs.sampler_flags import DEMO_DEFAULTS, add_sampler_flags, sampler_knobs
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO_POLICY = REPO / "model" / "assets" / "demo_policy"
 DEMO_PROBLEMS = REPO / "data" / "arithmetic" / "heldout.jsonl"
@@ -46,12 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                         help="prepend the <think> instruction (default: off for the demo policy, which was "
                              "trained without it; on otherwise)")
-    parser.add_argument("--gen-length", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--block-length", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    parser.add_argument("--cfg-scale", type=float, default=0.0)
+    add_sampler_flags(parser, DEMO_DEFAULTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output directory (default: runs/sample-<time>)")
     return parser.parse_args(argv)
@@ -83,11 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [chat_prompt_ids(tokenizer, text, thinking=thinking) for text in prompts_text]
 
     started = time.perf_counter()
-    sequences, reveal_step, _ = model.generate_text(
-        loaded.network.eval(), prompts, gen_length=args.gen_length, steps=args.steps,
-        block_length=args.block_length, temperature=args.temperature, remasking=args.remasking,
-        cfg_scale=args.cfg_scale, mask_id=special.mask, pad_id=special.pad, seed=args.seed,
-    )  # [B, P+L], [B, L]
+    sequences, reveal_step, forwards = model.generate_text(
+        loaded.network.eval(), prompts, **sampler_knobs(args), mask_id=special.mask, pad_id=special.pad,
+        seed=args.seed,
+    )  # [B, P+L], [B, L], [B]
     seconds = time.perf_counter() - started
 
     out_dir = Path(args.out or f"runs/sample-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -103,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  reveal order: {reveal_order(tokenizer.convert_ids_to_tokens(ids), steps)[:300]} ...")
     tokens = responses.numel()
     print(f"\n{len(prompts)} prompts x {args.gen_length} tokens in {seconds:.2f}s "
-          f"({tokens / seconds:.0f} tokens/s); wrote {out_dir / 'samples.jsonl'}")
+          f"({tokens / seconds:.0f} tokens/s, {forwards} forward passes); wrote {out_dir / 'samples.jsonl'}")
     return 0
 
 

@@ -58,12 +58,13 @@ def test_default_ks_are_powers_of_two_and_k():
 
 
 def test_summarise_averages_over_problems_and_tasks():
-    def row(uid, task, correct, fmt=1.0, tokens=10):
-        return {"uid": uid, "task": task, "correct": correct, "format": fmt, "response_tokens": tokens}
+    def row(uid, task, correct, fmt=1.0, tokens=10, forwards=4):
+        return {"uid": uid, "task": task, "correct": correct, "format": fmt, "response_tokens": tokens,
+                "sampler_forwards": forwards}
 
     rows = ([row("a", "text", 1.0)] + [row("a", "text", 0.0, fmt=0.0)] * 3  # c=1 of 4
             + [row("b", "text", 1.0)] * 2 + [row("b", "text", None, tokens=20)] * 2  # c=2 of 4 (None: wrong)
-            + [row("m", "mmu", 0.0)] * 4)  # c=0 of 4
+            + [row("m", "mmu", 0.0, forwards=8)] * 4)  # c=0 of 4
     summary = summarise(rows, samples=4, ks=[1, 2, 4])
     # pass@2: a = 1 - C(3,2)/C(4,2) = 1/2, b = 1 - C(2,2)/C(4,2) = 5/6, m = 0 -> mean 4/9
     assert summary["pass_at_k"]["1"] == pytest.approx((0.25 + 0.5 + 0.0) / 3)
@@ -72,10 +73,12 @@ def test_summarise_averages_over_problems_and_tasks():
     assert summary["format_rate"] == pytest.approx(9 / 12)
     assert summary["unscorable"] == 2
     assert summary["mean_response_tokens"] == pytest.approx((10 * 10 + 2 * 20) / 12)
+    assert summary["mean_sampler_forwards"] == pytest.approx((8 * 4 + 4 * 8) / 12)
     assert summary["n_problems"] == 3
     assert summary["per_task"]["text"]["pass_at_k"]["2"] == pytest.approx((0.5 + 5 / 6) / 2)
     assert summary["per_task"]["mmu"] == {"n_problems": 1, "pass_at_k": {"1": 0.0, "2": 0.0, "4": 0.0},
-                                          "format_rate": 1.0, "unscorable": 0, "mean_response_tokens": 10.0}
+                                          "format_rate": 1.0, "unscorable": 0, "mean_response_tokens": 10.0,
+                                          "mean_sampler_forwards": 8.0}
 
 
 def independent_pass_at_1(limit: int) -> float:
@@ -120,7 +123,9 @@ def test_demo_policy_eval_matches_an_independent_loop(tmp_path, capsys):
     assert 0.0 <= summary["format_rate"] <= 1.0
     assert summary["thinking"] is False  # the demo policy was trained without the thinking instruction
     assert summary["sampler"] == {"gen_length": 40, "steps": 20, "block_length": 8, "temperature": 0.0,
-                                  "remasking": "low_confidence", "cfg_scale": 0.0}
+                                  "remasking": "low_confidence", "cfg_scale": 0.0, "cache": "none",
+                                  "threshold": None}
+    assert summary["mean_sampler_forwards"] == 20  # the fixed schedule: one forward per step
     samples = [json.loads(line) for line in (tmp_path / "eval" / "summary.samples.jsonl").read_text().splitlines()]
     assert len(samples) == 16 and {s["sample_index"] for s in samples} == {0}
     assert sum(s["correct"] for s in samples) / 16 == pytest.approx(expected)
@@ -139,7 +144,8 @@ def test_config_supplies_sampler_thinking_and_model_and_samples_get_distinct_see
     assert summary["model"] == "tiny" and summary["data"] == str(HELDOUT) and summary["thinking"] is False
     # steps from the flag, the rest from rollout.sampler
     assert summary["sampler"] == {"gen_length": 16, "steps": 8, "block_length": 8, "temperature": 1.0,
-                                  "remasking": "low_confidence", "cfg_scale": 0.0}
+                                  "remasking": "low_confidence", "cfg_scale": 0.0, "cache": "none",
+                                  "threshold": None}
     assert set(summary["pass_at_k"]) == {"1", "2"}
     rows = [json.loads(line) for line in out.with_name("s.samples.jsonl").read_text().splitlines()]
     assert [(r["uid"], r["sample_index"]) for r in rows] == [
@@ -163,6 +169,7 @@ def test_greedy_with_several_samples_warns(tmp_path, caplog):
     (["--gen-length", "40", "--block-length", "7"], "gen_length: 40 is not a multiple of block_length=7"),
     (["--config", "/nonexistent/train.yaml"], "--config: file '/nonexistent/train.yaml' does not exist"),
     (["--samples", "0"], "--samples: got 0"),
+    (["--threshold", "1.5"], "threshold: got 1.5; expected a confidence in (0, 1]"),
     (["--limit", "0"], "--limit: got 0"),
     (["--batch-size", "0"], "--batch-size: got 0"),
     (["--torch-threads", "0"], "--torch-threads: got 0"),

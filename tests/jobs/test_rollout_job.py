@@ -133,6 +133,9 @@ def test_a_rerun_with_other_arguments_or_data_is_refused(first_run, prompts, tmp
     assert f"error: {first_run / 'manifest.json'} was written by a run with other arguments or data" in error
     assert "--gen-length: 8 there, 16 now" in error and "use a new --out" in error
     assert "--steps" not in error  # only what differs is named
+    assert rollout_main(argv(prompts, first_run, "--cache", "dual", "--threshold", "0.9")) == 2
+    error = capsys.readouterr().err
+    assert "--cache: 'none' there, 'dual' now" in error and "--threshold: None there, 0.9 now" in error
 
     other_data = tmp_path / "prompts.jsonl"
     other_data.write_text(prompts.read_text().replace("What is 2+3?", "What is 2+4?"))
@@ -230,6 +233,9 @@ def test_usage_errors_fail_before_anything_starts(prompts, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv(prompts, tmp_path / "a", "--gen-length", "10"))
     assert "sampler settings: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(argv(prompts, tmp_path / "a", "--threshold", "0.9", "--remasking", "random"))
+    assert "sampler settings: threshold: 0.9 needs remasking='low_confidence'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(argv(prompts, tmp_path / "a", "--cpus-per-worker", "0"))
     assert "both 0" in capsys.readouterr().err

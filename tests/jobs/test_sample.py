@@ -43,3 +43,24 @@ def test_default_is_the_shipped_policy_on_heldout_problems(tmp_path):
     heldout = [json.loads(line) for line in open("data/arithmetic/heldout.jsonl").read().splitlines()[:3]]
     assert [(r["prompt"], r["answer"]) for r in rows] == [(h["prompt"], h["answer"]) for h in heldout]
     assert json.loads((out / "args.json").read_text())["model"] == "demo"
+
+
+def test_cache_and_threshold_flags_reach_the_sampler(tmp_path, capsys):
+    import model
+    from model.templates import chat_prompt_ids, special_ids
+    from model.tiny import tiny_model
+
+    out = tmp_path / "fast"
+    assert main(["--model", "tiny", "--out", str(out), "--gen-length", "8", "--steps", "8", "--block-length", "4",
+                 "--temperature", "0.7", "--cache", "dual", "--threshold", "0.2", "--prompt", "What is 2 + 2?"]) == 0
+    (row,) = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    loaded = tiny_model(seed=0)
+    special = special_ids(loaded.tokenizer)
+    expected = model.generate_text(loaded.network.eval(), [chat_prompt_ids(loaded.tokenizer, "What is 2 + 2?",
+                                                                            thinking=True)],
+                                   gen_length=8, steps=8, block_length=4, temperature=0.7, cache="dual",
+                                   threshold=0.2, mask_id=special.mask, pad_id=special.pad, seed=0)
+    assert row["token_ids"] == expected.sequences[0, -8:].tolist()
+    assert row["reveal_step"] == expected.reveal_step[0].tolist()
+    assert f"{expected.forwards} forward passes" in capsys.readouterr().out
+    assert json.loads((out / "args.json").read_text())["cache"] == "dual"
