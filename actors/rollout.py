@@ -18,7 +18,9 @@ valid version refuses to sample (so no sample comes from stale or half-written w
   image-code columns only, with `<|eoi|>` as a suffix.
 Row metadata: the request's metadata plus `task` (the request's reward task name), `response` (the
 decoded text up to the first EOS / end-of-turn; "" for t2i; ids past the text vocabulary are dropped by
-the tokenizer) and, for t2i, `image` (H x W x 3 uint8 numpy array of the decoded, clamped pixels).
+the tokenizer); for text and mmu, `sampler_forwards` (forward passes of the sampler call that made the row)
+and `sampler_tokens` (tokens it generated per row, gen_length) — the driver's `rollout/forwards_per_token`;
+for t2i, `image` (H x W x 3 uint8 numpy array of the decoded, clamped pixels).
 
 Seeds: the text group is sampled with `seed` itself (a text-only call is what it always was), the mmu
 and t2i groups with `stable_seed(kind, seed)`; inside a group row r is seeded from (group seed, r) by
@@ -244,7 +246,8 @@ class RolloutWorker:
             response = sequences[row, sequences.shape[1] - cfg.gen_length:].tolist()
             cut = next((i for i, t in enumerate(response) if t in end_ids), len(response))
             decoded = self.tokenizer.decode(response[:cut]) if self.tokenizer is not None else None
-            metadata.append({**request.metadata, "task": request.task, "response": decoded})
+            metadata.append({**request.metadata, "task": request.task, "response": decoded,
+                             "sampler_forwards": sample.forwards, "sampler_tokens": cfg.gen_length})
         return RolloutBatch.from_sampler(
             sequences, reveal_step, [len(p) for p in prompts], eos_ids=end_ids, task=kind,
             uid=[r.uid for r in requests], sample_index=[r.sample_index for r in requests], policy_version=version,

@@ -8,8 +8,9 @@ explains `--cache` and `--threshold`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import asdict, fields
-from typing import Any, Mapping
+from typing import Any
 
 from model.sampling import CACHE_CHOICES, REMASKING_CHOICES, TextSamplerConfig
 

@@ -3,7 +3,7 @@
     python -m jobs.train --config jobs/configs/demo.yaml [--set algo.mu=4 --set learner.num_ranks=2]
     ray job submit --working-dir . -- python -m jobs.train --config jobs/configs/X.yaml
 
-One step (shared/spec/algorithm.md §2):
+One step (docs/algorithm.md §2):
 1. draw `run.prompts_per_step` prompts; every prompt is sampled `algo.group_size` times by the rollout
    workers, which hold π_old at `policy_version` v. A batch may mix text, image-understanding and
    text-to-image prompts: each dataset task maps to a sampler kind (jobs/multitask.py, docs/multimodal.md);
@@ -118,6 +118,18 @@ def sample_rows(batch, advantages, limit: int) -> list[dict[str, Any]]:
 
 
 # -- the run ---------------------------------------------------------------------------------------------
+def sampler_metrics(metadata: list[dict]) -> dict[str, float]:
+    """`rollout/forwards_per_token` (NFE ÷ generated tokens) and `rollout/tokens_per_forward` over the text and
+    mmu rows (their metadata carries `sampler_forwards`, `sampler_tokens`); {} for a batch without them.
+    With a confidence threshold a rising tokens_per_forward means the policy reveals more tokens per step."""
+    rows = [m for m in metadata if "sampler_forwards" in m]
+    forwards = sum(m["sampler_forwards"] for m in rows)
+    tokens = sum(m["sampler_tokens"] for m in rows)
+    if not rows or not forwards:
+        return {}
+    return {"rollout/forwards_per_token": forwards / tokens, "rollout/tokens_per_forward": tokens / forwards}
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg`; returns a summary of the run."""
     import ray
@@ -271,6 +283,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "rollout/response_tokens_max": float(lengths.max()),
                 "rollout/tokens_per_s": float(lengths.sum()) / max(step_metrics["perf/rollout_collect_s"], 1e-9),
                 "rollout/policy_version": float(version),
+                **sampler_metrics(batch.metadata),
                 "perf/step_s": time.perf_counter() - step_started,
             })
             if "perf/weight_sync_s" in step_metrics:

@@ -24,6 +24,12 @@ Three phases; each runs once untimed as a warm-up at the same shapes (not the bu
    Caveat: at lr 1e-6 most bf16 weight updates round away (a weight of 0.02 has a bf16 spacing of 1.2e-4).
    Reported: wall per update, peak memory, the loss and grad norm, a float64 checksum of the weights
    before and after the timed update.
+
+With `--modes none,dual,dual@0.9` (the default) the sampler phase is followed by the fast modes side by side at
+temperature 0 on the same prompts (`jobs/bench/sampler_modes.py`: tokens/s, forwards per token, speed ratio and
+token agreement against `none`; docs/sampling.md). Random weights are never confident, so a threshold reveals
+one token per forward here; the forwards a trained policy saves are measured by `jobs.bench sampler
+--policy-eval`.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import time
 import torch
 
 from jobs.bench.sampler import SideBySideNetwork, forward_passes
+from jobs.bench.sampler_modes import parse_modes, print_speed, speed_rows
 from model.network import BackboneConfig, MaskedDiffusionLM, RMSNorm
 from model.sampling import TextSamplerConfig, generate_text
 from model.tiny import INIT_STD, tiny_model
@@ -44,7 +51,7 @@ from rl.batch import RolloutBatch
 from rl.config import AlgoConfig
 from rl.update import PlainEngine, unigrpo_update
 
-# LLaDA-8B-Instruct's config.json (shared/spec/models.md §1; the layout tests/model/test_checkpoint.py checks
+# LLaDA-8B-Instruct's config.json (docs/models.md §1.2; the layout tests/model/test_checkpoint.py checks
 # against 8,015,581,184 parameters). Token ids and the rest are BackboneConfig's defaults, which are LLaDA's.
 LLADA_8B = BackboneConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
                           vocab_size=126464, embedding_size=126464)
@@ -243,6 +250,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=128, help="sampler denoising steps")
     parser.add_argument("--temperatures", default="0,0.9", help="comma-separated sampling temperatures")
+    parser.add_argument("--modes", default="none,dual,dual@0.9",
+                        help="sampler modes compared at temperature 0, CACHE[@THRESHOLD],... ('' for none)")
     parser.add_argument("--groups", type=int, default=2, help="update batch: prompts")
     parser.add_argument("--samples", type=int, default=4, help="update batch: responses per prompt")
     parser.add_argument("--mu", type=int, default=2, help="inner optimizer steps of the update")
@@ -258,6 +267,7 @@ def main(argv: list[str]) -> int:
         for temperature in temperatures:
             TextSamplerConfig(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                               temperature=temperature)
+        modes = parse_modes(args.modes) if args.modes else []
     except ValueError as error:
         parser.error(str(error))
     for name in ("batch", "prompt_length", "groups", "samples", "mu"):
@@ -290,6 +300,16 @@ def main(argv: list[str]) -> int:
               f"{_fmt(row['peak_gib'], '.2f')} | {1e3 * row['forward_s']:.2f} | {row['forward_tflops']:.3g} | "
               f"{row['overhead_ratio']:.3f} | {row['inner_ratio']:.3f} |", flush=True)
 
+    mode_rows = []
+    if modes:
+        cfg = network.config
+        prompts = torch.randint(0, plain_ids(cfg), (args.batch, args.prompt_length),
+                                generator=torch.Generator().manual_seed(0)).tolist()
+        mode_rows = speed_rows(network, prompts, modes, mask_id=cfg.mask_token_id, pad_id=cfg.pad_token_id,
+                               temperature=0.0, gen_length=args.gen_length, steps=args.steps,
+                               block_length=args.block_length)
+        print_speed(mode_rows, f"\nsampler modes at temperature 0 (batch {args.batch}, prompt {args.prompt_length})")
+
     update = None
     if not args.skip_update:
         ref_network = build_network(config, device=device, dtype=dtype, seed=1).requires_grad_(False)
@@ -307,7 +327,7 @@ def main(argv: list[str]) -> int:
     report = dict(torch=torch.__version__, device=str(device), device_name=name, dtype=args.dtype, size=args.size,
                   model=dict(d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads,
                              mlp_hidden_size=config.mlp_hidden_size, vocab_size=config.num_embeddings),
-                  build=build, sampler=sampler_rows, update=update)
+                  build=build, sampler=sampler_rows, modes=mode_rows, update=update)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

@@ -16,6 +16,10 @@ Reported:
   fraction of its real forward cost. The stricter of the two.
 
 Each row is the median over the repeats, after a short warmup run at the same shapes.
+
+With `--modes none,prefix,dual,dual@0.9,...` it compares the block KV cache and threshold decoding with the
+exact sampler instead (`jobs/bench/sampler_modes.py`; `--policy-eval N` adds held-out pass@1 of the demo
+policy per mode). docs/sampling.md quotes both tables.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 
 import torch
 
+from jobs.bench.sampler_modes import parse_modes, policy_rows, print_policy, print_speed, speed_rows
 from model.sampling import generate_text, reveal_schedule
 from model.tiny import tiny_backbone, tiny_model
 
@@ -36,6 +41,10 @@ SIZES = {
     "tiny": dict(
         model=dict(),
         batch=8, prompt_length=64, gen_length=128, steps=64, block_length=32, repeats=5,
+    ),
+    "60m": dict(  # the issue-14 shape: generation 256, block 32, 128 steps
+        model=dict(vocab_size=32000, d_model=512, n_layers=8, n_heads=8, mlp_hidden_size=1536),
+        batch=4, prompt_length=64, gen_length=256, steps=128, block_length=32, repeats=1,
     ),
     "100m": dict(
         model=dict(vocab_size=32000, d_model=768, n_layers=8, n_heads=12, mlp_hidden_size=2048),
@@ -142,6 +151,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     for knob in ("batch", "prompt_length", "gen_length", "steps", "block_length"):
         parser.add_argument(f"--{knob.replace('_', '-')}", type=int, default=None, help="override every size's")
+    parser.add_argument("--modes", default=None,
+                        help="compare sampler modes instead: CACHE[@THRESHOLD],... e.g. none,prefix,dual,dual@0.9")
+    parser.add_argument("--policy-eval", type=int, default=0, metavar="N",
+                        help="with --modes: also held-out pass@1 of the demo policy on N problems per mode")
+    parser.add_argument("--policy-batch", type=int, default=64, help="prompts per sampler call in --policy-eval")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
@@ -151,6 +165,17 @@ def main(argv: list[str]) -> int:
     temperatures = [float(t) for t in args.temperatures.split(",") if t]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.modes is not None:
+        try:
+            modes = parse_modes(args.modes)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.policy_eval < 0 or args.policy_batch < 1:
+            parser.error(f"--policy-eval: got {args.policy_eval} (expected >= 0); --policy-batch: got "
+                         f"{args.policy_batch} (expected >= 1)")
+        return compare_modes(args, sizes, temperatures, modes)
+    if args.policy_eval:
+        parser.error("--policy-eval needs --modes (it compares pass@1 across sampler modes)")
 
     rows = []
     header = (f"{'size':>5} {'params':>11} {'B':>2} {'P':>4} {'L':>4} {'S':>4} {'blk':>4} {'temp':>4} "
@@ -178,11 +203,47 @@ def main(argv: list[str]) -> int:
     worst = max(rows, key=lambda r: r["overhead_ratio"])
     print(f"max overhead ratio {worst['overhead_ratio']:.3f} ({worst['size']}, temperature {worst['temperature']:g}); "
           f"target <= 1.10; max inner ratio {max(r['inner_ratio'] for r in rows):.3f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": rows}, f, indent=2)
-        print(f"wrote {args.out}")
+    write_json(args.out, {"results": rows})
     return 0
+
+
+def compare_modes(args: argparse.Namespace, sizes: list[str], temperatures: list[float], modes) -> int:
+    """The --modes run: speed rows per size and temperature, then the policy's pass@1 rows."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    speed = []
+    for size in sizes:
+        torch.manual_seed(0)
+        network, mask_id, pad_id = build_network(size)
+        network.eval()
+        params = sum(p.numel() for p in network.parameters())
+        shape = {k: getattr(args, k) if getattr(args, k) is not None else SIZES[size][k]
+                 for k in ("batch", "prompt_length", "gen_length", "steps", "block_length")}
+        prompts = make_prompts(shape["batch"], shape["prompt_length"], network.config.vocab_size, mask_id)
+        knobs = {k: shape[k] for k in ("gen_length", "steps", "block_length")}
+        for temperature in temperatures:
+            rows = speed_rows(network, prompts, modes, mask_id=mask_id, pad_id=pad_id, temperature=temperature,
+                              **knobs)
+            for row in rows:
+                row.update(size=size, params=params, batch=shape["batch"], temperature=temperature,
+                           prompt_length=max(map(len, prompts)), **knobs)
+            speed.extend(rows)
+            print_speed(rows, f"\n{size} ({params:,} parameters), batch {shape['batch']}, prompts <= "
+                              f"{max(map(len, prompts))}, gen {knobs['gen_length']}, block {knobs['block_length']}, "
+                              f"{knobs['steps']} steps, temperature {temperature:g}")
+    policy = []
+    if args.policy_eval:
+        policy = policy_rows(modes, problems=args.policy_eval, batch_size=args.policy_batch)
+        print_policy(policy, f"\ndemo policy, {policy[0]['problems']} held-out problems, greedy, gen 40, block 8, "
+                             "20 steps (fwd x: forwards saved vs none)")
+    write_json(args.out, {"modes": speed, "policy": policy})
+    return 0
+
+
+def write_json(path: str | None, results: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), **results}, f, indent=2)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def test_sample_returns_a_valid_batch_tagged_with_the_version(worker):
     for row, request in enumerate(requests):  # left padding, then the prompt exactly
         assert batch.input_ids[row, widest - len(request.prompt_ids):widest].tolist() == list(request.prompt_ids)
         assert batch.metadata[row]["answer"] == request.metadata["answer"]
+        assert batch.metadata[row]["sampler_forwards"] == 4 and batch.metadata[row]["sampler_tokens"] == 8  # 4 steps
         response = batch.input_ids[row, widest:].tolist()  # decoded up to the first EOS / end-of-turn
         cut = next((i for i, t in enumerate(response) if t in (ids.eos, ids.eot)), len(response))
         assert batch.metadata[row]["response"] == worker.tokenizer.decode(response[:cut])

@@ -235,3 +235,26 @@ def test_the_pool_passes_the_image_sampler_and_tokenizer_to_its_workers(ray_sess
             assert got.keys() == want.keys() and got["response"] == want["response"]
             if "image" in want:
                 assert np.array_equal(got["image"], want["image"])
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_mmu_rows_with_the_block_kv_cache(worker, images, cfg_scale):
+    """The image codes are part of the cached prefix. One step per block: a block's only forward is the full
+    one, so prefix and dual equal exact row for row; with several steps and a threshold every response
+    position is still revealed, block by block, in at most the fixed schedule's forwards."""
+    requests = [r for r in mixed_requests(worker.tokenizer, images) if r.kind == "mmu"]
+    one_step = dict(gen_length=8, steps=2, block_length=4, temperature=1.0, cfg_scale=cfg_scale)
+    exact = worker.sample(requests, text=TextSamplerConfig(**one_step), seed=5)
+    for cache in ("prefix", "dual"):
+        cached = worker.sample(requests, text=TextSamplerConfig(**one_step, cache=cache), seed=5)
+        assert same_rows(cached, [0, 1], exact), cache
+
+    fast = worker.sample(requests, text=TextSamplerConfig(gen_length=8, steps=8, block_length=4, temperature=0.0,
+                                                          cfg_scale=cfg_scale, cache="dual", threshold=0.05), seed=5)
+    mask_id = worker.network.config.mask_token_id
+    for row in range(2):
+        start = int(fast.response_start[row])
+        assert not (fast.input_ids[row, start:] == mask_id).any()  # every position revealed
+        steps = fast.reveal_step[row, start:]
+        assert steps[:4].max() < steps[4:].min()  # block by block
+        assert 2 <= fast.metadata[row]["sampler_forwards"] <= 8 and fast.metadata[row]["sampler_tokens"] == 8

@@ -27,7 +27,13 @@ def test_cpu_run_reports_what_it_measured(tmp_path):
     out = tmp_path / "gpu.json"
     assert bench_main(["gpu", *SMALL, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert set(report) == {"torch", "device", "device_name", "dtype", "size", "model", "build", "sampler", "update"}
+    assert set(report) == {"torch", "device", "device_name", "dtype", "size", "model", "build", "sampler", "modes",
+                           "update"}
+    assert [row["mode"] for row in report["modes"]] == ["none", "dual", "dual@0.9"]  # the default modes
+    none, dual, fast = report["modes"]
+    assert none["forwards"] == dual["forwards"] == 4 and 2 <= fast["forwards"] <= 16
+    assert none["agreement"] == 1.0 and all(row["tokens_per_s"] * row["sampler_s"] == pytest.approx(3 * 16)
+                                            for row in report["modes"])
     assert (report["device"], report["dtype"], report["size"]) == ("cpu", "fp32", "tiny")
     assert report["build"]["params"] == sum(p.numel() for p in tiny_model().network.parameters())
     assert report["build"]["allocated_gib"] is None  # no CUDA memory counters on CPU
@@ -45,9 +51,9 @@ def test_cpu_run_reports_what_it_measured(tmp_path):
 
 def test_skip_update_builds_no_reference_and_leaves_update_empty(tmp_path):
     out = tmp_path / "gpu.json"
-    assert bench_main(["gpu", *SMALL, "--temperatures", "0", "--skip-update", "--out", str(out)]) == 0
+    assert bench_main(["gpu", *SMALL, "--temperatures", "0", "--skip-update", "--modes", "", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["update"] is None and len(report["sampler"]) == 1
+    assert report["update"] is None and len(report["sampler"]) == 1 and report["modes"] == []
 
 
 def test_builder_matches_the_tiny_twin_and_the_update_moves_the_weights():
@@ -74,7 +80,7 @@ def test_8b_layout_on_the_meta_device_has_the_published_parameter_count():
     network = build_network(backbone_config("8b"), device="meta", dtype=torch.bfloat16)
     assert all(p.is_meta and p.dtype == torch.bfloat16 for p in network.parameters())
     assert len(network.state_dict()) == 291
-    assert parameter_count(network) == 8_015_581_184  # LLaDA-8B, shared/spec/models.md §1
+    assert parameter_count(network) == 8_015_581_184  # LLaDA-8B, docs/models.md §1.2
     assert network.state_dict()["model.transformer.wte.weight"].shape == (126464, 4096)
     assert network.state_dict()["model.transformer.blocks.31.ff_proj.weight"].shape == (12288, 4096)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from jobs.config import load_config
-from jobs.train import main, train
+from jobs.train import main, sampler_metrics, train
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests/jobs/configs/tiny_lengths.yaml"
@@ -51,6 +51,8 @@ def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_sess
     metrics = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(m["health/rows_zero_advantage"] < 8 and m["loss/pg_loss"] != 0 for m in metrics), "nothing to learn"
+    # the fixed schedule of tiny_lengths.yaml: 8 forwards for 16 tokens
+    assert all(m["rollout/forwards_per_token"] == 0.5 and m["rollout/tokens_per_forward"] == 2 for m in metrics)
 
     initial = tiny_model(seed=cfg.run.seed)
     exported = load(summary["export"])
@@ -70,6 +72,13 @@ def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_sess
     moved = (before[wte] != after[wte]).any(dim=1)  # [V] embedding rows that changed
     assert all(moved[t] for t in seen), sorted(t for t in seen if not moved[t])
     assert (before[head] != after[head]).any(dim=1).all(), "an LM-head row did not train"
+
+
+def test_sampler_metrics_pool_forwards_and_tokens_over_text_rows():
+    metadata = [{"sampler_forwards": 8, "sampler_tokens": 16}] * 3 + [{"sampler_forwards": 2, "sampler_tokens": 16},
+                                                                     {"image": None}]  # a t2i row has neither
+    assert sampler_metrics(metadata) == {"rollout/forwards_per_token": 26 / 64, "rollout/tokens_per_forward": 64 / 26}
+    assert sampler_metrics([{"image": None}]) == {}
 
 
 PROBE = """
