@@ -56,10 +56,11 @@ class RolloutConfig:
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
     """How weights reach the workers after each update."""
     sampler: TextSamplerConfig = field(default_factory=TextSamplerConfig)
-    """Text sampler knobs (models.md §3): gen_length, steps, block_length, temperature, remasking, cfg_scale."""
+    """Text sampler knobs (docs/models.md §3.1): gen_length, steps, block_length, temperature, remasking,
+    cfg_scale."""
     image_sampler: ImageSamplerConfig = field(default_factory=ImageSamplerConfig)
-    """Text-to-image sampler knobs (models.md §3): steps, guidance_scale, temperature, temperature_schedule,
-    text_length. Used by t2i requests only."""
+    """Text-to-image sampler knobs (docs/models.md §3.2): steps, guidance_scale, temperature,
+    temperature_schedule, text_length. Used by t2i requests only."""
     image_tokenizer: str | None = None
     """Directory of the MAGVIT-v2 image tokenizer every worker loads (needed for mmu and t2i requests; its
     codebook must match the MMaDA model's); None: the workers sample text only."""

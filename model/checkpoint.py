@@ -2,7 +2,7 @@
 
 A checkpoint directory holds `config.json` (upstream field names, `model_type` "llada" or
 "mmada"), the weights as `model.safetensors.index.json` + shards or a single `model.safetensors`,
-with the published key names (`model.transformer.*`, shared/spec/models.md §1), and the tokenizer
+with the published key names (`model.transformer.*`, docs/models.md §1.2), and the tokenizer
 files. `load` builds the network on the meta device and assigns the tensors shard by shard, so an
 8B checkpoint needs its own size in memory, not twice that. Everything is checked before a tensor
 is read: a missing file, key or field, an unexpected key, a wrong shape, an unknown model type or a

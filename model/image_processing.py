@@ -1,4 +1,4 @@
-"""Images <-> the pixel tensors of the MAGVIT-v2 tokenizer (shared/spec/models.md §4), with Pillow only.
+"""Images <-> the pixel tensors of the MAGVIT-v2 tokenizer (docs/models.md §4.4), with Pillow only.
 
     preprocess_image(image, resolution) -> [3, R, R] float32 in [-1, 1]
     to_uint8(pixels) -> H x W x 3 uint8 numpy array (a list of them for a batch)

@@ -1,4 +1,4 @@
-"""MMaDA text-to-image sampling: MaskGIT cosine schedule with classifier-free guidance (models.md §3).
+"""MMaDA text-to-image sampling: MaskGIT cosine schedule with classifier-free guidance (docs/models.md §3.2).
 
 All N image slots of `[iPAD]… <|t2i|> BOS text EOS <|soi|> [MASK]×N <|eoi|>` start masked. Step s of T:
 1. One forward pass over the conditional rows and, when guidance w > 0, the unconditional rows (the same
@@ -50,7 +50,7 @@ TEMPERATURE_SCHEDULES: tuple[str, ...] = get_args(TemperatureSchedule)
 
 @dataclass(frozen=True)
 class ImageSamplerConfig:
-    """Knobs of the text-to-image sampler (defaults: MMaDA's demo, models.md §3)."""
+    """Knobs of the text-to-image sampler (defaults: MMaDA's demo, docs/models.md §3.2)."""
 
     steps: int = 15
     """T: denoising steps (forward passes); the paper evaluates with 50, the demo uses 15."""

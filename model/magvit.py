@@ -6,7 +6,7 @@
     save_image_tokenizer(tokenizer, "out/")  # config.json + model.safetensors, published key names
     random_image_tokenizer(MagvitConfig(ch=16, ...), seed=0)   # tiny random twins for tests
 
-The network and the bit order of the codes are in model/magvit_net.py (shared/spec/models.md §4).
+The network and the bit order of the codes are in model/magvit_net.py (docs/models.md §4).
 `encode` and `decode` are inference calls (no autograd); train through `.encoder` / `.decoder`
 (jobs/tasks/train_shapes_vq.py does, with a straight-through sign).
 

@@ -1,6 +1,6 @@
 """The MAGVIT-v2 network of Show-o / MMaDA: config, encoder, decoder and the lookup-free quantiser's code maths.
 
-A fully convolutional VQ autoencoder (shared/spec/models.md §4). The module tree reproduces the published
+A fully convolutional VQ autoencoder (docs/models.md §4). The module tree reproduces the published
 key names, so a published state dict loads with `strict=True`:
 
     encoder.conv_in                                   3x3, in_channels -> ch

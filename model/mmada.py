@@ -1,4 +1,4 @@
-"""MMaDA's token layout and prompt builders (shared/spec/models.md §1–2).
+"""MMaDA's token layout and prompt builders (docs/models.md §1.4, §2).
 
 MMaDA is the LLaDA backbone with its embedding and LM head resized so that image codes follow the text
 vocabulary: image code k ∈ [0, codebook_size) has token id `len(tokenizer) + k`. `len(tokenizer)` is

@@ -3,7 +3,7 @@
 The module tree reproduces the published parameter names exactly
 (`model.transformer.wte.weight`, `model.transformer.blocks.{i}.q_proj.weight`, ...), so a
 published checkpoint's state dict loads with `strict=True` and a state dict we save loads back
-into the upstream code. Forward math (shared/spec/models.md §1):
+into the upstream code. Forward math (docs/models.md §1.3):
 
     x = wte(ids)
     per block:  x += attn_out(SDPA(RoPE(q), RoPE(k), v))      on RMSNorm(x), bidirectional

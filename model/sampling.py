@@ -1,6 +1,6 @@
 """The LLaDA text sampler: semi-autoregressive blocks with low-confidence or random remasking.
 
-`generate_text` follows LLaDA's reference `generate` (shared/spec/models.md §3): x = prompt + L masks;
+`generate_text` follows LLaDA's reference `generate` (docs/models.md §3.1): x = prompt + L masks;
 blocks of `block_length` are decoded left to right with `steps·block_length/gen_length` steps each; a
 step runs one forward pass, proposes x̂ by Gumbel-max at temperature τ (float64 noise; τ = 0 is
 argmax), scores each masked position of the current block by the softmax probability of x̂ (or a
@@ -67,7 +67,7 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass(frozen=True)
 class TextSamplerConfig:
-    """Knobs of the LLaDA text sampler (defaults: a typical RL rollout, models.md §3)."""
+    """Knobs of the LLaDA text sampler (defaults: a typical RL rollout, docs/models.md §3.1)."""
 
     gen_length: int = 256
     """L: number of response tokens generated after the prompt."""

@@ -1,4 +1,4 @@
-"""Special tokens and prompt templates of LLaDA / MMaDA (shared/spec/models.md §2).
+"""Special tokens and prompt templates of LLaDA / MMaDA (docs/models.md §2).
 
 The token strings are the upstream ones, so the same code works on the real 126k tokenizer and on
 the tiny checked-in twin. Ids are always looked up in the tokenizer at run time, never hard-coded.

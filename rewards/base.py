@@ -3,7 +3,7 @@
 A reward is any callable `reward(samples: list[Sample]) -> list[float | None]`, one entry per sample, in
 order. `None` means "this sample cannot be scored" (gold answer missing, scorer timed out, remote judge
 down, ...). It is never the same as 0.0: the trainer leaves an unscorable sample out of its group's
-mean/std and gives it advantage 0 (algorithm.md §2.4), and counts it in the metrics.
+mean/std and gives it advantage 0 (docs/algorithm.md §2.4), and counts it in the metrics.
 
 Rewards must be picklable (they travel to worker processes and Ray actors) and must ignore fields they do
 not use: everything a dataset row carries beyond task/prompt/answer/image goes into `Sample.meta`.
@@ -105,7 +105,7 @@ class ScoredBatch:
 
     total: list[float | None]
     """Weighted sum of the sample's task terms; None when any of its terms is None (the sample is
-    unscorable, algorithm.md §2.4)."""
+    unscorable, docs/algorithm.md §2.4)."""
     terms: dict[str, list[float | None]]
     """Term name -> raw (unweighted) score per sample. None where unscorable or where the sample's task has
     no such term (see `reasons`)."""

@@ -1,6 +1,6 @@
 """Config section `rewards`: which reward terms score which task, with which weights, options and deadlines.
 
-Defaults are algorithm.md §5 (paper §2.3.2):
+Defaults are docs/algorithm.md §5.1 (paper §2.3.2):
 
 | task         | terms (weight)                                   |
 |--------------|--------------------------------------------------|
@@ -59,7 +59,7 @@ class RewardTermConfig:
 
 
 def default_tasks() -> dict[str, list[RewardTermConfig]]:
-    """algorithm.md §5 as config."""
+    """docs/algorithm.md §5.1 as config."""
     correctness = RewardTermConfig("correctness", 2.0)
     format_term = RewardTermConfig("format", 0.5)
     return {
@@ -76,7 +76,7 @@ class RewardsConfig:
     """Reward terms per task; a sample's total is the weighted sum of its task's terms."""
 
     tasks: dict[str, list[RewardTermConfig]] = field(default_factory=default_tasks)
-    """Task name (the `task` of a `Sample`) -> its weighted terms; defaults from algorithm.md §5."""
+    """Task name (the `task` of a `Sample`) -> its weighted terms; defaults from docs/algorithm.md §5.1."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.tasks, dict) or not self.tasks:

@@ -3,7 +3,7 @@
 Runs in the caller's process, on untrusted model text, so every function here is linear in the input
 (one regex pass or one scan; no nested quantifiers) and never evaluates anything.
 
-Order (algorithm.md §5, made precise):
+Order (docs/algorithm.md §5.2, made precise):
 1. The *answer region* is the text after the last `</think>` when there is one, else the whole response.
    [decision: the spec searches the whole response for `\\boxed{}`; a box inside the thinking is scratch
    work, and a response that closed its thinking answers after it.]

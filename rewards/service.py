@@ -12,7 +12,8 @@ For one `score(samples)` call:
      stop on time; otherwise the service stops waiting after `timeout_s + grace` and the thread is abandoned.
 3. Every output is checked (one finite float or None per sample); anything else is None with reason
    `invalid`. A raised exception of any kind is None with reason `error`.
-4. The total of a sample is the weighted sum of its task's terms, None if any term is None (algorithm.md §2.4).
+4. The total of a sample is the weighted sum of its task's terms, None if any term is None
+   (docs/algorithm.md §2.4).
 
 Metrics (`ScoredBatch.metrics`), per task and term, `reward/<task>/<term>/`: `mean` (over scorable samples;
 absent when none is), `count`, `none`, `timeouts`, `errors` (error + crash + invalid), `latency_s` (wall time

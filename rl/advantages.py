@@ -1,4 +1,4 @@
-"""Group-relative advantages by prompt uid (algorithm.md §2.4) and the dynamic-sampling group filter.
+"""Group-relative advantages by prompt uid (docs/algorithm.md §2.4) and the dynamic-sampling group filter.
 
     Â_i = (r_i − mean_G r) / (std_G r + eps)     scale="std"   (GRPO / UniGRPO)
     Â_i =  r_i − mean_G r                        scale="none"  (mean-centring: d1, wd1, SPG)

@@ -10,7 +10,7 @@ One row is one sampled response to one prompt, laid out as the model sees it:
 - t2i rows: prompt = `[iPAD]… <|t2i|> BOS text EOS <|soi|>`, response = the image slots, suffix = `<|eoi|>`.
 
 `scored_mask` marks the response tokens whose log-prob may enter the loss: every generated token up to
-and including the first EOS / end-of-turn (algorithm.md §3); later positions are EOS padding.
+and including the first EOS / end-of-turn (docs/algorithm.md §3.1); later positions are EOS padding.
 `protected_mask` marks prompt positions no estimator may mask (special tokens, image codes).
 Rows from different workers may have different widths; `concat` re-pads on the left, which leaves the
 logits of real tokens unchanged (RoPE sees relative offsets only, padding is a key mask).

@@ -1,9 +1,9 @@
-"""The `algo` section of the run config: every knob of UniGRPO and its relatives (algorithm.md).
+"""The `algo` section of the run config: every knob of UniGRPO and its relatives (docs/algorithm.md).
 
 Frozen dataclasses following the project's config convention: every field has a default and a comment,
 choices are `Literal`s, cross-field checks live in `__post_init__` and raise
 `ValueError("<field>: <what is wrong>; <what is right>")` (the loader prefixes the dotted path).
-Defaults are the [decision]s of algorithm.md; each alternative it names is a knob here.
+Defaults are the [decision]s of docs/algorithm.md; each alternative it names is a knob here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _check_choice(name: str, value: object, choices: object) -> None:
 
 @dataclass(frozen=True)
 class MaskingConfig:
-    """Structured masking of response tokens (algorithm.md §3)."""
+    """Structured masking of response tokens (docs/algorithm.md §3)."""
 
     # How the μ mask ratios p_1..p_μ of one update are drawn: stratified (default), ramp (Alg. 1), random.
     schedule: ScheduleName = "stratified"
@@ -71,7 +71,7 @@ class KLConfig:
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """Group-relative advantages (algorithm.md §2.4)."""
+    """Group-relative advantages (docs/algorithm.md §2.4)."""
 
     # std: (r − mean) / (std + eps) per group; none: r − mean (mean-centring only, as d1/wd1/SPG).
     scale: Literal["std", "none"] = "std"
@@ -128,9 +128,9 @@ class RandomMaskingConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    """UniGRPO and the estimators sharing its loss (algorithm.md §2–§6)."""
+    """UniGRPO and the estimators sharing its loss (docs/algorithm.md §2–§6)."""
 
-    # Which masking/scoring function builds the inputs whose log-probs enter the loss (algorithm.md §6).
+    # Which masking/scoring function builds the inputs whose log-probs enter the loss (docs/algorithm.md §6).
     estimator: EstimatorName = "unigrpo"
     # G, responses drawn per prompt (read by the rollout driver; groups are keyed by prompt uid).
     group_size: int = 8

@@ -1,4 +1,4 @@
-"""Estimator registry: how each method masks a rollout batch before scoring it (algorithm.md §6).
+"""Estimator registry: how each method masks a rollout batch before scoring it (docs/algorithm.md §6).
 
 An estimator maps (batch, config, inner iteration n) to `MaskedViews`: K masked copies of every row
 (the model inputs) and, per copy, the positions whose log-prob enters the loss. The loss treats the K

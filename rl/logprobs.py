@@ -1,6 +1,6 @@
 """Per-token log-probs at selected positions, without a full-vocabulary fp32 log-softmax.
 
-    ℓ(j) = logit_j[target_j] − logsumexp(logit_j[lo:hi])          (algorithm.md §4)
+    ℓ(j) = logit_j[target_j] − logsumexp(logit_j[lo:hi])          (docs/algorithm.md §4.1)
 
 over the full vocabulary (text: lo, hi = 0, V) or a column range (image codes). When the network exposes
 `hidden_states` and `lm_head` (model.network.MaskedDiffusionLM), the head runs only on the selected

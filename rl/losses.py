@@ -1,6 +1,7 @@
 """The clipped policy loss shared by every estimator, the KL estimator registry, and loss statistics.
 
-For one masked copy (algorithm.md §4), with per-token log-probs ℓ_θ, ℓ_old, ℓ_ref at the loss positions:
+For one masked copy (docs/algorithm.md §4.4), with per-token log-probs ℓ_θ, ℓ_old, ℓ_ref at the loss
+positions:
 
     r      = exp(ℓ_θ − ℓ_old)
     obj_ij = min(r·Â_i, clip(r, 1−ε, 1+ε)·Â_i) − β·KL(ℓ_θ, ℓ_ref)

@@ -1,4 +1,4 @@
-"""Structured masking of response tokens (algorithm.md §3): schedules, seeds, exact-count masks.
+"""Structured masking of response tokens (docs/algorithm.md §3): schedules, seeds, exact-count masks.
 
 - `timestep_schedule` / `ratio_schedule` draw the μ timesteps t_1..t_μ of one update and map them to mask
   ratios p = t / T, clamped to [p_min, p_max]:

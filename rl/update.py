@@ -1,4 +1,4 @@
-"""One UniGRPO update (algorithm.md §2.5, Alg. 1 inner loop) of a policy held by an `Engine`.
+"""One UniGRPO update (docs/algorithm.md §2.5, Alg. 1 inner loop) of a policy held by an `Engine`.
 
 Order of work, and why:
 1. Build the μ masked copies (estimators.py). They are pure functions of (run seed, step, uid, sample

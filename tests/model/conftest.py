@@ -1,7 +1,7 @@
 """Fixtures for tests/model: random checkpoints written by hand in the published layout.
 
-The layout (key names, shapes, config.json fields) is spelled out here from shared/spec/models.md
-§1, independently of model/checkpoint.py, so the loader is tested against the spec, not itself.
+The layout (key names, shapes, config.json fields) is spelled out here from docs/models.md §1,
+independently of model/checkpoint.py, so the loader is tested against the spec, not itself.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 functional re-implementation, the LFQ bit order, the full-size layout on the meta device, every error.
 
 The published layout (key names, shapes) and the forward math are written here from
-shared/spec/models.md §4 with torch.nn.functional calls that read the state dict, independently of
+docs/models.md §4 with torch.nn.functional calls that read the state dict, independently of
 model/magvit_net.py: attention is taming's bmm formulation (not SDPA), the upsample is
 repeat_interleave (not F.interpolate), and the bit tables are built with Python integer loops.
 """

@@ -1,6 +1,6 @@
 """MMaDA layout and prompts: image ids after len(tokenizer), t2i / mmu prompts, checkpoints, the 8B shapes.
 
-Expected ids are written out by hand from shared/spec/models.md §2 (tiny tokenizer: BOS 586, EOS 587,
+Expected ids are written out by hand from docs/models.md §2.2 (tiny tokenizer: BOS 586, EOS 587,
 [MASK] 588, <|soi|> 592, <|eoi|> 593, <|t2i|> 594, <|mmu|> 595, [iPAD] 596; 600 text ids).
 """
 
