@@ -2,7 +2,8 @@
 
 Sections: `rollout` (the resources part: how many rollout workers and what each holds, plus weight
 sync), `learner` (data-parallel DeepSpeed ranks and the optimizer), `cluster` (where Ray runs and how
-actors are placed), `checkpoint` and `logging`.
+actors are placed), `checkpoint`, `logging` and `reward_actors` (how `actors.rewards` spreads the reward terms
+over Ray actors).
 
 Every field has a default and says what it is; cross-field checks raise
 `ValueError("<field>: <what is wrong>; <what is right>")` and the loader prefixes the dotted path.
@@ -199,3 +200,34 @@ class LoggingConfig:
             raise ValueError(f"sample_table_rows: {self.sample_table_rows}; need at least 1")
         if self.wandb_project is not None and not self.wandb_project.strip():
             raise ValueError("wandb_project: empty string; use null to turn W&B off or a project name")
+
+
+@dataclass(frozen=True)
+class RewardActorsConfig:
+    """How the reward terms are spread over Ray actors and what each actor reserves."""
+
+    heavy_terms: tuple[str, ...] = ("clip", "image_reward")
+    """Term names (as written in `rewards.tasks`) that each get an actor of their own; the other terms
+    share one CPU actor."""
+    cpus_per_actor: float = 1.0
+    """Ray CPUs reserved by each reward actor (the CPU actor's process pools run inside this reservation)."""
+    gpus_per_heavy_actor: float = 1.0
+    """GPUs of each heavy-term actor when the cluster has GPUs (0 is used on a cluster without GPUs)."""
+    max_attempts: int = 3
+    """Tries per batch and actor when the actor dies mid-batch; after that its terms are None (`crash`)."""
+    start_timeout_s: float = 600.0
+    """How long to wait for a reward actor to be placed and to build its rewards (model loads included)."""
+
+    def __post_init__(self):
+        if not isinstance(self.heavy_terms, tuple) or not all(isinstance(t, str) and t for t in self.heavy_terms):
+            raise ValueError(f"heavy_terms: {self.heavy_terms!r}; expected a list of term names such as [clip]")
+        if self.cpus_per_actor <= 0:
+            raise ValueError(f"cpus_per_actor: {self.cpus_per_actor}; each reward actor needs > 0 CPU")
+        if self.gpus_per_heavy_actor < 0 or (self.gpus_per_heavy_actor > 1
+                                             and self.gpus_per_heavy_actor != int(self.gpus_per_heavy_actor)):
+            raise ValueError(f"gpus_per_heavy_actor: {self.gpus_per_heavy_actor}; use 0, a fraction <= 1 "
+                             "or a whole number of GPUs")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts: {self.max_attempts}; need at least 1 try per batch")
+        if self.start_timeout_s <= 0:
+            raise ValueError(f"start_timeout_s: {self.start_timeout_s} must be positive")

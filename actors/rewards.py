@@ -36,6 +36,7 @@ from typing import Any
 import ray
 
 from actors.cluster import RoleResources
+from actors.config import RewardActorsConfig
 from rewards import registry
 from rewards.base import Sample, ScoredBatch
 from rewards.config import RewardsConfig, RewardTermConfig
@@ -43,37 +44,6 @@ from rewards.service import RewardService, check_samples, metric_term, reward_me
 
 CPU_GROUP = "cpu"
 """Name of the actor that holds every term not in `heavy_terms`."""
-
-
-@dataclass(frozen=True)
-class RewardActorsConfig:
-    """How the reward terms are spread over Ray actors and what each actor reserves."""
-
-    heavy_terms: tuple[str, ...] = ("clip", "image_reward")
-    """Term names (as written in `rewards.tasks`) that each get an actor of their own; the other terms
-    share one CPU actor."""
-    cpus_per_actor: float = 1.0
-    """Ray CPUs reserved by each reward actor (the CPU actor's process pools run inside this reservation)."""
-    gpus_per_heavy_actor: float = 1.0
-    """GPUs of each heavy-term actor when the cluster has GPUs (0 is used on a cluster without GPUs)."""
-    max_attempts: int = 3
-    """Tries per batch and actor when the actor dies mid-batch; after that its terms are None (`crash`)."""
-    start_timeout_s: float = 600.0
-    """How long to wait for a reward actor to be placed and to build its rewards (model loads included)."""
-
-    def __post_init__(self):
-        if not isinstance(self.heavy_terms, tuple) or not all(isinstance(t, str) and t for t in self.heavy_terms):
-            raise ValueError(f"heavy_terms: {self.heavy_terms!r}; expected a list of term names such as [clip]")
-        if self.cpus_per_actor <= 0:
-            raise ValueError(f"cpus_per_actor: {self.cpus_per_actor}; each reward actor needs > 0 CPU")
-        if self.gpus_per_heavy_actor < 0 or (self.gpus_per_heavy_actor > 1
-                                             and self.gpus_per_heavy_actor != int(self.gpus_per_heavy_actor)):
-            raise ValueError(f"gpus_per_heavy_actor: {self.gpus_per_heavy_actor}; use 0, a fraction <= 1 "
-                             "or a whole number of GPUs")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts: {self.max_attempts}; need at least 1 try per batch")
-        if self.start_timeout_s <= 0:
-            raise ValueError(f"start_timeout_s: {self.start_timeout_s} must be positive")
 
 
 class RewardActorError(RuntimeError):

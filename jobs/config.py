@@ -3,8 +3,9 @@
     cfg = load_config("jobs/configs/demo.yaml", ["algo.mu=4", "learner.num_ranks=2"])
 
 Sections (each owned by the package that uses it): `run`, `data`, `model`, `eval` (here), `rollout`,
-`learner`, `cluster`, `checkpoint`, `logging` (`actors.config`), `algo` (`rl.config`), `rewards`
-(`rewards.config`). The whole tree is validated before anything starts: an unknown key or a bad value
+`learner`, `cluster`, `checkpoint`, `logging`, `reward_actors` (`actors.config`), `algo` (`rl.config`),
+`rewards` (`rewards.config`). Importing this module imports no Ray (tests/jobs/test_config_imports.py): the
+config is read, checked and printed before, and without, any cluster. The whole tree is validated before anything starts: an unknown key or a bad value
 is a `ConfigError` naming the dotted key and what would be right. `write_resolved` stores the resolved
 tree next to the run's outputs, and that file loads back to the same tree.
 """
@@ -15,8 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from actors.config import CheckpointConfig, ClusterConfig, LearnerConfig, LoggingConfig, RolloutConfig
-from actors.rewards import RewardActorsConfig
+from actors.config import (
+    CheckpointConfig,
+    ClusterConfig,
+    LearnerConfig,
+    LoggingConfig,
+    RewardActorsConfig,
+    RolloutConfig,
+)
 from jobs.configtree import ConfigError, apply_overrides, build, read_yaml, write_yaml  # noqa: F401 (ConfigError re-exported)
 from rewards.config import RewardsConfig
 from rl.config import AlgoConfig
