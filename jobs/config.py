@@ -183,17 +183,29 @@ class TrainConfig:
     """The root of the tree."""
 
     run: RunConfig = field(default_factory=RunConfig)
+    """What to run (steps, batch, sync or async) and where its outputs go."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Training and held-out prompt files, and how their tasks are sampled."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy to train (a checkpoint directory or a tiny twin)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Rollout workers: resources, weight sync and the samplers they run."""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """UniGRPO and its relatives: estimator, masking, loss, KL, advantages (rl/config.py)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """Data-parallel DeepSpeed learner ranks and their optimizer."""
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    """Reward terms per task, with weights, options and deadlines."""
     reward_actors: RewardActorsConfig = field(default_factory=RewardActorsConfig)
+    """How the reward terms are spread over Ray actors."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Atomic checkpoints, resume and policy exports."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Where metrics go (metrics.jsonl, TensorBoard, W&B, sample tables)."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where Ray runs and how actors are placed."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation of the policy during training."""
 
     def __post_init__(self):
         # Cross-section checks; each line names the key to change.

@@ -12,11 +12,21 @@ generic machinery and knows nothing about any section:
   the bad value and what would be right (valid keys, valid choices, expected type).
 - `apply_overrides(raw, ["a.b=1", ...])` edits the raw dict before it is built; values are parsed as
   YAML scalars/flow collections, so `--set algo.mu=4` is an int and `--set model.path=null` is None.
+- `field_docs(cls)` reads each field's one-line doc from the source, in either convention the sections
+  use: a string literal right after the field, or `# comment` lines above it. `commented_yaml(cfg)`
+  prints the tree with every field's doc as a YAML comment (`--print-config`); it loads back unchanged.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
+import json
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -256,3 +266,109 @@ def write_yaml(cfg: Any, path: str | Path) -> Path:
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     tmp.replace(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- field docs
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its doc on one line ('' when it has none), for a dataclass and its dataclass bases.
+
+    The doc is the string literal right after the field, else the `#` comment lines right above it, else
+    a comment at the end of the field's line (read from the source: neither survives into the class)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # bases first, so a subclass's own doc wins
+        if dataclasses.is_dataclass(klass) and klass is not object:
+            docs.update(_own_field_docs(klass))
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    source = textwrap.dedent(inspect.getsource(cls))
+    lines = source.splitlines()
+    comments = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}  # line number (1-based) -> "# text"
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for index, node in enumerate(body):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        after = body[index + 1] if index + 1 < len(body) else None
+        if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = _one_line(after.value.value)
+            continue
+        above, line = [], node.lineno - 1
+        while line >= 1 and lines[line - 1].lstrip().startswith("#"):
+            above.insert(0, comments[line].lstrip("#"))
+            line -= 1
+        inline = comments.get(node.end_lineno, "") if not above else ""
+        docs[node.target.id] = _one_line(" ".join(above) or inline.lstrip("#"))
+    return docs
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def commented_yaml(cfg: Any) -> str:
+    """The dataclass tree as block YAML with each field's doc as a comment (`lr: 1.0e-06  # Learning rate`).
+
+    Loads back (`build`) to an equal tree: values are written by yaml itself, one scalar or flow
+    collection per line, and only lists or mappings holding dataclasses are written as blocks."""
+    out: list[str] = []
+    _emit_fields(cfg, 0, out)
+    return "\n".join(out) + "\n"
+
+
+def _emit_fields(cfg: Any, indent: int, out: list[str], first_prefix: str | None = None) -> None:
+    docs = field_docs(type(cfg))
+    for i, f in enumerate(dataclasses.fields(cfg)):
+        prefix = first_prefix if (i == 0 and first_prefix is not None) else " " * indent
+        _emit(f.name, getattr(cfg, f.name), docs[f.name], prefix, indent, out)
+
+
+def _emit(key: str, value: Any, doc: str, prefix: str, indent: int, out: list[str]) -> None:
+    comment = f"  # {doc}" if doc else ""
+    if not _holds_dataclass(value):
+        out.append(f"{prefix}{key}: {_flow(to_dict(value))}{comment}")
+        return
+    out.append(f"{prefix}{key}:{comment}")
+    _emit_value(value, indent + 2, out)
+
+
+def _emit_value(value: Any, indent: int, out: list[str]) -> None:
+    """A value holding dataclasses, in block style at `indent` (mapping keys and list items carry no doc)."""
+    pad = " " * indent
+    if dataclasses.is_dataclass(value):
+        _emit_fields(value, indent, out)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _emit(_flow(k), v, "", pad, indent, out)
+    else:  # list or tuple
+        for item in value:
+            if dataclasses.is_dataclass(item):
+                _emit_fields(item, indent + 2, out, first_prefix=pad + "- ")
+            elif _holds_dataclass(item):
+                out.append(pad + "-")
+                _emit_value(item, indent + 2, out)
+            else:
+                out.append(f"{pad}- {_flow(to_dict(item))}")
+
+
+def _holds_dataclass(value: Any) -> bool:
+    if dataclasses.is_dataclass(value):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_dataclass(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_dataclass(v) for v in value)
+    return False
+
+
+def _flow(value: Any) -> str:
+    """One value as YAML on one line (a scalar, or a flow collection such as `[0.9, 0.999]`)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)
+    text = text.removesuffix("\n").removesuffix("\n...").strip()
+    if "\n" in text:  # a string with a line break: YAML folds it over lines; JSON (valid YAML) escapes it
+        text = json.dumps(value, ensure_ascii=False)
+    return text

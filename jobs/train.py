@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.config import CONFIG_DIR, TrainConfig, load_config, write_resolved
-from jobs.configtree import ConfigError, to_dict
+from jobs.configtree import ConfigError, commented_yaml, to_dict
 
 log = logging.getLogger("unigrpo.train")
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -55,7 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(CONFIG_DIR.parent.parent)})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set algo.mu=4 (repeatable)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config, each key with its doc as a comment, and exit")
     return parser.parse_args(argv)
 
 
@@ -334,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        print(commented_yaml(cfg), end="")
         return 0
     from actors.cluster import ResourceError
     from jobs.data import DataError
