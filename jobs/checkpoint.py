@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from actors.config import CheckpointConfig
+from model.atomic_write import fsync_directory, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,6 @@ class LoadedCheckpoint:
     step: int
     driver_state: dict[str, Any]
     config_text: str
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def verify(path: Path) -> dict[str, Any]:
@@ -149,11 +134,11 @@ class CheckpointManager:
         if save_learner is not None:
             (tmp / LEARNER_DIR).mkdir()
             save_learner(tmp / LEARNER_DIR)
-        _write_file(tmp / DRIVER_STATE, json.dumps({**driver_state, "step": step}, indent=1))
-        _write_file(tmp / CONFIG_FILE, config_text)
+        write_atomic(tmp / DRIVER_STATE, json.dumps({**driver_state, "step": step}, indent=1))
+        write_atomic(tmp / CONFIG_FILE, config_text)
         files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
-        _write_file(tmp / MARKER, json.dumps({"step": step, "time": time.time(), "files": files}, indent=1))
-        _fsync_dir(tmp)
+        write_atomic(tmp / MARKER, json.dumps({"step": step, "time": time.time(), "files": files}, indent=1))
+        fsync_directory(tmp)
         if final.exists():  # the same step saved again (e.g. after a resume): swap, then delete the old one
             old = self.root / f".step_{step}.old-{uuid.uuid4().hex[:8]}"
             final.rename(old)
@@ -161,7 +146,7 @@ class CheckpointManager:
             shutil.rmtree(old)
         else:
             tmp.rename(final)
-        _fsync_dir(self.root)
+        fsync_directory(self.root)
         self._apply_retention()
         return final
 

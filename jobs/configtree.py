@@ -260,12 +260,11 @@ def read_yaml(path: str | Path) -> dict:
 
 def write_yaml(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config; the file loads back to an equal tree through `build`."""
+    from model.atomic_write import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------- field docs

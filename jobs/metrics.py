@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from actors.config import LoggingConfig
+from model.atomic_write import write_atomic
 
 NAMESPACES = ("loss", "reward", "rollout", "perf", "health", "eval")
 CELL_CHARS = 400  # markdown cells are cut here; the jsonl keeps the whole text
@@ -68,9 +69,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
             continue
         if step <= last_step:
             kept.append(line + "\n")
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    write_atomic(path, "".join(kept))
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -208,9 +207,7 @@ class MetricsLogger:
         directory = self.run_dir / "samples"
         directory.mkdir(exist_ok=True)
         path = directory / f"step_{step}.png"
-        tmp = path.with_suffix(".png.tmp")
-        Image.fromarray(grid).save(tmp, format="PNG")
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
         (directory / f"step_{step}.json").write_text(json.dumps(
             {"step": step, "png": path.name, "rows": [str(c) for c in captions]}, indent=1) + "\n")
         if self._writer is not None:

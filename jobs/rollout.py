@@ -43,12 +43,13 @@ import logging
 import os
 import sys
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from model.atomic_write import write_atomic
 
 log = logging.getLogger("jobs.rollout")
 
@@ -275,22 +276,10 @@ def parquet_schema(terms: Sequence[str]) -> Any:
     return pa.schema(fields)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary path)`, fsync, then rename onto `path`: the file appears only complete."""
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_rows(path: Path, rows: list[dict[str, Any]], fmt: str, terms: Sequence[str]) -> None:
     if fmt == "jsonl":
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_atomic(path, text)
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -348,7 +337,7 @@ def prepare_out_dir(out: Path, manifest: dict[str, Any], plan: Plan, args: argpa
                               "use an empty --out")
     shards_dir.mkdir(parents=True, exist_ok=True)
     if not manifest_path.exists():
-        write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+        write_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     partial = sorted(shards_dir.glob(".shard-*.tmp-*"))
     for path in partial:
         path.unlink()
@@ -469,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
         stats.update(generate(args, plan, pending, out))
     target = merge(out, plan.shards, args.format, args.score)
     summary = json.dumps(stats, indent=2) + "\n"
-    write_atomic(out / SUMMARY, lambda tmp: tmp.write_text(summary))
+    write_atomic(out / SUMMARY, summary)
     print(f"{len(plan.shards)} shard(s), {len(pending)} generated now; "
           f"{stats.get('prompts_per_s', 0.0):.2f} prompts/s, {stats.get('tokens_per_s', 0.0):.1f} tokens/s; "
           f"wrote {target}")

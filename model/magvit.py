@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.atomic_write import write_atomic
 from model.magvit_net import (
     Decoder,
     Encoder,
@@ -353,12 +353,9 @@ def save_image_tokenizer(tokenizer: MagvitTokenizer, path) -> Path:
     state = {key: tensor.detach().cpu().contiguous() for key, tensor in tokenizer.state_dict().items()}
     check_state(tokenizer.config, state, "tokenizer to save")
     path.mkdir(parents=True, exist_ok=True)
-    for name, write in ((CONFIG_NAME, lambda f: f.write_text(json.dumps(config_to_json(tokenizer.config), indent=2)
-                                                            + "\n")),
-                        (WEIGHT_NAMES[0], lambda f: save_file(state, str(f), metadata={"format": "pt"}))):
-        staging = path / f".{name}.tmp-{os.getpid()}"
-        write(staging)
-        os.replace(staging, path / name)  # a crash leaves the old file, never half a new one
+    # each file atomically: a crash leaves the old file, never half a new one
+    write_atomic(path / CONFIG_NAME, json.dumps(config_to_json(tokenizer.config), indent=2) + "\n")
+    write_atomic(path / WEIGHT_NAMES[0], lambda f: save_file(state, str(f), metadata={"format": "pt"}))
     return path
 
 
