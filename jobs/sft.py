@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import shutil
 import sys
 import time
@@ -57,6 +56,8 @@ import torch
 
 from actors.config import ClusterConfig, LearnerConfig
 from model.sampling import TextSamplerConfig
+from rl.lr_schedule import learning_rate as schedule_rate
+from rl.lr_schedule import set_learning_rate
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -324,25 +325,10 @@ def engine_optimizer(engine: Any) -> Any:
     return deepspeed_engine.optimizer if deepspeed_engine is not None else engine.optimizer
 
 
-def set_learning_rate(optimizer: Any, lr: float) -> None:
-    """Set `lr` on every param group of a (possibly DeepSpeed-wrapped) optimizer."""
-    groups = list(getattr(optimizer, "param_groups", []))
-    inner = getattr(optimizer, "optimizer", None)
-    if inner is not None and inner is not optimizer:
-        groups += list(getattr(inner, "param_groups", []))
-    if not groups:
-        raise RuntimeError(f"optimizer {type(optimizer).__name__} has no param_groups to set the learning rate on")
-    for group in groups:
-        group["lr"] = lr
-
-
 def learning_rate(step: int, cfg: SFTConfig, base_lr: float) -> float:
     """Linear warm-up over warmup_steps, then cosine from base_lr to min_lr_ratio * base_lr at max_steps."""
-    if step < cfg.warmup_steps:
-        return base_lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return schedule_rate(step, base_lr, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, decay="cosine",
+                         min_ratio=cfg.min_lr_ratio)
 
 
 def step_seed(run_seed: int, step: int) -> int:

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from rl.lr_schedule import learning_rate as schedule_rate
 
 WARMUP = 50  # learning-rate warm-up steps
 SFT_STREAM = 7_000  # image stream seeds SFT_STREAM + seed: disjoint from the tokenizer's training stream
@@ -77,11 +78,8 @@ def masked_image_loss(network, layout, ids: torch.Tensor, attention: torch.Tenso
 def learning_rate_factor(step: int, steps: int) -> float:
     """Multiplier of the base rate at optimizer step `step` (0-based) of `steps`: linear warm-up over
     min(WARMUP, steps // 2) steps, then a cosine from 1 to 0 reached after the last step."""
-    warmup = min(WARMUP, steps // 2)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup + 1) / max(steps - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return schedule_rate(step, total_steps=steps, warmup_steps=min(WARMUP, steps // 2), decay="cosine",
+                         min_ratio=0.0, min_at_last_step=True)
 
 
 def train_sft(vq_dir: str | Path = DEFAULT_VQ, *, seed: int = 0, steps: int = 600, batch_size: int = 32,

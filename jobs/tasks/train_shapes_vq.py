@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -49,6 +48,7 @@ import torch
 from jobs.tasks.shapes import IMAGE_SIZE, PALETTE, classify_image, nearest_colour, shape_images, shape_mask
 from model.image_processing import to_uint8
 from model.magvit import MagvitConfig, MagvitTokenizer, random_image_tokenizer, save_image_tokenizer
+from rl.lr_schedule import learning_rate as schedule_rate
 
 TOY_CONFIG = MagvitConfig(ch=16, z_channels=6, encoder_ch_mult=(1, 2, 2), encoder_num_res_blocks=(1, 1, 1),
                           decoder_ch_mult=(1, 2, 2), decoder_num_res_blocks=(1, 1, 1), num_groups=8)
@@ -100,10 +100,9 @@ def lfq_entropy(latents: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
-    if step < settings.warmup:
-        return settings.lr * (step + 1) / settings.warmup
-    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-    return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Linear warm-up over `settings.warmup` steps, then a cosine from lr to 0.1 * lr at `settings.steps`."""
+    return schedule_rate(step, settings.lr, total_steps=settings.steps, warmup_steps=settings.warmup,
+                         decay="cosine", min_ratio=0.1)
 
 
 def train(settings: TrainSettings, config: MagvitConfig = TOY_CONFIG, log=print) -> tuple[MagvitTokenizer, list]:
