@@ -43,7 +43,7 @@ def test_printed_config_loads_back_to_the_same_config(capsys, tmp_path, config, 
 def test_known_keys_carry_their_doc(capsys):
     lines = printed(capsys, ["--config", str(DEMO)]).splitlines()
     for line in [  # docstring convention (actors/config.py, jobs/config.py), comment convention (rl/config.py)
-        "  lr: 0.0001  # Learning rate (constant).",
+        "  eps: 1.0e-08  # AdamW epsilon.",
         "  betas: [0.9, 0.999]  # AdamW betas.",
         "  mu: 2  # μ, inner gradient steps per batch, each on its own masked copy.",
         "    p_min: 0.05  # Lower clamp of every mask ratio.",
