@@ -128,18 +128,50 @@ def _resolve_factory(name: str) -> tuple[Callable[..., Any], str]:
             return entry.load(), label
         except Exception as exc:
             raise ValueError(f"{label} failed to load: {type(exc).__name__}: {exc}") from exc
-    one_off_file = _file_spec(name)
-    if one_off_file is not None:
-        path, attr = one_off_file
-        return FileReward.load_factory(path, attr), f"reward file {path}:{attr}"
     if ":" in name:
-        module_name, _, attr = name.rpartition(":")
-        return _import_attr(module_name, attr, name), f"reward {name!r}"
+        one_off_file = _file_spec(name)
+        label = f"reward file {one_off_file[0]}:{one_off_file[1]}" if one_off_file else f"reward {name!r}"
+        return load_plugin(name), label
     listing = ", ".join(f"{n} ({source})" for n, source in sorted(available().items()))
     raise ValueError(
         f"unknown reward {name!r}; available: {listing}; "
         "or give 'package.module:function' / 'path/to/file.py:function'"
     )
+
+
+def load_plugin(name: str, *, what: str = "reward") -> Callable[..., Any]:
+    """The callable a plugin name points at: `package.module:attr` (imported) or `path/to/file.py:attr` (the
+    file executed once per process, cached in `sys.modules`). Shared by every registry that takes plugins
+    (rewards here; estimators, KL estimators and masking schedules in `rl`); `what` names the kind in errors."""
+    one_off_file = _file_spec(name)
+    if one_off_file is not None:
+        return _load_file_attr(*one_off_file, what=what)
+    module_name, _, attr = name.rpartition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(
+            f"{what} {name!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return _get_attr(module, attr, f"module {module_name!r}", what)
+
+
+def _load_file_attr(path: str, attr: str, *, what: str) -> Callable[..., Any]:
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} file not found: {path}; expected 'path/to/file.py:function'")
+    digest = hashlib.sha1(path.encode()).hexdigest()[:12]
+    module_name = f"_unigrpo_plugin_file_{digest}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # classes defined in the file pickle by reference in-process
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as exc:
+            del sys.modules[module_name]
+            raise ValueError(f"{what} file {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    return _get_attr(module, attr, f"{what} file {path}", what)
 
 
 def _file_spec(name: str) -> tuple[str, str] | None:
@@ -167,17 +199,7 @@ def _builtin_factory(name: str) -> Callable[..., Any]:
     return _REGISTERED[name]
 
 
-def _import_attr(module_name: str, attr: str, full_name: str) -> Callable[..., Any]:
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ValueError(
-            f"reward {full_name!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return _get_attr(module, attr, f"module {module_name!r}")
-
-
-def _get_attr(module: Any, attr: str, where: str) -> Callable[..., Any]:
+def _get_attr(module: Any, attr: str, where: str, what: str) -> Callable[..., Any]:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -185,7 +207,7 @@ def _get_attr(module: Any, attr: str, where: str) -> Callable[..., Any]:
             raise ValueError(f"{where} has no attribute {attr!r}; callables there: {', '.join(callables)}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"{where}: {attr!r} is a {type(obj).__name__}, not a callable reward or factory")
+        raise ValueError(f"{where}: {attr!r} is a {type(obj).__name__}, not a callable {what}")
     return obj
 
 
@@ -247,21 +269,7 @@ class FileReward:
     @staticmethod
     def load_factory(path: str, attr: str) -> Callable[..., Any]:
         """Execute the file once per process (cached in `sys.modules`) and return its `attr`."""
-        if not os.path.isfile(path):
-            raise ValueError(f"reward file not found: {path}; expected 'path/to/file.py:function'")
-        digest = hashlib.sha1(path.encode()).hexdigest()[:12]
-        module_name = f"_unigrpo_reward_file_{digest}"
-        module = sys.modules.get(module_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module  # classes defined in the file pickle by reference in-process
-            try:
-                spec.loader.exec_module(module)
-            except BaseException as exc:
-                del sys.modules[module_name]
-                raise ValueError(f"reward file {path} failed to load: {type(exc).__name__}: {exc}") from exc
-        return _get_attr(module, attr, f"reward file {path}")
+        return _load_file_attr(os.path.abspath(path), attr, what="reward")
 
     def __call__(self, samples):
         return self._reward(samples)

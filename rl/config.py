@@ -1,20 +1,58 @@
 """The `algo` section of the run config: every knob of UniGRPO and its relatives (docs/algorithm.md).
 
 Frozen dataclasses following the project's config convention: every field has a default and a comment,
-choices are `Literal`s, cross-field checks live in `__post_init__` and raise
+fixed choices are `Literal`s, cross-field checks live in `__post_init__` and raise
 `ValueError("<field>: <what is wrong>; <what is right>")` (the loader prefixes the dotted path).
 Defaults are the [decision]s of docs/algorithm.md; each alternative it names is a knob here.
+
+Three choices are open, so they are strings checked against a registry instead of `Literal`s:
+`estimator` (rl/estimators.py), `kl.estimator` (rl/losses.py) and `masking.schedule` (rl/masking.py). Each
+is a registered name or a plugin, `package.module:function` or `path/to/file.py:function` (resolved like
+reward plugins). Checking the config loads the plugin and registers it under that very string; any other
+process (a learner rank) resolves the same string the same way when it first looks it up (`lookup`).
 """
 
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
-EstimatorName = Literal["unigrpo", "diffu_grpo", "random_masking", "coupled"]
-ScheduleName = Literal["stratified", "ramp", "random"]
-KLName = Literal["k3", "k1", "k2"]
+PLUGIN_FORMS = "a plugin 'pkg.mod:fn' / 'path/to/file.py:fn'"
+Fn = TypeVar("Fn", bound=Callable)
+
+
+def adder(registry: dict[str, Fn], name: str, what: str) -> Callable[[Fn], Fn]:
+    """The decorator each `register_*(name)` returns: adds a function under `name`, refusing a second one."""
+
+    def add(fn: Fn) -> Fn:
+        if name in registry:
+            raise ValueError(f"{what} {name!r} is already registered (by {registry[name].__module__})")
+        registry[name] = fn
+        return fn
+
+    return add
+
+
+def lookup(registry: dict[str, Fn], name: str, key: str, what: str | None = None) -> Fn:
+    """`registry[name]`; a plugin name not registered yet is imported and registered under `name`.
+
+    Errors are `ValueError("<key>: got 'x'; expected one of [...] or a plugin ...")`, or why the plugin
+    did not load; `what` (default: `key`) names the kind in plugin errors ("KL estimator file not found")."""
+    if name in registry:
+        return registry[name]
+    if not isinstance(name, str) or ":" not in name:
+        named = sorted(n for n in registry if ":" not in n)  # the plugins loaded so far are not suggestions
+        raise ValueError(f"{key}: got {name!r}; expected one of {named} or {PLUGIN_FORMS}")
+    from rewards.registry import load_plugin  # the resolution reward plugins use; lazy: plain names need none
+
+    try:
+        fn = load_plugin(name, what=what or key)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from exc
+    registry.setdefault(name, fn)  # another thread may have got here first; both hold the same function
+    return registry[name]
 
 
 def _check_choice(name: str, value: object, choices: object) -> None:
@@ -28,8 +66,9 @@ def _check_choice(name: str, value: object, choices: object) -> None:
 class MaskingConfig:
     """Structured masking of response tokens (docs/algorithm.md §3)."""
 
-    # How the μ mask ratios p_1..p_μ of one update are drawn: stratified (default), ramp (Alg. 1), random.
-    schedule: ScheduleName = "stratified"
+    # How the μ mask ratios p_1..p_μ of one update are drawn: stratified (default), ramp (Alg. 1), random,
+    # or a plugin 'pkg.mod:fn' / 'path/to/file.py:fn', fn(mu, T, generator, t1) -> μ timesteps (rl/masking.py).
+    schedule: str = "stratified"
     # T, the number of discrete timesteps; a timestep t maps to the mask ratio p = t / T.
     timesteps: int = 1000
     # Lower clamp of every mask ratio.
@@ -46,7 +85,9 @@ class MaskingConfig:
     image_ratio: Literal["linear", "cosine"] = "linear"
 
     def __post_init__(self):
-        _check_choice("schedule", self.schedule, ScheduleName)
+        from rl.masking import SCHEDULES  # the registry; lazy: rl.masking imports this module
+
+        lookup(SCHEDULES, self.schedule, "schedule", "masking schedule")
         _check_choice("count", self.count, Literal["exact", "bernoulli"])
         _check_choice("tail", self.tail, Literal["mask", "clean"])
         _check_choice("image_ratio", self.image_ratio, Literal["linear", "cosine"])
@@ -62,11 +103,14 @@ class MaskingConfig:
 class KLConfig:
     """The per-token KL estimator against the frozen reference policy."""
 
-    # k3 = exp(Δ) − Δ − 1 with Δ = ℓ_ref − ℓ_θ (GRPO's, default); k1 = −Δ; k2 = Δ²/2.
-    estimator: KLName = "k3"
+    # k3 = exp(Δ) − Δ − 1 with Δ = ℓ_ref − ℓ_θ (GRPO's, default); k1 = −Δ; k2 = Δ²/2; or a plugin
+    # 'pkg.mod:fn' / 'path/to/file.py:fn', fn(logp [B, L], ref_logp [B, L]) -> [B, L] (rl/losses.py).
+    estimator: str = "k3"
 
     def __post_init__(self):
-        _check_choice("estimator", self.estimator, KLName)
+        from rl.losses import KL_ESTIMATORS  # the registry, imported when a config is checked
+
+        lookup(KL_ESTIMATORS, self.estimator, "estimator", "KL estimator")
 
 
 @dataclass(frozen=True)
@@ -130,8 +174,9 @@ class RandomMaskingConfig:
 class AlgoConfig:
     """UniGRPO and the estimators sharing its loss (docs/algorithm.md §2–§6)."""
 
-    # Which masking/scoring function builds the inputs whose log-probs enter the loss (docs/algorithm.md §6).
-    estimator: EstimatorName = "unigrpo"
+    # Which masking/scoring function builds the inputs whose log-probs enter the loss (docs/algorithm.md §6):
+    # unigrpo, diffu_grpo, random_masking, coupled, or a plugin 'pkg.mod:fn' / 'path/to/file.py:fn'.
+    estimator: str = "unigrpo"
     # G, responses drawn per prompt (read by the rollout driver; groups are keyed by prompt uid).
     group_size: int = 8
     # μ, inner gradient steps per batch, each on its own masked copy.
@@ -154,7 +199,9 @@ class AlgoConfig:
     logprob_chunk_size: int = 1024
 
     def __post_init__(self):
-        _check_choice("estimator", self.estimator, EstimatorName)
+        from rl.estimators import ESTIMATORS  # the registry; lazy: rl.estimators imports this module
+
+        lookup(ESTIMATORS, self.estimator, "estimator")
         if self.group_size < 1:
             raise ValueError(f"group_size: {self.group_size} is not a positive integer")
         if self.mu < 1:

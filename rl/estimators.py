@@ -15,6 +15,9 @@ Deviations, on purpose: `diffu_grpo` never masks protected prompt positions (spe
 d1 masks its chat-template tokens too) so multimodal layouts stay readable; `coupled` draws its first
 mask with the structured schedule (so its ratios cover all denoising stages like UniGRPO's) where
 DiffuCoder draws a uniform ratio. Every estimator is a pure function of the seeds (masking.py).
+
+`algo.estimator` may also name a plugin with this signature, `pkg.mod:fn` or `path/to/file.py:fn`
+(rl/config.py `lookup`); it may call the registered ones through `get_estimator`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from rl.batch import RolloutBatch
-from rl.config import AlgoConfig
+from rl.config import AlgoConfig, adder, lookup
 from rl.masking import generator_for, masked_input, structured_mask
 
 
@@ -46,21 +49,13 @@ ESTIMATORS: dict[str, EstimatorFn] = {}
 
 def register_estimator(name: str) -> Callable[[EstimatorFn], EstimatorFn]:
     """Decorator: `@register_estimator("name")` adds a function with the estimator signature."""
-
-    def add(fn: EstimatorFn) -> EstimatorFn:
-        if name in ESTIMATORS:
-            raise ValueError(f"estimator {name!r} is already registered (by {ESTIMATORS[name].__module__})")
-        ESTIMATORS[name] = fn
-        return fn
-
-    return add
+    return adder(ESTIMATORS, name, "estimator")
 
 
 def get_estimator(name: str) -> EstimatorFn:
-    """The estimator registered as `name`; an unknown name raises listing the valid ones."""
-    if name not in ESTIMATORS:
-        raise KeyError(f"estimator {name!r} is unknown; valid estimators: {', '.join(sorted(ESTIMATORS))}")
-    return ESTIMATORS[name]
+    """The estimator registered as `name`, or the plugin `name` names (imported and registered on first use:
+    a learner rank resolves `algo.estimator` itself); an unknown name raises listing the valid ones."""
+    return lookup(ESTIMATORS, name, "estimator")
 
 
 def build_views(batch: RolloutBatch, cfg: AlgoConfig, *, iteration: int, step: int, run_seed: int,

@@ -26,26 +26,20 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
+from rl.config import adder, lookup
+
 KLFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 KL_ESTIMATORS: dict[str, KLFn] = {}
 
 
 def register_kl(name: str) -> Callable[[KLFn], KLFn]:
     """Decorator adding a per-token KL estimator fn(logp [B, L], ref_logp [B, L]) -> [B, L]."""
-
-    def add(fn: KLFn) -> KLFn:
-        if name in KL_ESTIMATORS:
-            raise ValueError(f"KL estimator {name!r} is already registered")
-        KL_ESTIMATORS[name] = fn
-        return fn
-
-    return add
+    return adder(KL_ESTIMATORS, name, "KL estimator")
 
 
 def get_kl(name: str) -> KLFn:
-    if name not in KL_ESTIMATORS:
-        raise KeyError(f"KL estimator {name!r} is unknown; valid estimators: {', '.join(sorted(KL_ESTIMATORS))}")
-    return KL_ESTIMATORS[name]
+    """`KL_ESTIMATORS[name]`; a plugin name (`algo.kl.estimator`) is imported on first use in each process."""
+    return lookup(KL_ESTIMATORS, name, "KL estimator")
 
 
 @register_kl("k1")

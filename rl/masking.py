@@ -6,6 +6,8 @@
     ramp        t_1 = ⌊r·T⌋, r ~ U(0,1); t_n = t_1 + ⌊(n−1)·(T − t_1)/(μ−1)⌋  (Alg. 1, ends at t = T)
     random      every t_n ~ U{1..T} independently
   The paper writes (n−1)·T/μ; we floor it so timesteps stay integers when μ does not divide T.
+  Schedules live in the `SCHEDULES` registry (`register_schedule`); `algo.masking.schedule` may also name
+  a plugin `pkg.mod:fn` / `path/to/file.py:fn` with the same signature (rl/config.py `lookup`).
 - Every random choice comes from a `torch.Generator` seeded by `stable_seed(...)`, a hash (blake2b) of
   (purpose, run seed, step, prompt uid, sample index, iteration): the masks of a response do not depend on
   which rank, micro-batch or batch composition it lands in, and any masked copy can be rebuilt later.
@@ -21,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
+from collections.abc import Callable
 
 import torch
 
 from rl.batch import RolloutBatch
-from rl.config import MaskingConfig
-
-SCHEDULES = ("stratified", "ramp", "random")
+from rl.config import MaskingConfig, adder, lookup
 
 
 def stable_seed(*parts: object) -> int:
@@ -41,28 +43,62 @@ def generator_for(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(stable_seed(*parts))
 
 
+ScheduleFn = Callable[..., list[int]]
+SCHEDULES: dict[str, ScheduleFn] = {}
+"""Masking schedule name -> fn(mu, T, generator, t1) -> the μ timesteps (ints in [0, T]) of one update.
+`t1` (None: draw it) fixes the first one, for tests and worked examples; a schedule may refuse it."""
+
+
+def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
+    """Decorator: `@register_schedule("name")` adds a masking schedule (`algo.masking.schedule`)."""
+    return adder(SCHEDULES, name, "masking schedule")
+
+
+def get_schedule(name: str) -> ScheduleFn:
+    """The schedule registered as `name`, or the plugin `pkg.mod:fn` / `path/to/file.py:fn` it names
+    (imported and registered on first use, in whichever process looks it up first)."""
+    return lookup(SCHEDULES, name, "masking schedule")
+
+
+@register_schedule("stratified")
+def stratified_schedule(mu: int, T: int, generator: torch.Generator, t1: int | None) -> list[int]:
+    first = int(torch.randint(1, T + 1, (1,), generator=generator)) if t1 is None else int(t1)
+    if not 1 <= first <= T:
+        raise ValueError(f"t1 = {first}: a stratified start must lie in [1, {T}]")
+    return [((first - 1 + (n * T) // mu) % T) + 1 for n in range(mu)]
+
+
+@register_schedule("ramp")
+def ramp_schedule(mu: int, T: int, generator: torch.Generator, t1: int | None) -> list[int]:
+    first = int(math.floor(float(torch.rand((), generator=generator, dtype=torch.float64)) * T)) \
+        if t1 is None else int(t1)
+    if not 0 <= first <= T:
+        raise ValueError(f"t1 = {first}: a ramp start must lie in [0, {T}]")
+    if mu == 1:
+        return [first]
+    return [first + (n * (T - first)) // (mu - 1) for n in range(mu)]
+
+
+@register_schedule("random")
+def random_schedule(mu: int, T: int, generator: torch.Generator, t1: int | None) -> list[int]:
+    if t1 is not None:
+        raise ValueError("t1 fixes the first timestep of 'stratified' or 'ramp'; 'random' draws every one")
+    return [int(t) for t in torch.randint(1, T + 1, (mu,), generator=generator)]
+
+
 def timestep_schedule(kind: str, mu: int, T: int, generator: torch.Generator, *, t1: int | None = None) -> list[int]:
-    """The μ timesteps (ints; 0 <= t <= T) of one update. `t1` fixes the first draw (stratified/ramp)."""
-    if kind not in SCHEDULES:
-        raise ValueError(f"masking schedule {kind!r} is unknown; valid schedules: {', '.join(SCHEDULES)}")
+    """The μ timesteps (ints; 0 <= t <= T) of one update by schedule `kind`. `t1` fixes the first draw."""
+    schedule = get_schedule(kind)
     if mu < 1 or T < 1:
         raise ValueError(f"need mu >= 1 and T >= 1, got mu={mu}, T={T}")
-    if t1 is not None and kind == "random":
-        raise ValueError("t1 fixes the first timestep of 'stratified' or 'ramp'; 'random' draws every one")
-    if kind == "stratified":
-        first = int(torch.randint(1, T + 1, (1,), generator=generator)) if t1 is None else int(t1)
-        if not 1 <= first <= T:
-            raise ValueError(f"t1 = {first}: a stratified start must lie in [1, {T}]")
-        return [((first - 1 + (n * T) // mu) % T) + 1 for n in range(mu)]
-    if kind == "ramp":
-        first = int(math.floor(float(torch.rand((), generator=generator, dtype=torch.float64)) * T)) \
-            if t1 is None else int(t1)
-        if not 0 <= first <= T:
-            raise ValueError(f"t1 = {first}: a ramp start must lie in [0, {T}]")
-        if mu == 1:
-            return [first]
-        return [first + (n * (T - first)) // (mu - 1) for n in range(mu)]
-    return [int(t) for t in torch.randint(1, T + 1, (mu,), generator=generator)]
+    drawn = list(schedule(mu, T, generator, t1))
+    try:
+        steps = [operator.index(t) for t in drawn]  # ints, numpy or 0-d torch integers; never floats
+    except TypeError:
+        steps = []
+    if len(steps) != mu or not all(0 <= t <= T for t in steps):  # a plugin's bug, caught before it masks
+        raise ValueError(f"masking schedule {kind!r} returned {drawn!r}; expected {mu} integer timesteps in [0, {T}]")
+    return steps
 
 
 def timestep_to_ratio(t: int, T: int, curve: str = "linear") -> float:

@@ -18,8 +18,8 @@ def views_of(batch, mask_id, iteration=1, **cfg):
 
 def test_registry_lists_valid_names_and_refuses_duplicates():
     assert sorted(ESTIMATORS) == ["coupled", "diffu_grpo", "random_masking", "unigrpo"]
-    with pytest.raises(KeyError, match="estimator 'ppo' is unknown; valid estimators: coupled, diffu_grpo, "
-                                       "random_masking, unigrpo"):
+    with pytest.raises(ValueError, match=r"estimator: got 'ppo'; expected one of \['coupled', 'diffu_grpo', "
+                                         r"'random_masking', 'unigrpo'\] or a plugin 'pkg.mod:fn' / 'path/to/file.py:fn'"):
         get_estimator("ppo")
     with pytest.raises(ValueError, match="estimator 'unigrpo' is already registered"):
         register_estimator("unigrpo")(lambda *a, **k: None)
