@@ -16,6 +16,7 @@ from typing import Literal
 
 from model.image_sampling import ImageSamplerConfig
 from model.sampling import TextSamplerConfig
+from rl.lr_schedule import check_schedule
 
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
@@ -90,7 +91,14 @@ class LearnerConfig:
     """adamw: a client torch.optim.AdamW handed to DeepSpeed; deepspeed_adamw: DeepSpeed builds AdamW from
     its config with torch_adam=true. Both avoid the JIT build of DeepSpeed's CPU/fused Adam."""
     lr: float = 1e-6
-    """Learning rate (constant)."""
+    """Peak learning rate (constant unless lr_warmup_steps / lr_decay say otherwise)."""
+    lr_warmup_steps: int = 0
+    """RL steps of linear warm-up: step s (1-based) of the first ones runs at lr * s / lr_warmup_steps."""
+    lr_decay: str = "constant"
+    """constant | cosine | linear: after warm-up, decay per RL step towards min_lr_ratio * lr, reached at the
+    end of run.steps (rl/lr_schedule.py has the formula)."""
+    min_lr_ratio: float = 0.0
+    """Where cosine / linear decay ends, as a fraction of lr (in [0, 1])."""
     weight_decay: float = 0.0
     """Decoupled AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -114,6 +122,7 @@ class LearnerConfig:
             raise ValueError(f"gpus_per_rank: {self.gpus_per_rank}; a learner rank holds 0 (CPU) or exactly 1 GPU")
         if self.lr <= 0:
             raise ValueError(f"lr: {self.lr} must be positive")
+        check_schedule(warmup_steps=self.lr_warmup_steps, decay=self.lr_decay, min_ratio=self.min_lr_ratio)
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: {self.weight_decay} must be >= 0")
         if not all(0 <= b < 1 for b in self.betas):

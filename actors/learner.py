@@ -19,8 +19,15 @@ whole batch; clipping then sees the same global norm. Every rank must run the sa
 micro-batches (ZeRO-2/3 reduce inside backward), so shards must have equal sizes.
 
 Step functions (`train_step(fn, shards, **common)`) run on every rank with that rank's shard:
-`fn(ctx: LearnerContext, **shard, **common) -> dict[str, float]`. `fn` is a registered name
-(`unigrpo`), a "module:function" path, or a picklable callable.
+`fn(ctx: LearnerContext, **shard, **common) -> dict[str, float]`. `fn` is the function itself (it travels
+pickled, so a module-level function: `unigrpo_step`, `jobs.sft.sft_step`) or a "module:function" path.
+
+Learning-rate schedule (`learner.lr_warmup_steps`, `lr_decay`, `min_lr_ratio`; `rl/lr_schedule.py`): one
+rate per RL step, set on every rank before that step's update, so the μ optimizer steps of one update share
+it (as verl steps its scheduler once per update; warm-up and decay count RL steps, the unit `run.steps` is
+in). The rate is a pure function of the RL step and `run.steps`, so a resumed run continues the schedule
+exactly with no scheduler state in the checkpoint. The defaults (constant, no warm-up) never touch the
+optimizer's lr: runs without a schedule are bit-identical to before it existed.
 """
 
 from __future__ import annotations
@@ -51,35 +58,38 @@ from actors.weight_sync import (
     plan_buckets,
     stream_buckets,
 )
+from rl.lr_schedule import check_schedule, learning_rate, set_learning_rate
 
 CHECKPOINT_TAG = "learner"
 
 # -- step functions -----------------------------------------------------------------------------
-STEP_FUNCTIONS: dict[str, Callable[..., dict[str, float]]] = {}
+StepFunction = Callable[..., dict[str, float]]
 
 
-def register_step(name: str):
-    """Decorator: make a step function callable by name from `LearnerGroup.train_step`."""
-
-    def add(fn):
-        if name in STEP_FUNCTIONS:
-            raise ValueError(f"step function {name!r} is registered twice")
-        STEP_FUNCTIONS[name] = fn
-        return fn
-
-    return add
-
-
-def resolve_step(fn: str | Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+def resolve_step(fn: str | StepFunction) -> StepFunction:
+    """A step function passed as itself, or as a "module:function" path the rank imports (for a function
+    defined in a script run as `__main__`, which another process could not import by its pickled name)."""
     if callable(fn):
         return fn
-    if ":" in fn:
+    if isinstance(fn, str) and ":" in fn:
         module_name, _, attr = fn.partition(":")
         return getattr(importlib.import_module(module_name), attr)
-    if fn not in STEP_FUNCTIONS:
-        raise KeyError(f"unknown step function {fn!r}; registered: {', '.join(sorted(STEP_FUNCTIONS))} "
-                       "(or pass 'module:function' or a callable)")
-    return STEP_FUNCTIONS[fn]
+    raise TypeError(f"step function {fn!r}: pass the function itself (e.g. actors.learner.unigrpo_step) or a "
+                    "'module:function' path")
+
+
+# -- learning-rate schedule -------------------------------------------------------------------------
+def has_lr_schedule(cfg: LearnerConfig) -> bool:
+    """False for the defaults (constant lr, no warm-up): the learner then never touches the optimizer's lr."""
+    return cfg.lr_warmup_steps > 0 or cfg.lr_decay != "constant"
+
+
+def scheduled_lr(cfg: LearnerConfig, rl_step: int, total_steps: int | None) -> float:
+    """The learning rate of RL step `rl_step` (1-based, as the driver counts) of a run of `total_steps`."""
+    if rl_step < 1:
+        raise ValueError(f"rl_step: got {rl_step}; RL steps count from 1")
+    return learning_rate(rl_step - 1, cfg.lr, total_steps=total_steps, warmup_steps=cfg.lr_warmup_steps,
+                         decay=cfg.lr_decay, min_ratio=cfg.min_lr_ratio)
 
 
 class DeepSpeedEngineAdapter:
@@ -131,7 +141,6 @@ class LearnerContext:
     device: torch.device
 
 
-@register_step("unigrpo")
 def unigrpo_step(ctx: LearnerContext, *, batch: Any, advantages: torch.Tensor, algo: Any, step: int,
                  run_seed: int, num_sequences_global: int) -> dict[str, float]:
     """One UniGRPO update (rl.update.unigrpo_update) on this rank's shard with the global normaliser."""
@@ -215,14 +224,20 @@ class LearnerRank:
         self.adapter = DeepSpeedEngineAdapter(self.engine, self.world_size)
 
     # -- training -------------------------------------------------------------------------------
-    def train_step(self, step_fn: str | Callable[..., dict[str, float]], shard: Mapping[str, Any],
-                   common: Mapping[str, Any]) -> dict[str, float]:
+    def train_step(self, step_fn: str | StepFunction, shard: Mapping[str, Any], common: Mapping[str, Any],
+                   lr: float | None = None) -> dict[str, float]:
+        """`lr`: set on the optimizer before the step (None: left as it is)."""
+        if lr is not None:
+            set_learning_rate(self.engine.optimizer, lr)
         ctx = LearnerContext(self.adapter, self.ref_network, self.rank, self.world_size, self.cfg, self.device)
         self.engine.module.train()
         stats = dict(resolve_step(step_fn)(ctx, **shard, **common))
         if self.adapter.last_grad_norm is not None:
             stats.setdefault("grad_norm", self.adapter.last_grad_norm)
         return stats
+
+    def learning_rate(self) -> float:
+        return float(self.engine.optimizer.param_groups[0]["lr"])
 
     # -- full weights ---------------------------------------------------------------------------
     def _specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
@@ -312,8 +327,15 @@ class LearnerRank:
 class LearnerGroup:
     """Driver-side handle on the n ranks; every method runs on all ranks at once."""
 
-    def __init__(self, cfg: LearnerConfig, network_source: NetworkSource, *, placement_group: Any = None):
-        self.cfg, self.world_size = cfg, cfg.num_ranks
+    def __init__(self, cfg: LearnerConfig, network_source: NetworkSource, *, total_steps: int | None = None,
+                 placement_group: Any = None):
+        """`total_steps`: the run's RL steps (`run.steps`), where a decaying `learner.lr_decay` ends."""
+        if cfg.lr_decay != "constant" and total_steps is None:
+            raise ValueError(f"learner.lr_decay: {cfg.lr_decay} decays towards the run's last step; "
+                             "LearnerGroup needs total_steps")
+        check_schedule(warmup_steps=cfg.lr_warmup_steps, decay=cfg.lr_decay, min_ratio=cfg.min_lr_ratio,
+                       total_steps=total_steps)
+        self.cfg, self.world_size, self.total_steps = cfg, cfg.num_ranks, total_steps
         actor = ray.remote(LearnerRank)
         self.ranks = []
         for rank in range(cfg.num_ranks):
@@ -331,13 +353,26 @@ class LearnerGroup:
     def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         return wait_all([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], method, "learner rank")
 
-    def train_step(self, step_fn: str | Callable[..., dict[str, float]], shards: Sequence[Mapping[str, Any]],
-                   **common: Any) -> list[dict[str, float]]:
-        """Run `step_fn(ctx, **shards[r], **common)` on every rank r; returns each rank's stats."""
+    def train_step(self, step_fn: str | StepFunction, shards: Sequence[Mapping[str, Any]], *,
+                   rl_step: int | None = None, **common: Any) -> list[dict[str, float]]:
+        """Run `step_fn(ctx, **shards[r], **common)` on every rank r; returns each rank's stats.
+
+        `rl_step` (1-based) sets the learning rate of the `learner.lr_*` schedule first; it is required when
+        one is configured and ignored otherwise (the optimizer's lr is then left as it is)."""
         if len(shards) != self.world_size:
             raise ValueError(f"{len(shards)} shard(s) for learner.num_ranks={self.world_size}; give one per rank")
-        return wait_all([r.train_step.remote(step_fn, s, common) for r, s in zip(self.ranks, shards)], "train_step",
-                        "learner rank")
+        lr = None
+        if has_lr_schedule(self.cfg):
+            if rl_step is None:
+                raise ValueError("learner.lr_warmup_steps / lr_decay schedule the learning rate per RL step; "
+                                 "pass train_step(..., rl_step=step)")
+            lr = scheduled_lr(self.cfg, rl_step, self.total_steps)
+        return wait_all([r.train_step.remote(step_fn, s, common, lr) for r, s in zip(self.ranks, shards)],
+                        "train_step", "learner rank")
+
+    def learning_rates(self) -> list[float]:
+        """Each rank's current learning rate (that of its optimizer's first param group)."""
+        return self._all("learning_rate")
 
     def state_dict_for_sync(self) -> dict[str, torch.Tensor]:
         return self._all("state_dict_for_sync")[0]

@@ -144,7 +144,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         remove_placement_groups,
         rollout_role,
     )
-    from actors.learner import LearnerGroup
+    from actors.learner import LearnerGroup, unigrpo_step
     from actors.rollout_pool import RolloutPool
     from jobs.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
     from jobs.data import PromptDataset, PromptStream
@@ -193,7 +193,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         groups = create_placement_groups(roles, cfg.cluster)
         cleanup.callback(remove_placement_groups, groups)
         source = network_source(cfg)
-        learners = LearnerGroup(cfg.learner, source, placement_group=groups.get("learner"))
+        learners = LearnerGroup(cfg.learner, source, total_steps=cfg.run.steps,
+                                placement_group=groups.get("learner"))
         cleanup.callback(learners.shutdown)
         pool = RolloutPool(cfg.rollout, source, dtype=cfg.learner.dtype, placement_group=groups.get("rollout"),
                            name=cfg.run.name)
@@ -268,8 +269,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 t = time.perf_counter()
                 rows = shard_rows(kept.num_rows, cfg.learner.num_ranks)
                 rank_stats = learners.train_step(
-                    "unigrpo", [{"batch": without_images(kept.select(r)), "advantages": advantages[r]} for r in rows],
-                    algo=cfg.algo, step=step, run_seed=cfg.run.seed, num_sequences_global=kept.num_rows)
+                    unigrpo_step, [{"batch": without_images(kept.select(r)), "advantages": advantages[r]} for r in rows],
+                    rl_step=step, algo=cfg.algo, step=step, run_seed=cfg.run.seed, num_sequences_global=kept.num_rows)
                 stats = summarize_stats(reduce_stats(rank_stats), num_steps=1)
                 step_metrics.update({f"loss/{k}": v for k, v in stats.items() if not k.endswith(("_sum", "_count"))})
                 step_metrics["perf/update_s"] = time.perf_counter() - t

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import ray
 import torch
 
 from actors.config import CheckpointConfig, LearnerConfig
-from actors.learner import STEP_FUNCTIONS, LearnerContext, LearnerGroup, deepspeed_config, resolve_step
+from actors.learner import LearnerContext, LearnerGroup, deepspeed_config, resolve_step, unigrpo_step
 from actors.rollout import PromptRequest, RolloutWorker
 from actors.weight_sync import checksum
 from jobs.checkpoint import CheckpointManager
 from rl.advantages import group_advantages
 from rl.config import AlgoConfig
+from rl.lr_schedule import set_learning_rate
 from rl.update import PlainEngine, unigrpo_update
 
 GROUPS, SAMPLES = 4, 2  # 8 rows: 4 per rank, 2 micro-batches of 2 per rank per optimizer step
@@ -67,6 +69,10 @@ def masked_ce_step(ctx: LearnerContext, *, input_ids, masked, num_sequences_glob
 def fails_on_rank_one(ctx: LearnerContext) -> dict[str, float]:
     if ctx.rank == 1:
         raise ValueError("bad shard on rank 1")
+    return {}
+
+
+def noop_step(ctx: LearnerContext) -> dict[str, float]:
     return {}
 
 
@@ -121,7 +127,7 @@ def test_two_rank_zero2_unigrpo_update_equals_single_process(zero2, kit, rollout
     expected_stats = unigrpo_update(plain_engine(network, zero2.cfg), reference, batch, advantages, ALGO, step=1,
                                     run_seed=0, micro_batch_size=2, num_sequences_global=len(batch))
 
-    stats = zero2.train_step("unigrpo", shards_by_group(batch, advantages, 2), algo=ALGO, step=1, run_seed=0,
+    stats = zero2.train_step(unigrpo_step, shards_by_group(batch, advantages, 2), algo=ALGO, step=1, run_seed=0,
                              num_sequences_global=len(batch))
     weights = zero2.state_dict_for_sync()
     for name, value in network.state_dict().items():
@@ -146,7 +152,7 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(zero2, rollout_bat
     shards = shards_by_group(batch, advantages, 2)
 
     def update(step):
-        zero2.train_step("unigrpo", shards, algo=ALGO, step=step, run_seed=0, num_sequences_global=len(batch))
+        zero2.train_step(unigrpo_step, shards, algo=ALGO, step=step, run_seed=0, num_sequences_global=len(batch))
         return zero2.checksums()[0]
 
     zero2.save_checkpoint(tmp_path)
@@ -167,7 +173,7 @@ def test_checkpoint_manager_saves_the_learner_atomically_and_resumes_it(zero2, r
     manager.save(3, driver_state={"policy_version": 3}, config_text="learner: {}\n",
                  save_learner=zero2.save_checkpoint)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_3"]
-    zero2.train_step("unigrpo", shards_by_group(batch, advantages, 2), algo=ALGO, step=9, run_seed=0,
+    zero2.train_step(unigrpo_step, shards_by_group(batch, advantages, 2), algo=ALGO, step=9, run_seed=0,
                      num_sequences_global=len(batch))
     assert zero2.checksums()[0] != saved
     loaded = manager.resume(load_learner=zero2.load_checkpoint)
@@ -179,7 +185,7 @@ def test_a_failing_rank_fails_the_call_naming_it(zero2):
     with pytest.raises(RuntimeError, match=r"train_step failed on learner rank 1 of 2: (.|\n)*bad shard on rank 1"):
         zero2.train_step(fails_on_rank_one, [{}, {}])
     with pytest.raises(ValueError, match="1 shard\\(s\\) for learner.num_ranks=2"):
-        zero2.train_step("unigrpo", [{}])
+        zero2.train_step(unigrpo_step, [{}])
 
 
 @pytest.mark.parametrize("stage,optimizer", [(3, "deepspeed_adamw"), (0, "adamw")])
@@ -236,19 +242,116 @@ def test_deepspeed_config_follows_the_learner_config():
                                                  "torch_adam": True}}
 
 
-def test_step_functions_resolve_by_name_path_or_callable():
-    assert resolve_step("unigrpo") is STEP_FUNCTIONS["unigrpo"]
+def test_step_functions_are_passed_as_callables_or_import_paths():
+    assert resolve_step(unigrpo_step) is unigrpo_step
     assert resolve_step(f"{__name__}:masked_ce_step") is masked_ce_step
     assert resolve_step(masked_ce_step) is masked_ce_step
-    with pytest.raises(KeyError, match="unknown step function 'ppo'; registered: unigrpo"):
-        resolve_step("ppo")
+    with pytest.raises(TypeError, match="step function 'unigrpo': pass the function itself"):
+        resolve_step("unigrpo")  # the name registry is gone
+    with pytest.raises(TypeError, match="step function None"):
+        resolve_step(None)
+
+
+def test_default_learner_leaves_the_learning_rate_alone(zero2):
+    """No schedule configured: train_step never writes the optimizer's lr, with or without rl_step."""
+    zero2.train_step(noop_step, [{}, {}], rl_step=5)
+    zero2.train_step(noop_step, [{}, {}])
+    assert zero2.learning_rates() == [1e-3, 1e-3]
+
+
+def test_lr_schedule_warms_up_decays_and_resumes_to_the_same_rate(ray_session, kit, tmp_path):
+    """Warm-up 2 RL steps then cosine to 0.1 lr over a 6-step run, through a ZeRO-2 DeepSpeed AdamW; a fresh
+    group loading the step-2 checkpoint continues with the same rates and the same weights."""
+    cfg = learner_cfg(num_ranks=1, optimizer="deepspeed_adamw", lr_warmup_steps=2, lr_decay="cosine",
+                      min_lr_ratio=0.1)
+    # RL step s (1-based): 1e-3 * s / 2 while warming up, then 1e-3 * (0.1 + 0.45 * (1 + cos(pi * (s - 3) / 4)))
+    expected = {1: 5e-4, 2: 1e-3, 3: 1e-3, 4: 1e-3 * (0.1 + 0.45 * (1 + math.sqrt(0.5))),
+                6: 1e-3 * (0.1 + 0.45 * (1 - math.sqrt(0.5)))}
+    initial = kit.policy_source(0)()
+    input_ids, masked = mlm_data(initial.config.vocab_size, rows=4)
+    shard = {"input_ids": input_ids, "masked": masked}
+    reference = copy.deepcopy(initial).train()
+    engine = plain_engine(reference, cfg)
+    ctx = LearnerContext(engine, None, 0, 1, cfg, torch.device("cpu"))
+
+    def reference_step(rl_step):
+        set_learning_rate(engine.optimizer, expected[rl_step])
+        masked_ce_step(ctx, input_ids=input_ids, masked=masked, num_sequences_global=4, optimizer_steps=1)
+
+    first = LearnerGroup(cfg, kit.policy_source(0), total_steps=6)
+    try:
+        for rl_step in (1, 2):
+            first.train_step(masked_ce_step, [shard], rl_step=rl_step, num_sequences_global=4, optimizer_steps=1)
+            assert first.learning_rates() == [pytest.approx(expected[rl_step], rel=1e-12)]
+            reference_step(rl_step)
+        first.save_checkpoint(tmp_path)
+        for rl_step in (3, 4):
+            first.train_step(masked_ce_step, [shard], rl_step=rl_step, num_sequences_global=4, optimizer_steps=1)
+            assert first.learning_rates() == [pytest.approx(expected[rl_step], rel=1e-12)]
+            reference_step(rl_step)
+        uninterrupted = first.state_dict_for_sync()
+        for name, value in reference.state_dict().items():  # the rates reached the ZeRO optimizer's steps
+            torch.testing.assert_close(uninterrupted[name], value, rtol=1e-5, atol=TOLERANCE, msg=name)
+    finally:
+        first.shutdown()
+
+    resumed = LearnerGroup(cfg, kit.policy_source(0), total_steps=6)
+    try:
+        resumed.load_checkpoint(tmp_path)
+        for rl_step in (3, 4):
+            resumed.train_step(masked_ce_step, [shard], rl_step=rl_step, num_sequences_global=4, optimizer_steps=1)
+            assert resumed.learning_rates() == [pytest.approx(expected[rl_step], rel=1e-12)]
+        assert resumed.checksums() == [checksum(uninterrupted.items())]  # bit-identical to the uninterrupted run
+        resumed.train_step(noop_step, [{}], rl_step=6)
+        assert resumed.learning_rates() == [pytest.approx(expected[6], rel=1e-12)]  # the last step: above 0.1 lr
+        with pytest.raises(ValueError, match="schedule the learning rate per RL step; pass train_step"):
+            resumed.train_step(masked_ce_step, [shard], num_sequences_global=4)
+        with pytest.raises(ValueError, match="rl_step: got 0; RL steps count from 1"):
+            resumed.train_step(masked_ce_step, [shard], rl_step=0, num_sequences_global=4)
+    finally:
+        resumed.shutdown()
+
+
+def test_a_decaying_schedule_needs_the_runs_total_steps(kit):
+    with pytest.raises(ValueError, match="learner.lr_decay: linear decays towards the run's last step"):
+        LearnerGroup(learner_cfg(lr_decay="linear"), kit.policy_source(0))
+    with pytest.raises(ValueError, match="total_steps: got 0"):
+        LearnerGroup(learner_cfg(lr_warmup_steps=3), kit.policy_source(0), total_steps=0)
 
 
 @pytest.mark.parametrize("changes,words", [
     ({"num_ranks": 0}, "num_ranks"), ({"gpus_per_rank": 0.5}, "gpus_per_rank"), ({"lr": 0}, "lr"),
     ({"betas": (0.9, 1.0)}, "betas"), ({"grad_clip": -1}, "grad_clip"), ({"micro_batch_size": 0}, "micro_batch_size"),
     ({"cpus_per_rank": -1}, "cpus_per_rank"), ({"weight_decay": -0.1}, "weight_decay"), ({"eps": 0}, "eps"),
+    ({"lr_decay": "step"}, "lr_decay: got 'step'; expected one of constant, cosine, linear"),
+    ({"lr_warmup_steps": -1}, "lr_warmup_steps: got -1; expected a whole number of steps >= 0"),
+    ({"min_lr_ratio": 1.01}, r"min_lr_ratio: got 1.01; expected a fraction of lr in \[0, 1\]"),
+    ({"min_lr_ratio": -0.1}, r"min_lr_ratio: got -0.1"),
 ])
 def test_learner_config_checks(changes, words):
     with pytest.raises(ValueError, match=words):
         learner_cfg(**changes)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("learner.lr_decay=exp", "learner.lr_decay: got 'exp'; expected one of constant, cosine, linear"),
+    ("learner.lr_warmup_steps=-2", "learner.lr_warmup_steps: got -2; expected a whole number of steps >= 0"),
+    ("learner.min_lr_ratio=2.5", r"learner.min_lr_ratio: got 2.5; expected a fraction of lr in \[0, 1\]"),
+    ("learner.min_lr_ratio=-0.5", r"learner.min_lr_ratio: got -0.5; expected a fraction of lr in \[0, 1\]"),
+])
+def test_schedule_knobs_are_checked_when_the_config_loads(override, message):
+    from jobs.config import load_config
+    from jobs.configtree import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override, "data.train=x.jsonl"])
+
+
+def test_schedule_knobs_load_and_default_to_a_constant_rate():
+    from jobs.config import load_config
+
+    default = load_config(None, ["data.train=x.jsonl"]).learner
+    assert (default.lr_warmup_steps, default.lr_decay, default.min_lr_ratio) == (0, "constant", 0.0)
+    cfg = load_config(None, ["data.train=x.jsonl", "learner.lr_warmup_steps=5", "learner.lr_decay=linear",
+                             "learner.min_lr_ratio=0.1"]).learner
+    assert (cfg.lr_warmup_steps, cfg.lr_decay, cfg.min_lr_ratio) == (5, "linear", 0.1)
