@@ -25,6 +25,7 @@ import functools
 import inspect
 import io
 import json
+import math
 import textwrap
 import tokenize
 import types
@@ -59,6 +60,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_NOT_FINITE = "; expected a finite number"
+
+
 def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     """Convert `value` to annotation `tp`; on failure append a problem and return a sentinel."""
     origin = typing.get_origin(tp)
@@ -69,12 +73,15 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
+        rejected: list[str] = []
         for candidate in non_none:  # first type that accepts the value without problems
             trial: list[str] = []
             out = _convert(candidate, value, key, trial)
             if not trial:
                 return out
-        problems.append(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+            if not rejected and trial and all(p.endswith(_NOT_FINITE) for p in trial):
+                rejected = trial  # a number of the right type but NaN/inf: say that, not "not a valid ..."
+        problems.extend(rejected or [f"{key}: {value!r} is not a valid {_type_name(tp)}"])
         return _INVALID
     if origin is Literal:
         if value in args and type(value) in {type(a) for a in args}:
@@ -121,15 +128,24 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         problems.append(f"{key}: expected an integer, got {value!r}")
         return _INVALID
     if tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string; accept what float() reads
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string; accept what float() reads
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        problems.append(f"{key}: expected a number, got {value!r}")
-        return _INVALID
+        if number is None:
+            problems.append(f"{key}: expected a number, got {value!r}")
+            return _INVALID
+        # NaN/inf would pass every `x > 0`-style check downstream (NaN compares False both ways) and fail
+        # late or silently (algo.beta=.nan turns the KL off). No float field means "unbounded", so all are
+        # rejected here, the one place values are converted; a field that needs inf must allow it explicitly.
+        if not math.isfinite(number):
+            problems.append(f"{key}: got {value!r}{_NOT_FINITE}")
+            return _INVALID
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

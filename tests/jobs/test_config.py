@@ -66,7 +66,7 @@ def test_shipped_configs_load():
          "rollout.sampler.cache: 'full' is not one of the valid choices 'none', 'prefix', 'dual'"),
         ([TRAIN, "rollout.sampler.threshold=0"], "rollout.sampler.threshold: got 0.0; expected a confidence in (0, 1]"),
         ([TRAIN, "rollout.sampler.threshold=1.01"], "rollout.sampler.threshold: got 1.01; expected a confidence in"),
-        ([TRAIN, "rollout.sampler.threshold=.nan"], "rollout.sampler.threshold: got nan; expected a confidence in"),
+        ([TRAIN, "rollout.sampler.threshold=.nan"], "rollout.sampler.threshold: got nan; expected a finite number"),
         ([TRAIN, "rollout.sampler.threshold=0.9", "rollout.sampler.remasking=random"],
          "rollout.sampler.threshold: 0.9 needs remasking='low_confidence'"),
     ],

@@ -141,3 +141,70 @@ def test_yaml_round_trip_and_file_errors(tmp_path):
         read_yaml(tmp_path / "bad.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert read_yaml(tmp_path / "empty.yaml") == {}
+
+
+# ------------------------------------------------------------------ non-finite floats (issue 18, finding 6)
+# No float field of the training tree means "infinite" (docs and shipped configs searched), so NaN and ±inf
+# are rejected everywhere a float is due; a typed float inside an Optional, a tuple, a list or a mapping too.
+TRAIN = "data.train=prompts.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algo.beta=.nan", "algo.beta: got nan; expected a finite number"),  # YAML's NaN
+        ("learner.lr=.inf", "learner.lr: got inf; expected a finite number"),
+        ("algo.clip_eps=-.inf", "algo.clip_eps: got -inf; expected a finite number"),
+        ("algo.beta=nan", "algo.beta: got 'nan'; expected a finite number"),  # YAML leaves these strings
+        ("learner.lr=inf", "learner.lr: got 'inf'; expected a finite number"),
+        ("learner.lr=1e999", "learner.lr: got '1e999'; expected a finite number"),  # float() overflows to inf
+        ("learner.lr=1.0e+999", "learner.lr: got inf; expected a finite number"),  # YAML's own float overflows
+        # Optional[float]
+        ("algo.advantage.drop_groups_above=.nan", "algo.advantage.drop_groups_above: got nan; expected a finite number"),
+        # tuple[float, float]
+        ("learner.betas=[0.9, .inf]", "learner.betas[1]: got inf; expected a finite number"),
+        # a float field of a dataclass inside dict[str, list[...]]
+        ("rewards.tasks={text: [{name: format, weight: .nan}]}", "rewards.tasks.text[0].weight: got nan; expected a finite number"),
+    ],
+)
+def test_non_finite_floats_are_rejected_naming_the_key(override, message):
+    from jobs.config import load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [TRAIN, override])
+    assert err.value.problems == [message]
+
+
+def test_non_finite_floats_are_reported_with_the_other_problems():
+    from jobs.config import load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [TRAIN, "algo.beta=.nan", "learner.lr=-.inf", "algo.mu=four", "algo.advantage.eps=inf"])
+    assert sorted(err.value.problems) == [
+        "algo.advantage.eps: got 'inf'; expected a finite number",
+        "algo.beta: got nan; expected a finite number",
+        "algo.mu: expected an integer, got 'four'",
+        "learner.lr: got -inf; expected a finite number",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"algo": {"beta": float("nan")}}, "algo.beta: got nan; expected a finite number"),
+        ({"algo": {"masking": {"p_max": float("inf")}}}, "algo.masking.p_max: got inf; expected a finite number"),
+        ({"algo": {"terms": {"t": [{"weight": float("-inf")}]}}}, "algo.terms.t[0].weight: got -inf; expected a finite number"),
+    ],
+)
+def test_non_finite_floats_in_a_plain_tree(raw, message):
+    with pytest.raises(ConfigError) as err:
+        build(Root, raw)
+    assert err.value.problems == [message]
+
+
+def test_finite_floats_and_other_types_are_untouched():
+    cfg = build(Root, {"algo": {"beta": 1e308, "tag": "nan", "masking": {"p_min": "1e-3"}}})
+    assert (cfg.algo.beta, cfg.algo.tag, cfg.algo.masking.p_min) == (1e308, "nan", 0.001)  # a str field keeps "nan"
+    with pytest.raises(ConfigError) as err:
+        build(Root, {"algo": {"mu": float("inf")}})
+    assert err.value.problems == ["algo.mu: expected an integer, got inf"]
