@@ -259,14 +259,48 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that records every mapping key given twice (plain YAML silently keeps the last one).
+
+    Checked on the keys written in each mapping, nested ones included; keys a merge (`<<: *anchor`) brings in
+    may be overridden, as YAML intends. `duplicates` holds (line, key, first line), 1-based, in file order."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, Any, int]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    self.duplicates.append((line, key, seen[key]))
+                else:
+                    seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own construction reports it below
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A config file -> its mapping; a ConfigError for a missing file, bad YAML or a key given twice."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file {str(path)!r} does not exist"])
+    loader = _UniqueKeyLoader(path.read_text())
     try:
-        data = yaml.safe_load(path.read_text())
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError([f"{path}:{line}: key {key!r} given twice (first at line {first}); YAML keeps only the "
+                           "last, so remove one" for line, key, first in sorted(loader.duplicates, key=lambda d: d[0])])
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -208,3 +208,54 @@ def test_finite_floats_and_other_types_are_untouched():
     with pytest.raises(ConfigError) as err:
         build(Root, {"algo": {"mu": float("inf")}})
     assert err.value.problems == ["algo.mu: expected an integer, got inf"]
+
+
+# ------------------------------------------------------------------ duplicate YAML keys (issue 18, finding 8)
+def test_a_key_given_twice_is_an_error_naming_file_line_and_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("algo:\n  mu: 2\n  beta: 0.1\n  mu: 3\ndebug: true\n")
+    with pytest.raises(ConfigError) as err:
+        read_yaml(path)
+    assert err.value.problems == [f"{path}:4: key 'mu' given twice (first at line 2); YAML keeps only the last, "
+                                  "so remove one"]
+
+
+def test_every_duplicate_is_reported_top_level_and_nested(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "algo:\n"                       # 1
+        "  masking:\n"                  # 2
+        "    p_min: 0.1\n"              # 3
+        "    p_min: 0.2\n"              # 4  nested two levels down
+        "  terms: {t: [{weight: 1, weight: 2}]}\n"  # 5  flow mapping inside a list
+        "debug: false\n"                # 6
+        "algo: {}\n"                    # 7  a whole section twice
+    )
+    with pytest.raises(ConfigError) as err:
+        read_yaml(path)
+    assert [p.split(" (first")[0] for p in err.value.problems] == [
+        f"{path}:4: key 'p_min' given twice",
+        f"{path}:5: key 'weight' given twice",
+        f"{path}:7: key 'algo' given twice",
+    ]
+    assert "(first at line 1)" in err.value.problems[2]
+
+
+def test_same_key_in_different_mappings_and_merge_keys_are_fine(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        "base: &base {p_min: 0.1, p_max: 0.9}\n"
+        "algo:\n"
+        "  masking: {<<: *base, p_min: 0.2}\n"  # an explicit key overriding a merged one is YAML's intent
+        "  terms: {a: [{weight: 1}], b: [{weight: 1}]}\n"
+    )
+    assert read_yaml(path) == {"base": {"p_min": 0.1, "p_max": 0.9},
+                               "algo": {"masking": {"p_min": 0.2, "p_max": 0.9},
+                                        "terms": {"a": [{"weight": 1}], "b": [{"weight": 1}]}}}
+
+
+def test_an_unhashable_key_is_still_reported_as_bad_yaml(tmp_path):
+    path = tmp_path / "unhashable.yaml"
+    path.write_text("algo:\n  [1, 2]: 3\n")  # skipped by the duplicate check, refused by YAML itself
+    with pytest.raises(ConfigError, match="(?s)not valid YAML: .*unhashable key"):
+        read_yaml(path)
