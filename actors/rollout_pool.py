@@ -5,7 +5,11 @@ and shard k is sampled with seed `stable_seed(run_seed, step, k)`, so the same s
 (after a worker died, or after a resume) gives the same responses. Collection is idempotent: a shard
 whose worker died is re-sampled once by a fresh worker that first loads the learner's current
 weights, so no (prompt uid, sample index) is lost or counted twice, and no sample comes from weights
-older than the ones the shard was dispatched for.
+older than the ones the shard was dispatched for. Rows are also gathered by key: a row whose
+(uid, sample index) was already delivered this step (a retried Ray task, a shard delivered twice) is
+dropped and counted in `health/duplicate_rows` (cumulative over the run, like `health/worker_restarts`),
+never trained twice; one that repeats a key with different content is an error
+(`rl.batch.drop_repeated_rows`).
 
 A worker may also die while it holds no work (during the reward or the update): the next object-store
 weight sync then replaces it by a fresh worker holding the new version, and a shard that was still
@@ -68,6 +72,7 @@ class RolloutPool:
         self.workers = [self._start(k) for k in range(cfg.num_workers)]
         self.version = 0  # the version every live worker holds (after the last sync)
         self.restarts = 0  # total over the run (health/worker_restarts)
+        self.duplicate_rows = 0  # rows delivered again and dropped, total over the run (health/duplicate_rows)
         self.learners: Any = None  # set by `sync`; a restarted worker fetches weights from it
         self._broadcast: Any = None  # BroadcastSync group (backend "broadcast"), rebuilt after a restart
         self._in_flight: list[Any] = []  # futures of the last dispatch (sync waits for them)
@@ -94,8 +99,9 @@ class RolloutPool:
     def collect(self, pending: list[PendingShard]) -> tuple[list[Any], dict[str, float]]:
         """Wait for every shard, re-sampling a dead worker's shard on a fresh worker.
 
-        Returns the shards' RolloutBatches in request order and timing/health stats."""
-        from rl.batch import RolloutBatch
+        Returns the shards' RolloutBatches in request order, each (uid, sample index) once (a row delivered
+        again is dropped and counted), and timing/health stats."""
+        from rl.batch import RolloutBatch, drop_repeated_rows
 
         started, restarts = time.perf_counter(), 0
         batches: list[RolloutBatch] = []
@@ -120,8 +126,14 @@ class RolloutPool:
                 raise RuntimeError(f"worker {shard.index} returned samples at version {min(stale)} for a shard "
                                    f"dispatched at version {shard.dispatched_version}")
             batches.append(batch)
+        batches, dropped = drop_repeated_rows(batches)
+        if dropped:
+            log.warning("dropped %d rollout row(s) delivered more than once (same uid and sample index, same "
+                        "content)", dropped)
+            self.duplicate_rows += dropped
         return batches, {"perf/rollout_collect_s": time.perf_counter() - started,
-                         "health/worker_restarts": float(self.restarts)}
+                         "health/worker_restarts": float(self.restarts),
+                         "health/duplicate_rows": float(self.duplicate_rows)}
 
     def worker_name(self, index: int) -> str | None:
         return None if self.name is None else f"{self.name}-rollout-{index}.{self.generations[index]}"

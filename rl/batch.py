@@ -300,6 +300,86 @@ class RolloutBatch:
         return cls(**values).validate()
 
 
+def drop_repeated_rows(batches: Sequence[RolloutBatch]) -> tuple[list[RolloutBatch], int]:
+    """`batches` without every row whose (uid, sample_index) an earlier row already has, and how many went.
+
+    Collection is idempotent by key: a retried Ray task, or a shard delivered twice, brings the same rows
+    again (rollouts are pure functions of the run seed, step, uid and sample index), and a row trained twice
+    would weigh double in its group's statistics and in the loss. A repeated key whose row differs in
+    anything (tokens, masks, task, version, rewards, metadata) is no retry but two responses claiming one
+    key, a bug: ValueError naming the key, both places and the field. Batches left empty are omitted."""
+    first: dict[tuple[str, int], tuple[int, int]] = {}  # key -> (batch, row) that delivered it first
+    kept: list[RolloutBatch] = []
+    dropped = 0
+    for k, batch in enumerate(batches):
+        rows = []
+        for row, key in enumerate(zip(batch.uid, batch.sample_index)):
+            if key not in first:
+                first[key] = (k, row)
+                rows.append(row)
+                continue
+            j, other = first[key]
+            differs = _row_difference(batches[j], other, batch, row)
+            if differs is not None:
+                raise ValueError(f"(uid, sample_index) {key} is delivered twice with different rows (batch {j} "
+                                 f"row {other}, batch {k} row {row}: {differs} differs); a repeated delivery must be "
+                                 "identical, so this is a bug in whatever produced them")
+            dropped += 1
+        if len(rows) == batch.num_rows:
+            kept.append(batch)
+        elif rows:
+            kept.append(batch.select(rows))
+    return kept, dropped
+
+
+def _row_difference(a: RolloutBatch, i: int, b: RolloutBatch, j: int) -> str | None:
+    """The first field in which row i of `a` and row j of `b` differ (None: the same row). Left padding does
+    not count: tensors are compared right-aligned, as `concat` would place them."""
+    if a.pad_token_id != b.pad_token_id:
+        return "pad_token_id"
+    width = max(a.seq_len, b.seq_len)
+    fill = {"input_ids": a.pad_token_id, "attention_mask": False, "scored_mask": False,
+            "protected_mask": False, "reveal_step": -1}
+    for name, value in fill.items():
+        x, y = getattr(a, name)[i], getattr(b, name)[j]  # [T_a], [T_b]
+        x = torch.cat([torch.full((width - a.seq_len,), value, dtype=x.dtype), x])  # [width]
+        y = torch.cat([torch.full((width - b.seq_len,), value, dtype=y.dtype), y])  # [width]
+        if x.dtype != y.dtype or not torch.equal(x, y):
+            return name
+    for name in ("response_start", "response_end"):  # columns counted from the right edge
+        if a.seq_len - int(getattr(a, name)[i]) != b.seq_len - int(getattr(b, name)[j]):
+            return name
+    for name in _ROW_LIST_FIELDS:
+        if not _same(getattr(a, name)[i], getattr(b, name)[j]):
+            return name
+    if set(a.rewards) != set(b.rewards):
+        return "rewards (terms)"
+    for term in a.rewards:
+        if not _same(a.rewards[term][i], b.rewards[term][j]):
+            return f"rewards[{term!r}]"
+    return None
+
+
+def _same(x: object, y: object) -> bool:
+    """Deep equality of row data that may hold arrays or tensors (images in metadata), where `==` is
+    elementwise; NaN equals NaN."""
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype
+                and x.shape == y.shape and bool(torch.equal(x, y)))
+    if hasattr(x, "__array__") or hasattr(y, "__array__"):  # numpy arrays (imported only when present)
+        import numpy as np
+
+        return (type(x) is type(y) and np.shape(x) == np.shape(y) and np.asarray(x).dtype == np.asarray(y).dtype
+                and bool(np.array_equal(x, y, equal_nan=np.asarray(x).dtype.kind in "fc")))
+    if isinstance(x, dict) or isinstance(y, dict):
+        return isinstance(x, dict) and isinstance(y, dict) and x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)) or isinstance(y, (list, tuple)):
+        return type(x) is type(y) and len(x) == len(y) and all(_same(u, v) for u, v in zip(x, y))
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return type(x) is type(y) and bool(x == y)
+
+
 def _describe(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
-from rl.batch import RolloutBatch
+from rl.batch import RolloutBatch, drop_repeated_rows
 
 
 def test_from_sampler_scores_through_first_eos_inclusive(kit):
@@ -158,3 +159,75 @@ def test_constructor_and_concat_errors(kit):
         RolloutBatch.concat([a, _broken(a, pad_token_id=5)])
     with pytest.raises(ValueError, match="concat: batch 1 has reward terms \\['x'\\], batch 0 has \\[\\]"):
         RolloutBatch.concat([a, _broken(a, rewards={"x": [1.0, 1.0]})])
+
+
+# ------------------------------------------------ repeated delivery (issue 18, finding 10)
+def _same_batch(x: RolloutBatch, y: RolloutBatch) -> bool:
+    return all(torch.equal(getattr(x, n), getattr(y, n)) for n in ("input_ids", "attention_mask", "response_start",
+                                                                   "response_end", "scored_mask", "protected_mask",
+                                                                   "reveal_step")) \
+        and (x.task, x.score_vocab, x.uid, x.sample_index, x.policy_version, x.rewards, x.metadata) \
+        == (y.task, y.score_vocab, y.uid, y.sample_index, y.policy_version, y.rewards, y.metadata)
+
+
+def test_a_shard_delivered_twice_gives_the_batch_of_one_delivery(kit):
+    first = kit.text_batch({"a": 2, "b": 2}, seed=0)
+    second = kit.text_batch({"c": 3}, seed=1)
+    again = pickle.loads(pickle.dumps(first))  # what a retried Ray task hands back: an equal copy
+    kept, dropped = drop_repeated_rows([first, second, again])
+    assert dropped == 4 and [b.uid for b in kept] == [["a", "a", "b", "b"], ["c", "c", "c"]]
+    assert _same_batch(RolloutBatch.concat(kept), RolloutBatch.concat([first, second]))
+    assert drop_repeated_rows([first, second]) == ([first, second], 0)  # nothing repeated: the same objects
+
+
+def test_a_partly_repeated_shard_keeps_its_new_rows(kit):
+    first = kit.text_batch({"a": 2, "b": 2}, seed=0)
+    overlap = RolloutBatch.concat([first.select([2, 3]), kit.text_batch({"c": 1}, seed=2)])  # b's rows again + c
+    kept, dropped = drop_repeated_rows([first, overlap])
+    assert dropped == 2 and [b.uid for b in kept] == [["a", "a", "b", "b"], ["c"]]
+    assert _same_batch(kept[1], kit.text_batch({"c": 1}, seed=2))
+
+
+def test_left_padding_does_not_make_a_repeat_differ(kit):
+    narrow = kit.text_batch({"t": 2}, seed=0, eos_at={0: 3})  # width 14
+    wide = kit.mixed_batch().select([0, 1])  # the same two rows, re-padded to width 16 by concat
+    assert (narrow.seq_len, wide.seq_len) == (14, 16)
+    kept, dropped = drop_repeated_rows([narrow, wide])
+    assert dropped == 2 and kept == [narrow]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda b: {"input_ids": _edit(b.input_ids, (1, -1), 5)}, "input_ids"),
+        (lambda b: {"reveal_step": _edit(b.reveal_step, (1, -1), 0)}, "reveal_step"),
+        (lambda b: {"response_start": _edit(b.response_start, 1, int(b.response_start[1]) - 1)}, "response_start"),
+        (lambda b: {"policy_version": [0, 3]}, "policy_version"),
+        (lambda b: {"metadata": [{}, {"image": np.ones((2, 2), dtype=np.uint8)}]}, "metadata"),
+        (lambda b: {"rewards": {"correctness": [1.0, 0.0]}}, "rewards['correctness']"),
+        (lambda b: {"rewards": {"format": [1.0, 1.0]}}, "rewards (terms)"),  # whole-batch changes: row 0 differs
+        (lambda b: {"pad_token_id": 7}, "pad_token_id"),
+    ],
+)
+def test_a_repeated_key_with_a_different_row_is_an_error(kit, change, field):
+    row = 0 if field in ("rewards (terms)", "pad_token_id") else 1
+    import re
+
+    first = kit.text_batch({"a": 2}, seed=0)  # rewards {"correctness": [1.0, 1.0]}
+    first = dataclasses.replace(first, metadata=[{}, {"image": np.zeros((2, 2), dtype=np.uint8)}])
+    retry = dataclasses.replace(first, **change(first))
+    assert drop_repeated_rows([first, pickle.loads(pickle.dumps(first))])[1] == 2  # arrays in metadata compare
+    with pytest.raises(ValueError, match=re.escape(
+            f"(uid, sample_index) ('a', {row}) is delivered twice with different rows (batch 0 row {row}, batch 1 row {row}: "
+            f"{field} differs); a repeated delivery must be identical")):
+        drop_repeated_rows([first, retry])
+
+
+def test_row_data_equality_by_hand():
+    from rl.batch import _same
+
+    nan = float("nan")
+    assert _same({"x": [1, (2.0, nan)]}, {"x": [1, (2.0, nan)]}) and not _same([1], (1,)) and not _same(1, 1.0)
+    assert _same(torch.ones(2), torch.ones(2)) and not _same(torch.ones(2), torch.ones(2, dtype=torch.float64))
+    assert not _same(torch.ones(2), np.ones(2)) and not _same(np.ones(2), np.ones(3))
+    assert _same(np.array([nan]), np.array([nan])) and not _same({"a": 1}, {"b": 1}) and not _same({"a": 1}, [1])
