@@ -36,7 +36,6 @@ columns are not copied: join on uid.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import logging
@@ -143,33 +142,23 @@ class Plan:
     network_source: Any  # actors.network_source.NetworkSource
 
 
-def model_parts(model: str) -> tuple[Any, Any, Any]:
-    """(network source for the workers, tokenizer, BackboneConfig) without loading weights in the driver."""
-    if model == "tiny":
-        from model.tiny import tiny_model
-
-        loaded = tiny_model(0)
-        return functools.partial(tiny_model, 0), loaded.tokenizer, loaded.config
-    from model.checkpoint import CONFIG_NAME, config_from_json
-    from model.tokenizer import load_tokenizer
-
-    config_path = Path(model) / CONFIG_NAME
-    if not config_path.is_file():
-        raise RolloutJobError(f"--model {model}: no {CONFIG_NAME} there; give a checkpoint directory or 'tiny'")
-    config = config_from_json(json.loads(config_path.read_text()), where=str(config_path))
-    return os.path.abspath(model), load_tokenizer(model), config
-
-
 def make_plan(args: argparse.Namespace) -> Plan:
     """Read and check the prompts, build the chat prompts and cut them into shards."""
     from jobs.data import DataError, PromptDataset
+    from model.resolve import ModelSpecError, model_parts
     from model.templates import chat_prompt_ids
 
     try:
         dataset = PromptDataset(args.prompts, default_task="text")
     except DataError as exc:
         raise RolloutJobError(str(exc)) from exc
-    network_source, tokenizer, config = model_parts(args.model)
+    try:
+        parts = model_parts(args.model, key="--model")
+    except ModelSpecError as exc:
+        raise RolloutJobError(str(exc)) from exc
+    # a checkpoint as an absolute path: a worker's working directory may not be ours
+    network_source = os.path.abspath(parts.source) if isinstance(parts.source, str) else parts.source
+    tokenizer, config = parts.tokenizer, parts.config
     bad_rows: list[str] = []
     prompts: list[Prompt] = []
     digest = hashlib.blake2b(digest_size=16)

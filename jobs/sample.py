@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from jobs.sampler_flags import DEMO_DEFAULTS, add_sampler_flags, sampler_knobs
+from model.resolve import DEMO_POLICY  # noqa: F401  (jobs.bench.sampler_modes imports it from here)
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_POLICY = REPO / "model" / "assets" / "demo_policy"
 DEMO_PROBLEMS = REPO / "data" / "arithmetic" / "heldout.jsonl"
 DEFAULT_PROMPTS = (
     "What is 12 + 7 * 3?",
@@ -42,7 +42,7 @@ def default_prompts(model_arg: str) -> list[tuple[str, str | None]]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.sample", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo",
-                        help="checkpoint directory, 'demo' (the shipped policy) or 'tiny' (a random tiny twin)")
+                        help="checkpoint directory, 'demo' (the shipped policy), 'tiny' or 'tiny-mmada' (random tiny twins)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weight dtype (default: as stored)")
     parser.add_argument("--prompt", action="append", help="a user message (repeatable); default: three arithmetic questions")
     parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import model
+    from model.resolve import ModelSpecError, load_model
     from model.templates import chat_prompt_ids, special_ids
-    from model.tiny import tiny_model
 
     torch.manual_seed(args.seed)
-    if args.model == "tiny":
-        loaded = tiny_model(seed=args.seed)
-    else:
-        loaded = model.load(DEMO_POLICY if args.model == "demo" else args.model, dtype=args.dtype)
+    try:
+        loaded = load_model(args.model, key="--model", seed=args.seed, dtype=args.dtype)
+    except ModelSpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     tokenizer, special = loaded.tokenizer, special_ids(loaded.tokenizer)
     pairs = [(text, None) for text in args.prompt] if args.prompt else default_prompts(args.model)
     thinking = args.thinking if args.thinking is not None else args.model != "demo"

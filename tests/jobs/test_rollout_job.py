@@ -257,6 +257,7 @@ def test_usage_errors_fail_before_anything_starts(prompts, tmp_path, capsys):
     assert "has files but" in capsys.readouterr().err
 
     assert rollout_main(["--model", str(tmp_path), "--prompts", str(prompts), "--out", str(tmp_path / "e")]) == 2
-    assert "no config.json there; give a checkpoint directory or 'tiny'" in capsys.readouterr().err
+    assert (f"error: --model: {str(tmp_path)!r} has no config.json; give a checkpoint directory in the published "
+            "format, or 'demo' / 'tiny' / 'tiny-mmada'") in capsys.readouterr().err
     assert rollout_main(argv(tmp_path / "missing.jsonl", tmp_path / "f")) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -64,3 +64,10 @@ def test_cache_and_threshold_flags_reach_the_sampler(tmp_path, capsys):
     assert row["reveal_step"] == expected.reveal_step[0].tolist()
     assert f"{expected.forwards} forward passes" in capsys.readouterr().out
     assert json.loads((out / "args.json").read_text())["cache"] == "dual"
+
+
+def test_a_model_that_is_not_a_checkpoint_exits_2_naming_the_flag(tmp_path, capsys):
+    assert main(["--model", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"error: --model: {str(tmp_path)!r} has no config.json; give a checkpoint "
+                                       "directory in the published format, or 'demo' / 'tiny' / 'tiny-mmada'\n")
+    assert not (tmp_path / "out").exists()
