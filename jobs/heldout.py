@@ -1,8 +1,8 @@
 """Held-out evaluation during training: pass@1 and format rate of the current policy on `data.eval`.
 
 The driver calls `HeldoutEvaluator.evaluate(step, state_dict)` before the first step, every `eval.every`
-steps and after the last one. It uses exactly the code of `python -m jobs.eval` (`generate_all`,
-`score_rows`, `summarise`): the same sampler settings give the same numbers as evaluating an exported
+steps and after the last one. It uses exactly the code of `python -m jobs.eval` (jobs/evaluate.py:
+`evaluate_policy`): the same sampler settings give the same numbers as evaluating an exported
 checkpoint with that command, so the curve's first point is the starting policy's `jobs.eval` score.
 
 Where it runs: in the driver process, on the weights learner rank 0 returns (`state_dict_for_sync`). In
@@ -56,7 +56,7 @@ class HeldoutEvaluator:
 
     def evaluate(self, step: int, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
         """Load `state_dict` into the evaluation copy and score it; returns the `eval/*` metrics."""
-        from jobs.eval import generate_all, score_rows, summarise
+        from jobs.evaluate import evaluate_policy
         from model.checkpoint import LoadedModel
 
         started = time.perf_counter()
@@ -69,13 +69,11 @@ class HeldoutEvaluator:
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.eval.torch_threads)
         try:
-            rows = generate_all(loaded, self.records, samples=samples, sampler=self.sampler,
-                                thinking=self.cfg.data.thinking, seed=self.cfg.run.seed,
-                                batch_size=self.cfg.eval.batch_size)
+            rows, summary = evaluate_policy(loaded, self.records, samples=samples, sampler=self.sampler,
+                                            thinking=self.cfg.data.thinking, seed=self.cfg.run.seed,
+                                            batch_size=self.cfg.eval.batch_size)
         finally:
             torch.set_num_threads(previous_threads)
-        score_rows(rows)
-        summary = summarise(rows, samples=samples, ks=[1])
         with (self.out_dir / f"step_{step}.jsonl").open("w") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")

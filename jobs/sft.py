@@ -22,11 +22,11 @@ the learner group in its "module:function" form, which every rank process can im
 
 Every `sft.eval_every` steps the driver pulls the weights from learner rank 0 and decodes the first
 `sft.eval_size` held-out prompts `sft.eval_samples` times each with the LLaDA sampler (`sampler` section:
-the settings the RL rollouts use, temperature included; greedy when it is 0); pass@1 is the mean over
-those responses, each judged by the exact-number fast path of the `correctness` reward (`\\boxed{}`
-extraction, then an exact numeric comparison; any answer that is not a plain number counts as wrong,
-so no math-verify process is started — enough for integer golds). The best checkpoint by pass@1 is
-kept in the published format (`<run dir>/best_policy/`, tokenizer included); training stops after
+the settings the RL rollouts use, temperature included; greedy when it is 0), seeded by `run.seed`; pass@1 is
+the mean over those responses, decoded and judged by jobs/evaluate.py (the `correctness` and `format` rewards),
+the code of `python -m jobs.eval` and of in-training evaluation, so the numbers are comparable across the three.
+The best checkpoint by pass@1 is kept in the published format (`<run dir>/best_policy/`, tokenizer included, and
+its scored responses in `best_samples.jsonl`); training stops after
 `sft.patience` evaluations without an improvement of more than `sft.min_delta` (not before
 `sft.min_steps`), or at `sft.max_steps`. That checkpoint is the run's policy (`run.export_to` copies it)
 unless `sft.select` is "last": then it is the weights after the last step, saved to `<run dir>/last_policy/`.
@@ -43,6 +43,7 @@ the sampler (LLaDA packs same-length batches).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import shutil
@@ -111,7 +112,8 @@ class SFTModelConfig:
     """The starting policy: a published-format checkpoint, or a fresh random tiny twin of this size."""
 
     path: str = "tiny"
-    """Checkpoint directory, or 'tiny' for a random-weight backbone sized by the fields below."""
+    """Checkpoint directory, 'demo' (the shipped policy), or 'tiny' / 'tiny-mmada' for a random-weight twin sized
+    by the fields below (model/resolve.py)."""
     d_model: int = 128
     """tiny only: hidden size."""
     n_layers: int = 4
@@ -351,72 +353,11 @@ def shard(batch: dict, num_ranks: int) -> list[dict]:
     return [{k: None if v is None else v[r * size:(r + 1) * size] for k, v in batch.items()} for r in range(num_ranks)]
 
 
-# -- evaluation ---------------------------------------------------------------------------------
-def answer_correct(response: str, gold: str) -> bool:
-    """The `correctness` reward's exact-number fast path: the extracted final answer equals the gold."""
-    from rewards.extract import extract_answer, extract_gold, plain_number
-
-    extracted = extract_answer(response)
-    gold_number = plain_number(extract_gold(gold))
-    if extracted is None or gold_number is None:
-        return False
-    predicted = plain_number(extracted.text)
-    return predicted is not None and predicted == gold_number
-
-
-def decode_responses(tokenizer, responses: torch.Tensor, end_ids: set[int]) -> list[str]:
-    """Text of each row of responses [N, L] up to its first EOS / end-of-turn (as the rollout workers do)."""
-    texts = []
-    for ids in responses.tolist():
-        cut = next((i for i, t in enumerate(ids) if t in end_ids), len(ids))
-        texts.append(tokenizer.decode(ids[:cut]))
-    return texts
-
-
-def evaluate(network, tokenizer, examples: list[Example], sampler: TextSamplerConfig, *, batch_size: int,
-             seed: int = 0, samples: int = 1) -> dict[str, Any]:
-    """Greedy (or `sampler.temperature`) pass@1 and format rate of `network` on `examples`.
-
-    With `samples` = K > 1 every example is decoded K times (sampler seed `seed + k` for the k-th pass) and
-    pass@1 is the mean over all K x len(examples) responses (the unbiased pass@1 of K samples)."""
-    from model.sampling import generate_text_with
-    from model.templates import special_ids
-    from rewards.format import well_formatted
-
-    ids = special_ids(tokenizer)
-    network.eval()
-    correct = formatted = 0
-    rows = []
-    for sample in range(samples):
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            sequences = generate_text_with(network, [list(e.prompt_ids) for e in chunk], sampler, mask_id=ids.mask,
-                                           pad_id=ids.pad, seed=seed + sample).sequences  # [n, P+L]
-            texts = decode_responses(tokenizer, sequences[:, -sampler.gen_length:], {ids.eos, ids.eot})
-            for example, text in zip(chunk, texts):
-                ok = answer_correct(text, example.answer or "")
-                correct += ok
-                formatted += well_formatted("", text)
-                rows.append({"uid": example.uid, "sample": sample, "response": text, "correct": ok})
-    n = len(examples) * samples
-    return {"pass1": correct / n, "format_rate": formatted / n, "num_problems": len(examples), "rows": rows}
-
-
 # -- driver -------------------------------------------------------------------------------------
-def network_source(cfg: SFTModelConfig, tokenizer):
-    """A checkpoint path, or a picklable deterministic factory of the tiny backbone."""
-    if cfg.path != "tiny":
-        return cfg.path
-    from model.network import BackboneConfig
-    from model.templates import special_ids
-    from model.tiny import random_network
-
-    ids = special_ids(tokenizer)
-    config = BackboneConfig(d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
-                            mlp_hidden_size=cfg.mlp_hidden_size, vocab_size=len(tokenizer),
-                            embedding_size=len(tokenizer), rope_theta=cfg.rope_theta, mask_token_id=ids.mask,
-                            eos_token_id=ids.eos, pad_token_id=ids.pad, bos_token_id=ids.bos)
-    return functools.partial(random_network, config, seed=cfg.init_seed)
+def tiny_size(cfg: SFTModelConfig) -> dict[str, Any]:
+    """The tiny twin's size from the `model` section (model.resolve.tiny_twin keywords; checkpoints ignore it)."""
+    return {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "mlp_hidden_size": cfg.mlp_hidden_size, "rope_theta": cfg.rope_theta}
 
 
 def _log(path: Path, record: dict) -> None:
@@ -432,8 +373,10 @@ def run(cfg: SFTJobConfig) -> dict[str, Any]:
     from actors.network_source import build_network
     from jobs.configtree import write_yaml
     from jobs.data import PromptDataset, PromptStream
-    from model.templates import chat_prompt_ids, special_ids
-    from model.tokenizer import load_tiny_tokenizer, load_tokenizer
+    from jobs.evaluate import evaluate_policy
+    from model.checkpoint import LoadedModel
+    from model.resolve import model_parts
+    from model.templates import special_ids
 
     torch.set_num_threads(cfg.run.torch_threads)
     run_dir = cfg.run.run_dir
@@ -441,27 +384,26 @@ def run(cfg: SFTJobConfig) -> dict[str, Any]:
     write_yaml(cfg, run_dir / "config.yaml")
     metrics_path = run_dir / "sft_metrics.jsonl"
     metrics_path.write_text("")
-    tokenizer = load_tiny_tokenizer() if cfg.model.path == "tiny" else load_tokenizer(cfg.model.path)
+    parts = model_parts(cfg.model.path, key="model.path", seed=cfg.model.init_seed, size=tiny_size(cfg.model))
+    tokenizer = parts.tokenizer
     ids = special_ids(tokenizer)
     gen_length = cfg.sampler.gen_length
     prepare = functools.partial(tokenize_examples, tokenizer=tokenizer, response_field=cfg.data.response_field,
                                 thinking=cfg.data.thinking, gen_length=gen_length, eos_id=ids.eos)
     train_set = PromptDataset(cfg.data.train, default_task="text")
     train_examples = {e.uid: e for e in prepare(train_set.records)}
-    heldout_records = PromptDataset(cfg.data.heldout, default_task="text").records[:cfg.sft.eval_size]
-    heldout = [Example(r.uid, tuple(chat_prompt_ids(tokenizer, r.prompt, thinking=cfg.data.thinking)), (), r.answer)
-               for r in heldout_records]
+    heldout = PromptDataset(cfg.data.heldout, default_task="text").records[:cfg.sft.eval_size]
+    eval_sampler = dataclasses.asdict(cfg.sampler)
     stream = PromptStream(train_set, seed=cfg.run.seed, shuffle=True)
 
-    source = network_source(cfg.model, tokenizer)
-    eval_network, _ = build_network(source, cfg.learner.dtype)
+    eval_network, _ = build_network(parts.source, cfg.learner.dtype)
     print(f"[sft] {len(train_examples)} training rows, {len(heldout)} held-out; policy "
           f"{sum(p.numel() for p in eval_network.parameters()) / 1e6:.2f}M parameters; run dir {run_dir}", flush=True)
 
     role = learner_role(cfg.learner)
     init_ray(cfg.cluster, [role])
     groups = create_placement_groups([role], cfg.cluster)
-    group = LearnerGroup(cfg.learner, source, placement_group=groups[role.name])
+    group = LearnerGroup(cfg.learner, parts.source, placement_group=groups[role.name])
     best = {"pass1": -1.0, "step": -1}
     started = time.perf_counter()
     evals_without_gain, losses, step = 0, [], 0
@@ -471,22 +413,25 @@ def run(cfg: SFTJobConfig) -> dict[str, Any]:
         nonlocal evals_without_gain
         eval_network.load_state_dict(group.state_dict_for_sync())
         eval_started = time.perf_counter()
-        result = evaluate(eval_network, tokenizer, heldout, cfg.sampler, batch_size=cfg.sft.eval_batch_size,
-                          samples=cfg.sft.eval_samples)
-        record = {"step": step, "heldout_pass1": result["pass1"], "format_rate": result["format_rate"],
+        policy = LoadedModel(network=eval_network, tokenizer=tokenizer, config=eval_network.config)
+        rows, scores = evaluate_policy(policy, heldout, samples=cfg.sft.eval_samples, sampler=eval_sampler,
+                                       thinking=cfg.data.thinking, seed=cfg.run.seed,
+                                       batch_size=cfg.sft.eval_batch_size)
+        pass1 = scores["pass_at_k"]["1"]
+        record = {"step": step, "heldout_pass1": pass1, "format_rate": scores["format_rate"],
                   "eval_seconds": round(time.perf_counter() - eval_started, 2),
                   "wall_seconds": round(time.perf_counter() - started, 1)}
-        if result["pass1"] > best["pass1"] + cfg.sft.min_delta:
-            best.update(pass1=result["pass1"], step=step)
+        if pass1 > best["pass1"] + cfg.sft.min_delta:
+            best.update(pass1=pass1, step=step)
             model.save((eval_network, tokenizer), run_dir / "best_policy", max_shard_bytes=None)
-            (run_dir / "best_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result["rows"]))
+            (run_dir / "best_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             evals_without_gain = 0
         else:
             evals_without_gain += 1
         record["best_pass1"] = best["pass1"]
         _log(metrics_path, {"kind": "eval", **record})
-        print(f"[sft] eval step {step}: held-out pass@1 {result['pass1']:.3f} (best {best['pass1']:.3f} at "
-              f"{best['step']}), format {result['format_rate']:.3f}, {record['wall_seconds']:.0f}s", flush=True)
+        print(f"[sft] eval step {step}: held-out pass@1 {pass1:.3f} (best {best['pass1']:.3f} at "
+              f"{best['step']}), format {scores['format_rate']:.3f}, {record['wall_seconds']:.0f}s", flush=True)
         return evals_without_gain >= cfg.sft.patience and step >= cfg.sft.min_steps
 
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.eval import default_ks, main, pass_at_k, summarise
+from jobs.eval import main
+from jobs.evaluate import default_ks, pass_at_k, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 HELDOUT = REPO / "data" / "arithmetic" / "heldout.jsonl"
@@ -86,7 +87,7 @@ def independent_pass_at_1(limit: int) -> float:
     import torch
 
     import model
-    from jobs.sample import DEMO_POLICY
+    from model.resolve import DEMO_POLICY
     from model.templates import chat_prompt_ids, special_ids
 
     loaded = model.load(DEMO_POLICY)

@@ -1,9 +1,10 @@
 """jobs/sft.py: the LLaDA SFT objective against a plain loop, masking, batching, the schedule, config
 errors, a few optimizer steps lowering the loss, one end-to-end run on the learner group, and the shipped
-demo policy's held-out accuracy (docs/demo.md)."""
+demo policy's held-out accuracy (docs/demo.md), measured by the evaluation `python -m jobs.eval` runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -15,7 +16,6 @@ import torch
 from jobs.sft import (
     Example,
     SFTConfig,
-    answer_correct,
     collate,
     learning_rate,
     load_sft_config,
@@ -26,6 +26,7 @@ from jobs.sft import (
     shard,
     tokenize_examples,
 )
+from model.resolve import DEMO_POLICY
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "jobs" / "configs" / "sft_demo.yaml"
@@ -37,6 +38,14 @@ def tiny():
     from model.tiny import tiny_model
 
     return tiny_model(0, d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64)
+
+
+def sft_evaluation(loaded, records, cfg, *, batch_size: int):
+    """What `jobs.sft.run` evaluates with: jobs.evaluate's decode + judge under the config's sampler and seed."""
+    from jobs.evaluate import evaluate_policy
+
+    return evaluate_policy(loaded, records, samples=cfg.sft.eval_samples, sampler=dataclasses.asdict(cfg.sampler),
+                           thinking=cfg.data.thinking, seed=cfg.run.seed, batch_size=batch_size)
 
 
 def examples_of(*pairs) -> list[Example]:
@@ -149,18 +158,6 @@ def test_learning_rate_schedule():
         math.pi * 10 / 4000))))
 
 
-@pytest.mark.parametrize("response, gold, expected", [
-    ("<think>2+3=5</think>\\boxed{5}", "5", True),
-    ("<think>2+3=5</think>\\boxed{6}", "5", False),
-    ("<think>2+3=5</think>\\boxed{5.0}", "5", True),
-    ("<think>\\boxed{5}</think>\\boxed{}", "5", False),  # the answer after </think> is empty
-    ("no box at all, 5", "5", True),  # the last-number fallback of the reward's extraction
-    ("\\boxed{2+3}", "5", False),  # not a plain number: the fast path counts it wrong
-])
-def test_answer_correct(response, gold, expected):
-    assert answer_correct(response, gold) is expected
-
-
 def test_tokenize_examples_pads_with_eos_and_rejects_bad_rows(tiny):
     from jobs.data import PromptRecord
 
@@ -193,15 +190,29 @@ def test_config_loads_and_errors_name_the_key():
             load_sft_config(DEMO_CONFIG, overrides)
 
 
+def test_the_tiny_policy_is_sized_by_the_model_section_and_a_bad_path_names_the_key(tmp_path):
+    from jobs.sft import run, tiny_size
+    from model.resolve import ModelSpecError, model_parts
+
+    cfg = load_sft_config(DEMO_CONFIG)
+    parts = model_parts(cfg.model.path, key="model.path", seed=cfg.model.init_seed, size=tiny_size(cfg.model))
+    shipped = json.loads((DEMO_POLICY / "config.json").read_text())  # the policy sft_demo.yaml trained
+    for key in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "rope_theta", "vocab_size", "mask_token_id"):
+        assert getattr(parts.config, key) == shipped[key], key
+    bad = load_sft_config(DEMO_CONFIG, [f"run.output_dir={tmp_path}", f"model.path={tmp_path / 'nowhere'}"])
+    with pytest.raises(ModelSpecError, match=r"^model\.path: '.*nowhere' is neither a checkpoint directory"):
+        run(bad)
+
+
 def test_end_to_end_run_on_the_learner_group(tmp_path):
     """A few steps of `jobs.sft.run` on a 1-rank DeepSpeed group: outputs written, loss down, policy loads;
     with `sft.select=last` the exported policy is the last step's weights, and best_policy the best step's."""
     import ray
 
     import model
-    from jobs.sft import evaluate, run
+    from jobs.eval import main as eval_main
+    from jobs.sft import run
     from jobs.tasks.arithmetic import generate, write_jsonl
-    from model.templates import chat_prompt_ids
 
     splits = generate(64, 8, seed=1)
     write_jsonl(splits["train"], tmp_path / "train.jsonl")
@@ -229,13 +240,19 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
     assert summary["policy"] == str(tmp_path / "e2e" / "last_policy")
     exported = {f.name: f.read_bytes() for f in (tmp_path / "exported").iterdir()}
     assert exported == {f.name: f.read_bytes() for f in (tmp_path / "e2e" / "last_policy").iterdir()}
-    # best_policy is the checkpoint its samples were decoded with: greedy decoding reproduces them exactly.
+    # best_policy is the checkpoint its samples were decoded with, and SFT's evaluation is `python -m jobs.eval`'s:
+    # the same command on best_policy reproduces the samples, their judgement and the logged pass@1 exactly.
     best = model.load(tmp_path / "e2e" / "best_policy")
-    examples = [Example(r["uid"], tuple(chat_prompt_ids(best.tokenizer, r["prompt"], thinking=False)), (), r["answer"])
-                for r in splits["heldout"]]
-    again = evaluate(best.network, best.tokenizer, examples, cfg.sampler, batch_size=cfg.sft.eval_batch_size)
     best_samples = [json.loads(x) for x in (tmp_path / "e2e" / "best_samples.jsonl").read_text().splitlines()]
-    assert [r["response"] for r in again["rows"]] == [r["response"] for r in best_samples]
+    assert eval_main(["--model", str(tmp_path / "e2e" / "best_policy"), "--data", str(tmp_path / "heldout.jsonl"),
+                      "--limit", "8", "--gen-length", "48", "--steps", "6", "--block-length", "16",
+                      "--temperature", "0", "--no-thinking", "--seed", "0", "--batch-size", str(cfg.sft.eval_batch_size),
+                      "--out", str(tmp_path / "eval" / "best.json")]) == 0
+    evaluated = [json.loads(x) for x in (tmp_path / "eval" / "best.samples.jsonl").read_text().splitlines()]
+    assert evaluated == best_samples and len(best_samples) == 8
+    logged = next(x for x in lines if x["kind"] == "eval" and x["step"] == summary["best_step"])
+    assert json.loads((tmp_path / "eval" / "best.json").read_text())["pass_at_k"]["1"] == logged["heldout_pass1"]
+    assert logged["heldout_pass1"] == sum(r["correct"] for r in best_samples) / 8
     # Nothing is solved in 12 steps, so the step-0 evaluation stays the best and the last policy is another one.
     assert summary["best_step"] == 0 and summary["best_pass1"] == 0.0
     last = model.load(tmp_path / "e2e" / "last_policy")
@@ -243,53 +260,25 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
                                                      best.network.state_dict().values()))
 
 
-DEMO_POLICY = REPO / "model" / "assets" / "demo_policy"
 DEMO_HELDOUT_CORRECT_OF_32 = 4  # docs/demo.md: greedy pass@1 of the shipped policy on the first 32 held-out rows
 """Greedy decoding is deterministic, so on the machine that recorded it the count is exact; elsewhere a different
 BLAS / CPU can round a logit differently and flip an argmax or a reveal order where two candidates are within
 ~1e-6, which changes at most a problem or so. The test allows 2 of 32 either way."""
 
 
-def test_evaluate_with_several_samples_is_the_mean_of_single_sample_passes():
-    """samples=K decodes every problem K times, the k-th pass exactly the single-sample evaluation at seed + k."""
-    import model
-    from jobs.data import PromptDataset
-    from jobs.sft import evaluate
-    from model.templates import chat_prompt_ids
-
-    loaded = model.load(DEMO_POLICY)
-    cfg = load_sft_config(DEMO_CONFIG, ["sampler.temperature=0.8", "sft.eval_samples=2"])
-    records = PromptDataset(REPO / cfg.data.heldout).records[:12]
-    examples = [Example(r.uid, tuple(chat_prompt_ids(loaded.tokenizer, r.prompt, thinking=False)), (), r.answer)
-                for r in records]
-    both = evaluate(loaded.network, loaded.tokenizer, examples, cfg.sampler, batch_size=5, seed=3, samples=2)
-    singles = [evaluate(loaded.network, loaded.tokenizer, examples, cfg.sampler, batch_size=5, seed=3 + k)
-               for k in (0, 1)]
-    assert [r["response"] for r in both["rows"]] == [r["response"] for s in singles for r in s["rows"]]
-    assert [r["sample"] for r in both["rows"]] == [0] * 12 + [1] * 12
-    assert both["pass1"] == pytest.approx(sum(r["correct"] for r in both["rows"]) / 24, abs=1e-12)
-    assert both["pass1"] == pytest.approx((singles[0]["pass1"] + singles[1]["pass1"]) / 2, abs=1e-12)
-    assert both["num_problems"] == 12
-    assert [r["response"] for r in singles[0]["rows"]] != [r["response"] for r in singles[1]["rows"]]
-
-
 def test_shipped_demo_policy_matches_its_documented_accuracy():
     import model
     from jobs.data import PromptDataset
-    from jobs.sft import evaluate
-    from model.templates import chat_prompt_ids
 
     size = sum(f.stat().st_size for f in DEMO_POLICY.iterdir())
     assert size <= 20 * 2**20, f"{DEMO_POLICY} is {size / 2**20:.1f} MiB; the budget is 20 MiB"
     loaded = model.load(DEMO_POLICY)
     cfg = load_sft_config(DEMO_CONFIG)
     records = PromptDataset(REPO / cfg.data.heldout).records[:32]
-    examples = [Example(r.uid, tuple(chat_prompt_ids(loaded.tokenizer, r.prompt, thinking=cfg.data.thinking)), (),
-                        r.answer) for r in records]
-    result = evaluate(loaded.network, loaded.tokenizer, examples, cfg.sampler, batch_size=32)
-    correct = round(result["pass1"] * 32)
-    assert abs(correct - DEMO_HELDOUT_CORRECT_OF_32) <= 2, (correct, result["rows"][:4])
-    assert result["format_rate"] >= 0.9
+    rows, scores = sft_evaluation(loaded, records, cfg, batch_size=32)
+    correct = round(scores["pass_at_k"]["1"] * 32)
+    assert abs(correct - DEMO_HELDOUT_CORRECT_OF_32) <= 2, (correct, rows[:4])
+    assert scores["format_rate"] >= 0.9
 
 
 SIGN_SLIP_POLICY = REPO / "model" / "assets" / "sign_slip_policy"
@@ -303,8 +292,6 @@ def test_shipped_sign_slip_policy_slips_where_the_demo_policy_does_not():
     """The cold start of the embedded RL demo: demo_policy's arithmetic, with most answers boxed negated."""
     import model
     from jobs.data import PromptDataset
-    from jobs.sft import evaluate
-    from model.templates import chat_prompt_ids
 
     size = sum(f.stat().st_size for f in SIGN_SLIP_POLICY.iterdir())
     assert size <= 20 * 2**20, f"{SIGN_SLIP_POLICY} is {size / 2**20:.1f} MiB; the budget is 20 MiB"
@@ -313,10 +300,7 @@ def test_shipped_sign_slip_policy_slips_where_the_demo_policy_does_not():
     records = PromptDataset(REPO / cfg.data.heldout).records[:32]
     counts = {}
     for name, path in (("slip", SIGN_SLIP_POLICY), ("demo", DEMO_POLICY)):
-        loaded = model.load(path)
-        examples = [Example(r.uid, tuple(chat_prompt_ids(loaded.tokenizer, r.prompt, thinking=cfg.data.thinking)),
-                            (), r.answer) for r in records]
-        rows = evaluate(loaded.network, loaded.tokenizer, examples, cfg.sampler, batch_size=32)["rows"]
+        rows, _ = sft_evaluation(model.load(path), records, cfg, batch_size=32)
         boxed = [re.findall(r"\\boxed\{([^}]*)\}", row["response"]) for row in rows]
         last = [b[-1] if b else None for b in boxed]
         counts[name] = {"slipped": sum(b is not None and b.startswith("-") for b in last),
