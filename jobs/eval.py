@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-# generate_all, score_rows, summarise: jobs.bench.sampler_modes still imports them from here
-from jobs.evaluate import default_ks, evaluate_policy, generate_all, score_rows, summarise  # noqa: F401
+from jobs.evaluate import default_ks, evaluate_policy
 from jobs.sample import DEMO_PROBLEMS
 from jobs.sampler_flags import DEMO_DEFAULTS, add_sampler_flags, sampler_knobs
 from model.resolve import DEMO_POLICY

@@ -1,6 +1,6 @@
 """Generation at cluster scale: sample N responses per prompt of a file on K Ray rollout workers.
 
-    python -m jobs.rollout --model PATH|tiny --prompts FILE.jsonl|.parquet --out DIR --workers K \\
+    python -m jobs.rollout --model PATH|demo|tiny --prompts FILE.jsonl|.parquet --out DIR --workers K \\
         --samples-per-prompt N [--gen-length L --steps S --block-length B --temperature T ...] \\
         [--format jsonl|parquet] [--shard-size S] [--seed SEED] [--score TERM ...] [--address auto]
 
@@ -73,7 +73,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     from model.sampling import check_schedule
 
     parser = argparse.ArgumentParser(prog="python -m jobs.rollout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint directory, or 'tiny' for the random tiny twin")
+    parser.add_argument("--model", required=True, help="checkpoint directory, 'demo' (the shipped policy), or 'tiny' / 'tiny-mmada' (a random tiny twin)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weight dtype (default: as stored)")
     parser.add_argument("--prompts", required=True, help="prompt file (.jsonl or .parquet)")
     parser.add_argument("--out", required=True, help="output directory (rerun into it to resume)")
@@ -109,8 +109,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def identity(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments recorded in the manifest (a path model as an absolute path)."""
+    from model.resolve import NAMES
+
     values = {name: getattr(args, name) for name in IDENTITY_ARGS}
-    if values["model"] != "tiny":
+    if values["model"] not in NAMES:
         values["model"] = os.path.abspath(values["model"])
     return values
 

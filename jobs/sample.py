@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from jobs.sampler_flags import DEMO_DEFAULTS, add_sampler_flags, sampler_knobs
-from model.resolve import DEMO_POLICY  # noqa: F401  (jobs.bench.sampler_modes imports it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_PROBLEMS = REPO / "data" / "arithmetic" / "heldout.jsonl"

@@ -90,9 +90,10 @@ def policy_rows(modes, *, problems: int, batch_size: int) -> list[dict]:
     """pass@1 of the shipped gold-SFT demo policy on the first `problems` held-out problems, per mode."""
     import model
     from jobs.data import PromptDataset
-    from jobs.eval import generate_all, score_rows, summarise
-    from jobs.sample import DEMO_POLICY, DEMO_PROBLEMS
+    from jobs.evaluate import generate_all, score_rows, summarise
+    from jobs.sample import DEMO_PROBLEMS
     from jobs.sampler_flags import DEMO_DEFAULTS
+    from model.resolve import DEMO_POLICY
 
     loaded = model.load(DEMO_POLICY)
     records = PromptDataset(DEMO_PROBLEMS, default_task="text").records[:problems]

@@ -4,6 +4,7 @@ scoring, and a shard whose worker died is redone by a fresh worker."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 
@@ -11,8 +12,10 @@ import pytest
 import ray
 
 from jobs.rollout import (
+    IDENTITY_ARGS,
     RolloutJobError,
     ShardScheduler,
+    identity,
     make_plan,
     parse_args,
     sampler_submit,
@@ -261,3 +264,12 @@ def test_usage_errors_fail_before_anything_starts(prompts, tmp_path, capsys):
             "format, or 'demo' / 'tiny' / 'tiny-mmada'") in capsys.readouterr().err
     assert rollout_main(argv(tmp_path / "missing.jsonl", tmp_path / "f")) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["demo", "tiny", "tiny-mmada"])
+def test_a_named_model_is_recorded_by_name_and_a_path_as_an_absolute_path(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    named = identity(argparse.Namespace(**{**{name: None for name in IDENTITY_ARGS}, "model": model}))
+    assert named["model"] == model
+    path = identity(argparse.Namespace(**{**{name: None for name in IDENTITY_ARGS}, "model": "ckpt"}))
+    assert path["model"] == str(tmp_path / "ckpt")
