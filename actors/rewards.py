@@ -8,9 +8,9 @@ that makes them look like one `rewards.RewardService`.
   factory takes a `device` option and whose options name none runs on `cuda`.
 - `RewardRouter.score(samples)` sends each actor the samples whose task it scores, concurrently, and merges
   the answers into exactly the `ScoredBatch` that `RewardService(config, tasks).score(samples)` returns in
-  one process: the same totals (summed in the config's term order), terms, reasons and metrics (only the
-  `latency_s` values differ: wall times). `health_metrics()` adds `health/reward_actor_restarts` and
-  `health/reward_actor_failures`.
+  one process: the same totals (`rewards.service.weighted_totals`, the service's own function), terms,
+  reasons and metrics (only the `latency_s` values differ: wall times). `health_metrics()` adds
+  `health/reward_actor_restarts` and `health/reward_actor_failures`.
 
 Fault tolerance: rewards are pure functions of the samples, so re-scoring a batch is idempotent. An actor
 that dies mid-batch (ray.kill, os._exit in a thread-isolated reward, OOM) raises `RayActorError` here;
@@ -40,7 +40,7 @@ from actors.config import RewardActorsConfig
 from rewards import registry
 from rewards.base import Sample, ScoredBatch
 from rewards.config import RewardsConfig, RewardTermConfig
-from rewards.service import RewardService, check_samples, metric_term, reward_metrics
+from rewards.service import RewardService, check_samples, metric_term, reward_metrics, weighted_totals
 
 CPU_GROUP = "cpu"
 """Name of the actor that holds every term not in `heavy_terms`."""
@@ -246,16 +246,9 @@ class RewardRouter:
                 for term in self.groups[name].config.tasks[task]:
                     key = f"reward/{task}/{metric_term(term.name)}/latency_s"
                     latency[task, term.name] = batch.metrics.get(key, seconds) if batch is not None else seconds
-        total: list[float | None] = [0.0] * len(samples)
-        for index, sample in enumerate(samples):  # the service's order of summation, so the floats match
-            for term in self._task_terms[sample.task]:
-                value = terms[term.name][index]
-                if value is None or total[index] is None:
-                    total[index] = None
-                else:
-                    total[index] += term.weight * value
-        metrics = self._metrics(samples, terms, reasons, total, latency)
-        return ScoredBatch(total=total, terms=terms, reasons=reasons, metrics=metrics)
+        total, total_reasons = weighted_totals(samples, self._task_terms, terms, reasons)  # the service's own sum
+        metrics = self._metrics(samples, terms, reasons, total, total_reasons, latency)
+        return ScoredBatch(total=total, terms=terms, reasons=reasons, metrics=metrics, total_reasons=total_reasons)
 
     def _run_groups(self, samples: list[Sample], members: dict[str, list[int]]
                     ) -> dict[str, tuple[ScoredBatch | None, str | None, float]]:
@@ -303,10 +296,10 @@ class RewardRouter:
                 submit(name)
         return answers
 
-    def _metrics(self, samples, terms, reasons, total, latency) -> dict[str, float]:
+    def _metrics(self, samples, terms, reasons, total, total_reasons, latency) -> dict[str, float]:
         """The same keys as `RewardService`, computed over the merged answers."""
         return reward_metrics(samples, {task: [t.name for t in ts] for task, ts in self._task_terms.items()},
-                              terms, reasons, total, lambda task, name: latency.get((task, name), 0.0))
+                              terms, reasons, total, lambda task, name: latency.get((task, name), 0.0), total_reasons)
 
     def health_metrics(self) -> dict[str, float]:
         """`health/reward_actor_restarts` and `health/reward_actor_failures`, cumulative."""

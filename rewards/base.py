@@ -104,8 +104,8 @@ class ScoredBatch:
     """What `RewardService.score` returns; every list is aligned with the input samples."""
 
     total: list[float | None]
-    """Weighted sum of the sample's task terms; None when any of its terms is None (the sample is
-    unscorable, docs/algorithm.md §2.4)."""
+    """Weighted sum of the sample's task terms; None when any of its terms is None or the sum is not a
+    finite float (the sample is unscorable, docs/algorithm.md §2.4); `total_reasons` says which."""
     terms: dict[str, list[float | None]]
     """Term name -> raw (unweighted) score per sample. None where unscorable or where the sample's task has
     no such term (see `reasons`)."""
@@ -114,3 +114,6 @@ class ScoredBatch:
     the sample was scored."""
     metrics: dict[str, float] = field(default_factory=dict)
     """`reward/<task>/<term>/<stat>` and `reward/<task>/total/<stat>`, see `rewards.service`."""
+    total_reasons: list[str | None] = field(default_factory=list)
+    """Why `total` is None per sample (`unscored: ...` a term is None, `overflow: ...` the weighted sum is
+    not finite); None where the total is a number. From `rewards.service.weighted_totals`."""

@@ -13,11 +13,13 @@ For one `score(samples)` call:
 3. Every output is checked (one finite float or None per sample); anything else is None with reason
    `invalid`. A raised exception of any kind is None with reason `error`.
 4. The total of a sample is the weighted sum of its task's terms, None if any term is None
-   (docs/algorithm.md §2.4).
+   (docs/algorithm.md §2.4) or if the sum overflows (finite terms, e.g. 2 × 1e308); `weighted_totals` is
+   the one function that sums them, here and in the Ray router, and says why a total is None.
 
 Metrics (`ScoredBatch.metrics`), per task and term, `reward/<task>/<term>/`: `mean` (over scorable samples;
 absent when none is), `count`, `none`, `timeouts`, `errors` (error + crash + invalid), `latency_s` (wall time
-of the batched call that scored it), `none/<reason>` (counted reasons); and `reward/<task>/total/{mean,none,count}`.
+of the batched call that scored it), `none/<reason>` (counted reasons); and `reward/<task>/total/{mean,none,count}`
+with `reward/<task>/total/none/<category>` (`unscored`, `overflow`) for the None totals.
 """
 
 from __future__ import annotations
@@ -180,18 +182,15 @@ class RewardService:
         names = sorted({term.name for task in {s.task for s in samples} for term, _ in self._task_terms[task]})
         terms = {name: [None] * len(samples) for name in names}
         reasons: dict[str, list[str | None]] = {name: ["absent"] * len(samples) for name in names}
-        total: list[float | None] = [0.0] * len(samples)
         for index, sample in enumerate(samples):
             for term, unit in self._task_terms[sample.task]:
                 scored = results[id(unit)][index]
                 terms[term.name][index] = scored.value
                 reasons[term.name][index] = scored.reason if scored.value is None else None
-                if scored.value is None or total[index] is None:
-                    total[index] = None
-                else:
-                    total[index] += term.weight * scored.value
-        metrics = self._metrics(samples, terms, reasons, total, latency)
-        return ScoredBatch(total=total, terms=terms, reasons=reasons, metrics=metrics)
+        total, total_reasons = weighted_totals(
+            samples, {task: [term for term, _ in pairs] for task, pairs in self._task_terms.items()}, terms, reasons)
+        metrics = self._metrics(samples, terms, reasons, total, total_reasons, latency)
+        return ScoredBatch(total=total, terms=terms, reasons=reasons, metrics=metrics, total_reasons=total_reasons)
 
     def _run_units(self, units, members, samples) -> tuple[dict[int, dict[int, Scored]], dict[int, float]]:
         """Run every unit on its samples concurrently; (unit id -> sample index -> Scored, unit id -> seconds)."""
@@ -228,10 +227,11 @@ class RewardService:
         latency.setdefault(unit_id, time.monotonic() - started)
         outputs.setdefault(unit_id, result)
 
-    def _metrics(self, samples, terms, reasons, total, latency) -> dict[str, float]:
+    def _metrics(self, samples, terms, reasons, total, total_reasons, latency) -> dict[str, float]:
         units = {(task, term.name): unit for task, pairs in self._task_terms.items() for term, unit in pairs}
         return reward_metrics(samples, {task: [term.name for term, _ in pairs] for task, pairs in self._task_terms.items()},
-                              terms, reasons, total, lambda task, name: latency.get(id(units[(task, name)]), 0.0))
+                              terms, reasons, total, lambda task, name: latency.get(id(units[(task, name)]), 0.0),
+                              total_reasons)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -259,11 +259,46 @@ def metric_term(name: str) -> str:
     return name.strip("/").replace("/", ".")
 
 
+def weighted_totals(samples: Sequence[Sample], task_terms: Mapping[str, Sequence[RewardTermConfig]],
+                    terms: Mapping[str, list], reasons: Mapping[str, list]) -> tuple[list[float | None], list[str | None]]:
+    """Each sample's total, Σ weight × term over its task's terms in config order, and why it is None.
+
+    The ONE place totals are summed (the service and the Ray router both call it, so their floats match).
+    None with reason `unscored: term 'x' is None (<its reason>)` when a term is None, and `overflow: ...`
+    when finite terms sum to ±inf (a reward of 1e308 with weight 2): such a sample cannot be scored, and an
+    inf total would make its group's advantages NaN. Never 0 in its place (rewards/base.py)."""
+    totals: list[float | None] = []
+    total_reasons: list[str | None] = []
+    for index, sample in enumerate(samples):
+        total, reason = 0.0, None
+        for term in task_terms[sample.task]:
+            value = terms[term.name][index]
+            if value is None:
+                total, reason = None, f"unscored: term {term.name!r} is None ({reasons[term.name][index]})"
+                break
+            total += term.weight * value
+        if total is not None and not math.isfinite(total):
+            parts = " + ".join(f"{term.weight:g} × {terms[term.name][index]:g} ({term.name})"
+                               for term in task_terms[sample.task])
+            total, reason = None, f"overflow: the weighted total {parts} is not a finite float"
+        totals.append(total)
+        total_reasons.append(reason)
+    return totals, total_reasons
+
+
+def _mean(values: list[float]) -> float:
+    """The mean; of each value ÷ n when the plain sum overflows (finite values always have a finite mean)."""
+    total = sum(values)
+    return total / len(values) if math.isfinite(total) else sum(v / len(values) for v in values)
+
+
 def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]], terms: Mapping[str, list],
-                   reasons: Mapping[str, list], total: list, latency_of: Callable[[str, str], float]) -> dict[str, float]:
+                   reasons: Mapping[str, list], total: list, latency_of: Callable[[str, str], float],
+                   total_reasons: Sequence[str | None] = ()) -> dict[str, float]:
     """`reward/<task>/<term>/{count,mean,none,timeouts,errors,latency_s,none/<reason>}` and
-    `reward/<task>/total/{count,none,mean}` of one scored batch (shared by the service and the Ray router,
-    so both report exactly the same keys). `latency_of(task, term)` is the seconds that term's batch took."""
+    `reward/<task>/total/{count,none,mean,none/<category>}` of one scored batch (shared by the service and the
+    Ray router, so both report exactly the same keys). `latency_of(task, term)` is the seconds that term's
+    batch took; `total_reasons` (from `weighted_totals`) gives the categories of the None totals."""
     metrics: dict[str, float] = {}
     by_task: dict[str, list[int]] = defaultdict(list)
     for index, sample in enumerate(samples):
@@ -276,7 +311,7 @@ def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]
             categories = Counter(reasons[name][i].split(":", 1)[0].strip() for i in indices if terms[name][i] is None)
             metrics[f"{prefix}/count"] = float(len(indices))
             if scored_values:
-                metrics[f"{prefix}/mean"] = sum(scored_values) / len(scored_values)
+                metrics[f"{prefix}/mean"] = _mean(scored_values)
             metrics[f"{prefix}/none"] = float(len(values) - len(scored_values))
             metrics[f"{prefix}/timeouts"] = float(categories.get("timeout", 0))
             metrics[f"{prefix}/errors"] = float(sum(categories.get(c, 0) for c in ERROR_CATEGORIES))
@@ -288,7 +323,11 @@ def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]
         metrics[f"reward/{task}/total/count"] = float(len(indices))
         metrics[f"reward/{task}/total/none"] = float(len(totals) - len(scored_totals))
         if scored_totals:
-            metrics[f"reward/{task}/total/mean"] = sum(scored_totals) / len(scored_totals)
+            metrics[f"reward/{task}/total/mean"] = _mean(scored_totals)
+        if total_reasons:
+            for category, count in Counter(total_reasons[i].split(":", 1)[0] for i in indices
+                                           if total[i] is None).items():
+                metrics[f"reward/{task}/total/none/{category}"] = float(count)
     return metrics
 
 

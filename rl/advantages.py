@@ -11,7 +11,14 @@ Decisions:
   floating-point std, so 0.1 + 0.1 + 0.1 rounding never leaks a ±1e-17 advantage).
 - `None` (unscorable) rewards are left out of the mean and std of their group and get Â = 0; the caller
   also drops them from the loss (update.py), so they never train as if their reward were 0.
-Statistics are computed in float64; the result is float32.
+- Statistics are computed in float64 on the group divided by a power of two s ≈ max |r| (so every |r/s| < 2):
+  Â = (r/s − mean(r/s)) / (std(r/s) + eps/s). Any finite rewards then give finite z-scores (|Â| ≤ √(n−1)):
+  unscaled, a sum of 1e308s overflows to inf (NaN advantages) and the squares of 1e200s make the std inf
+  (every advantage silently 0). A power of two rounds nothing, so ordinary rewards get the same bits as
+  the plain formula. Scaling beats a finiteness check here because these groups have a well-defined answer.
+- scale="none" keeps the reward's unit, and the result is float32 (max ≈ 3.4e38): a centred reward beyond
+  that cannot be represented and raises ValueError naming the group, never an inf advantage.
+The result is float32.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from rl.batch import RolloutBatch
 from rl.config import AdvantageConfig
 
 SCALES = ("std", "none")
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _groups(group_ids: Sequence[str]) -> dict[str, list[int]]:
@@ -52,16 +60,25 @@ def group_advantages(
                                   or not math.isfinite(value)):
             raise ValueError(f"rewards[{row}] = {value!r} (group {group_ids[row]!r}): need a finite number or None")
     advantages = torch.zeros(len(rewards), dtype=torch.float64)  # [B]
-    for rows in _groups(group_ids).values():
+    for key, rows in _groups(group_ids).items():
         scorable = [r for r in rows if rewards[r] is not None]
         if not scorable:
             continue
         values = torch.tensor([float(rewards[r]) for r in scorable], dtype=torch.float64)  # [n]
         if bool(values.max() == values.min()):
             continue  # zero spread: no signal, Â = 0 for the whole group
-        centred = values - values.mean()  # [n]
+        # the power of two 2^k <= max |r| < 2^(k+1) (2^(k+1) itself overflows for the largest doubles)
+        scale_by = math.ldexp(1.0, math.frexp(float(values.abs().max()))[1] - 1)
+        scaled = values / scale_by  # [n], every |value| < 2: no sum or square below can overflow
+        centred = scaled - scaled.mean()  # [n]
         if scale == "std":
-            centred = centred / (values.std(correction=0) + eps)
+            centred = centred / (scaled.std(correction=0) + eps / scale_by)  # = (r − mean) / (std + eps)
+        else:
+            centred = centred * scale_by  # back to the reward's unit
+            peak = float(centred.abs().max())
+            if not peak <= _FLOAT32_MAX:
+                raise ValueError(f"group {key!r}: centred rewards reach {peak:.3g}, beyond float32 (±3.4e+38); "
+                                 "use scale='std' (z-scores are bounded) or smaller reward weights")
         advantages[torch.tensor(scorable)] = centred
     return advantages.to(torch.float32)
 

@@ -120,6 +120,35 @@ def test_router_answers_exactly_what_the_service_answers(ray_session, plugin_dir
     assert router.health_metrics() == {"health/reward_actor_restarts": 0.0, "health/reward_actor_failures": 0.0}
 
 
+def test_router_and_service_share_one_weighted_total_and_its_overflow(ray_session, plugin_dir):
+    # issue 18 finding 9: one function sums the totals for both (no second copy to drift) ...
+    import actors.rewards
+    import rewards.service
+
+    assert actors.rewards.weighted_totals is rewards.service.weighted_totals
+    # ... so a finite reward of 1e308 with weight 2 is None with the same reason in an actor as in-process
+    slow = plugin(plugin_dir, "slow_length")
+    config = RewardsConfig(tasks={"text": [RewardTermConfig("format", 1e308), RewardTermConfig(slow, 2.0)]})
+    samples = [Sample("text", "q", "<think>x</think>y"), Sample("text", "q", "no think tags")]
+    with RewardRouter(config, RewardActorsConfig(heavy_terms=(slow,)), tasks=["text"]) as router:
+        routed = router.score(samples)
+    with RewardService(config) as service:
+        local = service.score(samples)
+    # by hand: 1e308 × format 1 + 2 × 17 characters = 1e308 (34 is below its precision); format 0: 2 × 13 = 26
+    assert routed.total == local.total == [1e308, 26.0]
+    config = RewardsConfig(tasks={"text": [RewardTermConfig("format", 1.5e308), RewardTermConfig(slow, 1e307)]})
+    with RewardRouter(config, RewardActorsConfig(heavy_terms=(slow,)), tasks=["text"]) as router:
+        routed = router.score(samples)
+    with RewardService(config) as service:
+        local = service.score(samples)
+    # 1.5e308 × 1 + 1e307 × 17 = 1.5e308 + 1.7e308 > 1.798e308 (the largest float): None; 0 + 1e307 × 13
+    assert routed.total == local.total == [None, 1e307 * 13]
+    assert routed.total_reasons == local.total_reasons
+    assert routed.total_reasons[0] == ("overflow: the weighted total 1.5e+308 × 1 (format) + 1e+307 × 17 "
+                                       f"({slow}) is not a finite float")
+    assert comparable(routed) == comparable(local) and routed.metrics["reward/text/total/none/overflow"] == 1.0
+
+
 def test_an_actor_killed_mid_batch_is_restarted_and_the_batch_rescored(ray_session, plugin_dir, tmp_path):
     started, flag = str(tmp_path / "started"), tmp_path / "exit-now"
     config = RewardsConfig(tasks={"text": [

@@ -186,3 +186,48 @@ def test_a_one_off_reward_by_absolute_path_gives_valid_metric_keys(tmp_path):
     assert batch.metrics[f"reward/text/{term}/mean"] == 1.0
     for key in batch.metrics:
         check_key(key)
+
+
+# ------------------------------------------------ totals that overflow (issue 18, finding 9)
+def test_weighted_totals_by_hand():
+    from rewards.service import weighted_totals
+
+    task_terms = {"t": [RewardTermConfig("a", 2.0), RewardTermConfig("b", 1.0)]}
+    samples = [Sample("t", "q", "r") for _ in range(5)]
+    terms = {"a": [1e308, 1e200, 1.0, None, 1e308], "b": [0.0, 1e200, 0.5, 1.0, -1e308]}
+    reasons = {"a": [None, None, None, "timeout: exceeded 1 s", None], "b": [None] * 5}
+    total, why = weighted_totals(samples, task_terms, terms, reasons)
+    # 2 × 1e308 = inf: no float holds it; 2 × 1e200 + 1e200 = 3e200; 2 × 1 + 0.5 = 2.5; a None term;
+    # 2 × 1e308 overflows before -1e308 is added: summed in config order, exactly as before, so inf
+    assert total == [None, 3e200, 2.5, None, None]
+    assert why == ["overflow: the weighted total 2 × 1e+308 (a) + 1 × 0 (b) is not a finite float", None, None,
+                   "unscored: term 'a' is None (timeout: exceeded 1 s)",
+                   "overflow: the weighted total 2 × 1e+308 (a) + 1 × -1e+308 (b) is not a finite float"]
+
+
+def test_a_total_that_overflows_is_none_with_a_reason_never_inf(misbehaving):
+    meta = RewardTermConfig(misbehaving("meta_score"), 2.0, isolation="thread")
+    config = RewardsConfig(tasks={"t": [meta]})
+    scores = [1e308, 1e200, 0.25, 1e308]
+    samples = [Sample("t", "q", "r", meta={"score": s}) for s in scores] + [Sample("t", "q", "r")]
+    with RewardService(config) as service:
+        batch = service.score(samples)
+    assert batch.total == [None, 2e200, 0.5, None, None]
+    assert batch.terms[meta.name] == scores + [None]  # the raw terms stay: they are finite and valid
+    assert batch.total_reasons[0].startswith("overflow: the weighted total 2 × 1e+308")
+    assert batch.total_reasons[1:3] == [None, None]
+    assert batch.total_reasons[4] == f"unscored: term {meta.name!r} is None (unscorable)"
+    m = batch.metrics
+    assert (m["reward/t/total/none"], m["reward/t/total/none/overflow"], m["reward/t/total/none/unscored"]) == (3, 2, 1)
+    assert m["reward/t/total/mean"] == pytest.approx((2e200 + 0.5) / 2)
+    # the term's mean over 1e308, 1e200, 0.25, 1e308 sums past the largest float; it is still finite
+    assert m[f"reward/t/{metric_term(meta.name)}/mean"] == pytest.approx(1e308 / 2)  # (2 × 1e308 + 1e200 + 0.25) / 4
+
+
+def test_total_reasons_are_none_exactly_where_the_total_is_a_number():
+    samples = [Sample("text", "2+2?", THOUGHT + "\\boxed{4}", "4"), Sample("text", "2+2?", "\\boxed{4}", None)]
+    with RewardService(RewardsConfig(), tasks=["text"]) as service:
+        batch = service.score(samples)
+    assert batch.total == [2.5, None]
+    assert batch.total_reasons == [None, "unscored: term 'correctness' is None (no_gold)"]
+    assert batch.metrics["reward/text/total/none/unscored"] == 1.0 and "reward/text/total/none/overflow" not in batch.metrics

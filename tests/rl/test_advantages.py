@@ -98,3 +98,44 @@ def test_errors_name_the_problem():
         group_advantages([True], ["a"])
     with pytest.raises(ValueError, match="correctness has 1 entries but group_ids has 2"):
         groups_to_keep([1.0], ["a", "b"])
+
+
+# ------------------------------------------------ huge finite rewards (issue 18, finding 9)
+def test_huge_finite_rewards_give_the_z_scores_of_any_other_scale():
+    # [1e200, -1e200]: mean 0, population std 1e200 -> exactly +1, -1 (an unscaled std squares 1e200 to inf,
+    # which silently made both advantages 0)
+    assert group_advantages([1e200, -1e200], ["g", "g"]).tolist() == [1.0, -1.0]
+    # [1e308, 1e308, -1e308] is [1, 1, -1] × 1e308: mean 1/3, deviations 2/3, 2/3, -4/3, population variance
+    # (4/9 + 4/9 + 16/9) / 3 = 8/9, std 2√2/3 -> z = 1/√2, 1/√2, -√2 (an unscaled sum overflows: NaN)
+    adv = group_advantages([1e308, 1e308, -1e308], ["u"] * 3, eps=0.0)
+    assert adv.tolist() == pytest.approx([1 / math.sqrt(2), 1 / math.sqrt(2), -math.sqrt(2)], rel=1e-6)
+    # the largest double both ways, next to an ordinary group: [M, -M, 0] -> mean 0, std M·√(2/3) -> ±√(3/2), 0
+    big = torch.finfo(torch.float64).max
+    adv = group_advantages([big, -big, 0.0, 1.0, 0.0], ["x", "x", "x", "y", "y"], eps=0.0)
+    assert adv.tolist() == pytest.approx([math.sqrt(1.5), -math.sqrt(1.5), 0.0, 1.0, -1.0], rel=1e-6)
+    assert torch.isfinite(adv).all()
+
+
+def test_tiny_rewards_keep_their_z_scores():
+    # [3e-300, 1e-300]: mean 2e-300, std 1e-300 -> ±1 with eps = 0 (the squares underflow to 0 unscaled);
+    # with the default eps = 1e-6 the spread is negligible and the advantages are ~0, as before
+    assert group_advantages([3e-300, 1e-300], ["g", "g"], eps=0.0).tolist() == [1.0, -1.0]
+    assert group_advantages([3e-300, 1e-300], ["g", "g"]).tolist() == pytest.approx([0.0, 0.0], abs=1e-290)
+
+
+def test_scaling_is_exact_for_ordinary_rewards():
+    # the group is divided by a power of two, which rounds nothing: the same bits as the plain formula
+    rewards = [0.1, 0.7, 0.3, 2.5, -1.25, 1e-3]
+    values = torch.tensor(rewards, dtype=torch.float64)
+    centred = values - values.mean()
+    expected = (centred / (values.std(correction=0) + 1e-6)).to(torch.float32)
+    assert torch.equal(group_advantages(rewards, ["g"] * 6), expected)
+    assert torch.equal(group_advantages(rewards, ["g"] * 6, scale="none"), centred.to(torch.float32))
+
+
+def test_centring_beyond_float32_is_an_error_naming_the_group():
+    # scale='none' keeps the reward's unit: ±1e200 cannot be a float32 advantage (max ≈ 3.4e38)
+    assert group_advantages([1e30, -1e30], ["g", "g"], scale="none").tolist() == pytest.approx([1e30, -1e30])
+    with pytest.raises(ValueError, match=r"group 'prompt-7': centred rewards reach 1e\+200, beyond float32 "
+                                         r"\(±3\.4e\+38\); .*scale='std'"):
+        group_advantages([1.0, 1.0, 1e200, -1e200], ["a", "a", "prompt-7", "prompt-7"], scale="none")
