@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from jobs.config import load_config
-from jobs.train import main, sampler_metrics, train
+from jobs.train import main, train
+from jobs.train_parts import sampler_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests/jobs/configs/tiny_lengths.yaml"

@@ -1,0 +1,276 @@
+"""The parts of a training run that `jobs/train.py` composes, each a function of what it is given (none
+keeps state): the data and the actors a run starts, and the driver's side of one RL step (collect, score,
+advantages, update) with the step's metrics and logged rows.
+
+One step (docs/algorithm.md §2): the rollout workers sample every prompt `algo.group_size` times with
+π_old at `policy_version` v (a batch may mix text, image-understanding and text-to-image prompts:
+jobs/multitask.py); the reward service scores every response with its task's weighted terms (t2i samples
+on their generated image, understanding samples on their input image); advantages are group z-scores per
+prompt uid (unscorable samples: Â = 0, left out of the statistics); the learner ranks (DeepSpeed ZeRO,
+data parallel) run the UniGRPO update on contiguous shards of the kept rows (rl.update); rank 0's weights
+then go to the workers as version v+1 (`RolloutPool.sync`, called by the driver).
+
+Rewards are weighted per task by the reward service; the batch carries that weighted `total` as its reward
+term, so mixed-task batches need no shared weight table. With `algo.advantage.drop_groups_*`, dropped groups
+leave the batch; the learner then needs the kept rows to split evenly over its ranks, which
+`algo.group_size % learner.num_ranks == 0` guarantees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs.checkpoint import restore_rng_state
+from jobs.config import TrainConfig
+from jobs.configtree import ConfigError
+from jobs.data import PromptDataset, PromptStream
+from jobs.multitask import (
+    check_tasks,
+    image_tasks,
+    reward_actor_roles,
+    reward_samples,
+    reward_scorer,
+    task_metrics,
+    without_images,
+)
+from rl.advantages import batch_advantages
+from rl.batch import RolloutBatch
+from rl.losses import reduce_stats, summarize_stats
+
+log = logging.getLogger("unigrpo.train")
+
+
+# -- the run's model, data and actors --------------------------------------------------------------------
+# network_source and driver_tokenizer_and_config: as they were in jobs/train.py (which still exports them)
+def network_source(cfg: TrainConfig):
+    """A checkpoint directory, or a seeded factory of a tiny twin (every process builds the same)."""
+    if cfg.model.path in ("tiny", "tiny-mmada"):
+        from model.tiny import tiny_mmada_model, tiny_model
+
+        factory = tiny_model if cfg.model.path == "tiny" else tiny_mmada_model
+        return functools.partial(factory, seed=cfg.run.seed, **cfg.model.tiny_size)
+    return cfg.model.path
+
+
+def driver_tokenizer_and_config(cfg: TrainConfig):
+    """The tokenizer (to build prompts) and the backbone config (to export), without loading weights."""
+    from model.checkpoint import CONFIG_NAME, config_from_json
+    from model.tokenizer import load_tokenizer
+
+    if cfg.model.path in ("tiny", "tiny-mmada"):
+        loaded = network_source(cfg)()
+        return loaded.tokenizer, loaded.config
+    path = Path(cfg.model.path)
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise ConfigError([f"model.path: {cfg.model.path!r} has no {CONFIG_NAME}; give a checkpoint directory "
+                           "in the published format, or 'tiny' / 'tiny-mmada'"])
+    return load_tokenizer(path), config_from_json(json.loads(config_file.read_text()), str(config_file))
+
+
+def load_data(cfg: TrainConfig, backbone) -> tuple[PromptStream, list]:
+    """The training prompts (bad rows reported and skipped) and their stream; a ConfigError when the data's
+    tasks do not fit the config (reward terms, model, image tokenizer), raised before Ray starts."""
+    dataset = PromptDataset(cfg.data.train, default_task=cfg.data.default_task,
+                            image_tasks=image_tasks(cfg.data))
+    for problem in dataset.problems:
+        log.warning("skipped %s", problem)
+    stream = PromptStream(dataset, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    problems = check_tasks(cfg, dataset.records, backbone)
+    if problems:
+        raise ConfigError(problems, str(cfg.data.train))
+    return stream, dataset.records
+
+
+def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[Any, Any, Any]:
+    """Ray (started here, or the cluster joined), then the reward scorer, the `LearnerGroup` and the
+    `RolloutPool` over the network `source`; each is registered on the ExitStack `cleanup` to be stopped."""
+    import ray  # Ray loads once a run starts, never for --print-config or a config error
+
+    from actors.cluster import (
+        create_placement_groups,
+        init_ray,
+        learner_role,
+        remove_placement_groups,
+        rollout_role,
+    )
+    from actors.learner import LearnerGroup
+    from actors.rollout_pool import RolloutPool
+
+    roles = [learner_role(cfg.learner), rollout_role(cfg.rollout)]
+    if not ray.is_initialized() and cfg.cluster.address is None and not _ray_was_external():
+        cleanup.callback(ray.shutdown)  # the local Ray this run starts (a no-op if it never starts)
+    # an impossible resource request fails here, before any actor exists (reward actors included)
+    init_ray(cfg.cluster, roles + reward_actor_roles(cfg, tasks))
+    scorer = reward_scorer(cfg, tasks)  # heavy terms (clip, image_reward): Ray actors; else in-process
+    cleanup.callback(scorer.close)
+    groups = create_placement_groups(roles, cfg.cluster)
+    cleanup.callback(remove_placement_groups, groups)
+    learners = LearnerGroup(cfg.learner, source, total_steps=cfg.run.steps,
+                            placement_group=groups.get("learner"))
+    cleanup.callback(learners.shutdown)
+    pool = RolloutPool(cfg.rollout, source, dtype=cfg.learner.dtype, placement_group=groups.get("rollout"),
+                       name=cfg.run.name)
+    cleanup.callback(pool.shutdown)
+    return scorer, learners, pool
+
+
+def resume(checkpoints, learners, pool, stream: PromptStream) -> tuple[int, int] | None:
+    """(step, policy version) of the checkpoint `checkpoint.resume` selects, once the learner weights, the
+    workers (synced to them), the data cursor and the RNG are restored from it; None: a fresh run."""
+    resumed = checkpoints.resume(learners.load_checkpoint)
+    if resumed is None:
+        return None
+    state = resumed.driver_state
+    step, version = state["step"], state["policy_version"]
+    stream.load_state_dict(state["data"])
+    restore_rng_state(state["rng"])
+    if version > 0:
+        pool.sync(learners, version)
+    log.info("resumed from %s (step %d, policy version %d)", resumed.path, step, version)
+    return step, version
+
+
+def _ray_was_external() -> bool:
+    """True inside `ray job submit` (the job joins an existing cluster; never shut that down)."""
+    return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
+
+
+# -- one step --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What a step leaves for logging: the scored batch (B rows), each row's dataset task, the kept rows and
+    their advantages ([B'] float32), and the step's metrics."""
+
+    batch: Any
+    row_tasks: list[str]
+    kept: Any
+    advantages: Any
+    metrics: dict[str, float]
+
+
+def collect(pool, pending, step: int, version: int, max_policy_lag: int) -> tuple[RolloutBatch, dict]:
+    """The step's samples as one batch (rows in shard order) and the rollout metrics; raises when the oldest
+    sample is more than `max_policy_lag` versions behind the learner (async mode)."""
+    batches, metrics = pool.collect(pending)
+    batch = RolloutBatch.concat(batches)
+    lag = version - min(batch.policy_version)
+    if lag > max_policy_lag:
+        raise RuntimeError(f"step {step}: samples at version {min(batch.policy_version)} are {lag} versions "
+                           f"behind the learner ({version}); run.max_policy_lag is {max_policy_lag}")
+    return batch, metrics
+
+
+def score(batch: RolloutBatch, records_by_uid, load_image, scorer) -> tuple[RolloutBatch, list, dict]:
+    """`batch` with its rewards (a new batch: the per-task weighted `total` and the terms every row has), the
+    reward samples, and the reward metrics (with the reward actors' health counters when the scorer is the
+    Ray router) and `perf/reward_s`."""
+    started = time.perf_counter()
+    samples = reward_samples(batch, records_by_uid, load_image)
+    scored = scorer.score(samples)
+    rewards = {"total": scored.total}
+    for term, values in scored.terms.items():  # terms every row has (mixed tasks: some are absent)
+        if all(reason != "absent" for reason in scored.reasons[term]):
+            rewards[term] = values
+    metrics = dict(scored.metrics)
+    if hasattr(scorer, "health_metrics"):
+        metrics.update(scorer.health_metrics())
+    batch = dataclasses.replace(batch, rewards=rewards)
+    metrics["perf/reward_s"] = time.perf_counter() - started
+    return batch, samples, metrics
+
+
+def compute_advantages(batch: RolloutBatch, samples: list, records_by_uid, cfg: TrainConfig
+                       ) -> tuple[RolloutBatch, torch.Tensor, list[str], dict[str, float]]:
+    """The kept rows (`algo.advantage.drop_groups_*` may drop groups), their advantages [B'] float32, each
+    batch row's dataset task (the batch holds sampler kinds), and the `health/*` and per-task metrics."""
+    kept, values, stats = batch_advantages(batch, cfg.algo.advantage, {"total": 1.0})  # the weighted total
+    metrics = {f"health/{k}": v for k, v in stats.items()}
+    row_tasks = [sample.task for sample in samples]
+    metrics.update(task_metrics(batch, row_tasks, [records_by_uid[u].task for u in kept.uid], values))
+    return kept, values, row_tasks, metrics
+
+
+def shard_rows(num_rows: int, num_ranks: int) -> list[list[int]]:
+    """Contiguous equal row ranges, one per learner rank (the config guarantees divisibility)."""
+    size = num_rows // num_ranks
+    return [list(range(r * size, (r + 1) * size)) for r in range(num_ranks)]
+
+
+def update(learners, kept: RolloutBatch, advantages: torch.Tensor, cfg: TrainConfig, step: int) -> dict[str, float]:
+    """One UniGRPO update of every learner rank on its shard of the kept rows (advantages: [B'] float32);
+    returns the `loss/*` metrics reduced over the ranks, and `perf/update_s`."""
+    from actors.learner import unigrpo_step  # actors import Ray: loaded once a run starts, not by the CLI
+
+    started = time.perf_counter()
+    rows = shard_rows(kept.num_rows, cfg.learner.num_ranks)
+    rank_stats = learners.train_step(
+        unigrpo_step, [{"batch": without_images(kept.select(r)), "advantages": advantages[r]} for r in rows],
+        rl_step=step, algo=cfg.algo, step=step, run_seed=cfg.run.seed, num_sequences_global=kept.num_rows)
+    stats = summarize_stats(reduce_stats(rank_stats), num_steps=1)
+    metrics = {f"loss/{k}": v for k, v in stats.items() if not k.endswith(("_sum", "_count"))}
+    metrics["perf/update_s"] = time.perf_counter() - started
+    return metrics
+
+
+def sampler_metrics(metadata: list[dict]) -> dict[str, float]:
+    """`rollout/forwards_per_token` (NFE ÷ generated tokens) and `rollout/tokens_per_forward` over the text and
+    mmu rows (their metadata carries `sampler_forwards`, `sampler_tokens`); {} for a batch without them.
+    With a confidence threshold a rising tokens_per_forward means the policy reveals more tokens per step."""
+    rows = [m for m in metadata if "sampler_forwards" in m]
+    forwards = sum(m["sampler_forwards"] for m in rows)
+    tokens = sum(m["sampler_tokens"] for m in rows)
+    if not rows or not forwards:
+        return {}
+    return {"rollout/forwards_per_token": forwards / tokens, "rollout/tokens_per_forward": tokens / forwards}
+
+
+def rollout_metrics(batch: RolloutBatch, collect_s: float, version: int, step_started: float) -> dict:
+    """Response lengths, sampling throughput and sampler metrics of the batch, the policy version after the
+    update, and `perf/step_s` (measured here: everything of the step but logging and checkpoints)."""
+    lengths = batch.scored_mask.sum(dim=1).float()  # [B] scored response tokens (through EOS)
+    return {
+        "rollout/response_tokens_mean": float(lengths.mean()),
+        "rollout/response_tokens_max": float(lengths.max()),
+        "rollout/tokens_per_s": float(lengths.sum()) / max(collect_s, 1e-9),
+        "rollout/policy_version": float(version),
+        **sampler_metrics(batch.metadata),
+        "perf/step_s": time.perf_counter() - step_started,
+    }
+
+
+def rollout_rows(batch: RolloutBatch, row_tasks: list[str]) -> list[dict[str, Any]]:
+    """One `rollouts.jsonl` entry per row: what the step consumed, and from which policy version."""
+    columns = zip(batch.uid, batch.sample_index, row_tasks, batch.policy_version, batch.rewards["total"])
+    return [{"uid": uid, "sample": index, "task": task, "version": v, "reward": reward}
+            for uid, index, task, v, reward in columns]
+
+
+def sample_rows(batch: RolloutBatch, kept: RolloutBatch, advantages: torch.Tensor, limit: int) -> list[dict]:
+    """The first `limit` rows of the sample table: of the kept rows, which the advantages [B'] belong to
+    (groups may be dropped), or of the whole batch with Â = 0 when no row was kept."""
+    if not kept.num_rows:
+        kept, advantages = batch, torch.zeros(batch.num_rows)
+    rows = []
+    for row in range(min(limit, kept.num_rows)):
+        meta = kept.metadata[row]
+        rows.append({"uid": kept.uid[row], "sample": kept.sample_index[row],
+                     "task": meta.get("task", kept.task[row]), "prompt": meta.get("prompt"),
+                     "response": meta.get("response"), "reward": kept.rewards["total"][row],
+                     "advantage": round(float(advantages[row]), 4)})
+    return rows
+
+
+def mean_reward(batch: RolloutBatch) -> str:
+    """The mean total reward of the scorable rows, for the progress bar ("n/a" when none is)."""
+    scored = [r for r in batch.rewards["total"] if r is not None]
+    return f"{sum(scored) / len(scored):.3f}" if scored else "n/a"
