@@ -1,6 +1,6 @@
-"""jobs/sft.py: the LLaDA SFT objective against a plain loop, masking, batching, the schedule, config
-errors, a few optimizer steps lowering the loss, one end-to-end run on the learner group, and the shipped
-demo policy's held-out accuracy (docs/demo.md), measured by the evaluation `python -m jobs.eval` runs."""
+"""jobs/sft.py, jobs/sft_data.py, jobs/sft_config.py: batching, the step function the learner ranks run, the
+schedule, config errors, one end-to-end run on the learner group, and the shipped demo policy's held-out accuracy
+(docs/demo.md), measured by the evaluation `python -m jobs.eval` runs. The objective itself: tests/rl/test_sft.py."""
 
 from __future__ import annotations
 
@@ -13,19 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.sft import (
-    Example,
-    SFTConfig,
-    collate,
-    learning_rate,
-    load_sft_config,
-    make_batch,
-    mask_responses,
-    sft_loss,
-    sft_step,
-    shard,
-    tokenize_examples,
-)
+from jobs.sft import STEP_FUNCTION, sft_step
+from jobs.sft_config import SFTConfig, learning_rate, load_sft_config
+from jobs.sft_data import Example, collate, make_batch, shard, tokenize_examples
 from model.resolve import DEMO_POLICY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,69 +50,6 @@ def test_collate_left_pads_prompts_and_marks_responses():
     assert collate(examples_of(([5], [8]), ([4], [3])), PAD)["attention_mask"] is None
 
 
-def test_mask_responses_never_touches_the_prompt():
-    ids = torch.arange(10, 10 + 4 * 40).reshape(4, 40)  # [4, 40]
-    response = torch.zeros(4, 40, dtype=torch.bool)
-    response[:, 8:] = True
-    noisy, masked, ratio = mask_responses(ids, response, mask_id=MASK, eps=0.2,
-                                          generator=torch.Generator().manual_seed(0))
-    assert not masked[:, :8].any() and torch.equal(noisy[:, :8], ids[:, :8])
-    assert torch.equal(noisy == MASK, masked) and torch.equal(noisy[~masked], ids[~masked])
-    assert ((ratio >= 0.2) & (ratio <= 1.0)).all()
-    again = mask_responses(ids, response, mask_id=MASK, eps=0.2, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(again[1], masked)  # a seed fixes the masks
-    # Bernoulli(p_i) per position: with 32 response positions the masked fraction is near p_i (not exact).
-    big = torch.ones(2000, 32, dtype=torch.bool)
-    _, big_masked, big_ratio = mask_responses(torch.zeros(2000, 32, dtype=torch.long), big, mask_id=MASK, eps=1e-3,
-                                              generator=torch.Generator().manual_seed(1))
-    residual = big_masked.float().mean(1) - big_ratio  # [2000], each with std <= sqrt(0.25/32) ~ 0.09
-    assert abs(float(residual.mean())) < 0.01
-
-
-def test_sft_loss_matches_the_published_formula_by_loop(tiny):
-    """loss = (1/B) sum_i (1/L_i) sum_{masked j} -log p(x_ij | noisy_i) / p_i, on the full-sequence logits."""
-    network = tiny.network.eval()
-    batch = collate(examples_of(([5, 6, 7], [8, 9, 10, PAD]), ([4], [3, 11, PAD, PAD]), ([12, 13], [14, 15, 16, 17])),
-                    PAD)
-    ids, response = batch["input_ids"], batch["response_mask"]  # [3, 7]
-    masked = torch.zeros_like(response)
-    masked[0, [3, 5]] = True
-    masked[1, [4, 5, 6]] = True  # EOS padding positions are targets too
-    masked[2, 6] = True
-    ratio = torch.tensor([0.5, 0.9, 0.25])
-    noisy = ids.masked_fill(masked, MASK)
-    loss = sft_loss(network, ids, noisy, masked, ratio, response, batch["attention_mask"], num_sequences_global=3)
-
-    with torch.no_grad():
-        logits = network(noisy, batch["attention_mask"]).double()  # [3, 7, V], full positions
-    expected = 0.0
-    for i in range(3):
-        response_length = int(response[i].sum())  # L_i = 4 for every row here
-        for j in range(ids.shape[1]):
-            if masked[i, j]:
-                nll = -torch.log_softmax(logits[i, j], -1)[ids[i, j]]
-                expected += float(nll) / float(ratio[i]) / response_length
-    expected /= 3
-    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
-    # Split over "ranks": the shard losses with the global normaliser sum to the whole loss.
-    parts = [sft_loss(network, ids[r], noisy[r], masked[r], ratio[r], response[r], batch["attention_mask"][r], 3)
-             for r in (slice(0, 1), slice(1, 3))]
-    assert float(sum(parts).detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
-
-
-def test_prompt_tokens_do_not_change_the_targets(tiny):
-    """Only masked response positions are scored: unmasking nothing on the prompt, the loss ignores prompt
-    content except through attention (a changed prompt token changes logits but adds no term)."""
-    network = tiny.network.eval()
-    batch = collate(examples_of(([5, 6], [8, 9])), PAD)
-    masked = torch.tensor([[False, False, True, False]])
-    noisy = batch["input_ids"].masked_fill(masked, MASK)
-    loss = sft_loss(network, batch["input_ids"], noisy, masked, torch.tensor([1.0]), batch["response_mask"], None, 1)
-    with torch.no_grad():
-        logits = network(noisy).double()
-    assert float(loss.detach()) == pytest.approx(float(-torch.log_softmax(logits[0, 2], -1)[8]) / 2, rel=1e-5)
-
-
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
     import copy
 
@@ -140,6 +67,23 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
     losses = [sft_step(ctx, **batch, num_sequences_global=6, lr=1e-2)["loss"] for _ in range(8)]
     assert engine.optimizer.param_groups[0]["lr"] == 1e-2  # set by the step
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_the_learner_ranks_find_the_step_function_by_its_path():
+    """`run` sends STEP_FUNCTION, a "module:function" string; each rank imports it (actors/learner.py)."""
+    from actors.learner import resolve_step
+
+    assert resolve_step(STEP_FUNCTION) is sft_step
+
+
+def test_make_batch_masks_are_a_function_of_run_seed_and_step():
+    examples = examples_of(*[([5 + i, 6], [20 + i, 30, 40, PAD, PAD]) for i in range(4)])
+    cfg = load_sft_config(None, ["sft.batch_size=4", "sft.mask_eps=0.5"])
+    first, again = (make_batch(examples, step=3, cfg=cfg, mask_id=MASK, pad_id=PAD) for _ in range(2))
+    assert all(torch.equal(first[k], again[k]) for k in ("noisy_ids", "masked", "mask_ratio"))
+    assert not torch.equal(first["mask_ratio"], make_batch(examples, step=4, cfg=cfg, mask_id=MASK,
+                                                           pad_id=PAD)["mask_ratio"])
+    assert not first["masked"][:, :2].any() and torch.equal(first["noisy_ids"] == MASK, first["masked"])
 
 
 def test_shard_splits_rows_evenly():
@@ -191,7 +135,8 @@ def test_config_loads_and_errors_name_the_key():
 
 
 def test_the_tiny_policy_is_sized_by_the_model_section_and_a_bad_path_names_the_key(tmp_path):
-    from jobs.sft import run, tiny_size
+    from jobs.sft import run
+    from jobs.sft_config import tiny_size
     from model.resolve import ModelSpecError, model_parts
 
     cfg = load_sft_config(DEMO_CONFIG)
