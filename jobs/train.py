@@ -42,10 +42,9 @@ from jobs.train_parts import (
     StepResult,
     collect,
     compute_advantages,
-    driver_tokenizer_and_config,
     load_data,
     mean_reward,
-    network_source,
+    policy_parts,
     resume,
     rollout_metrics,
     rollout_rows,
@@ -107,18 +106,18 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     run_dir = cfg.run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = write_resolved(cfg, run_dir)
-    tokenizer, backbone = driver_tokenizer_and_config(cfg)
-    stream, records = load_data(cfg, backbone)
+    policy = policy_parts(cfg)
+    stream, records = load_data(cfg, policy.config)
     load_image = image_loader(cache_size=4 * cfg.run.prompts_per_step)
-    scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), network_source(cfg), cleanup)
+    scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), policy.source, cleanup)
     checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint)
     resumed = resume(checkpoints, learners, pool, stream)  # (step, policy version), or None: a fresh run
     state = RunState() if resumed is None else RunState(*resumed)
     metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg),
                             resume_step=state.start if resumed is not None else -1)  # fresh: drop an old run's lines
     cleanup.callback(metrics.close)
-    evaluator = HeldoutEvaluator(cfg, backbone, tokenizer, run_dir) if cfg.data.eval else None
-    return Run(cfg, config_path, tokenizer, backbone, stream, {r.uid: r for r in records}, load_image, scorer,
+    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, run_dir) if cfg.data.eval else None
+    return Run(cfg, config_path, policy.tokenizer, policy.config, stream, {r.uid: r for r in records}, load_image, scorer,
                learners, pool, checkpoints, metrics, evaluator), state
 
 

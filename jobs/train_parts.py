@@ -19,12 +19,9 @@ leave the batch; the learner then needs the kept rows to split evenly over its r
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,31 +47,16 @@ log = logging.getLogger("unigrpo.train")
 
 
 # -- the run's model, data and actors --------------------------------------------------------------------
-# network_source and driver_tokenizer_and_config: as they were in jobs/train.py (which still exports them)
-def network_source(cfg: TrainConfig):
-    """A checkpoint directory, or a seeded factory of a tiny twin (every process builds the same)."""
-    if cfg.model.path in ("tiny", "tiny-mmada"):
-        from model.tiny import tiny_mmada_model, tiny_model
+def policy_parts(cfg: TrainConfig):
+    """`model.path` resolved by model/resolve.py: the workers' network source (a checkpoint directory or a
+    seeded tiny-twin factory, so every process builds the same weights), the tokenizer (to build prompts)
+    and the backbone config (to export), without loading a checkpoint's weights here."""
+    from model.resolve import ModelSpecError, model_parts
 
-        factory = tiny_model if cfg.model.path == "tiny" else tiny_mmada_model
-        return functools.partial(factory, seed=cfg.run.seed, **cfg.model.tiny_size)
-    return cfg.model.path
-
-
-def driver_tokenizer_and_config(cfg: TrainConfig):
-    """The tokenizer (to build prompts) and the backbone config (to export), without loading weights."""
-    from model.checkpoint import CONFIG_NAME, config_from_json
-    from model.tokenizer import load_tokenizer
-
-    if cfg.model.path in ("tiny", "tiny-mmada"):
-        loaded = network_source(cfg)()
-        return loaded.tokenizer, loaded.config
-    path = Path(cfg.model.path)
-    config_file = path / CONFIG_NAME
-    if not config_file.is_file():
-        raise ConfigError([f"model.path: {cfg.model.path!r} has no {CONFIG_NAME}; give a checkpoint directory "
-                           "in the published format, or 'tiny' / 'tiny-mmada'"])
-    return load_tokenizer(path), config_from_json(json.loads(config_file.read_text()), str(config_file))
+    try:
+        return model_parts(cfg.model.path, key="model.path", seed=cfg.run.seed, size=cfg.model.tiny_size)
+    except ModelSpecError as exc:
+        raise ConfigError([str(exc)]) from exc
 
 
 def load_data(cfg: TrainConfig, backbone) -> tuple[PromptStream, list]:

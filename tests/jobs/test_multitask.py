@@ -217,15 +217,15 @@ def test_check_tasks_image_tokenizer_against_the_model(tmp_path):
 
 
 def test_tiny_mmada_source_has_the_configured_sizes():
-    from jobs.train import driver_tokenizer_and_config, network_source
+    from jobs.train_parts import policy_parts
 
     cfg = load_config(None, [TRAIN, "model.path=tiny-mmada", "run.seed=4",
                              "model.tiny_size={codebook_size: 32, num_vq_tokens: 4, d_model: 32, n_layers: 1}"])
-    loaded = network_source(cfg)()
-    tokenizer, config = driver_tokenizer_and_config(cfg)
+    parts = policy_parts(cfg)
+    loaded, tokenizer, config = parts.source(), parts.tokenizer, parts.config
     assert config == loaded.config and len(tokenizer) == len(loaded.tokenizer)
     assert config.vocab_size == len(tokenizer) + 32 and (config.d_model, config.n_layers) == (32, 1)
     assert config.mmada == {"new_vocab_size": len(tokenizer) + 32, "llm_vocab_size": len(tokenizer),
                             "codebook_size": 32, "num_vq_tokens": 4, "num_new_special_tokens": 0}
-    again = network_source(cfg)()  # seeded by run.seed: every process builds the same weights
+    again = policy_parts(cfg).source()  # seeded by run.seed: every process builds the same weights
     assert all(torch.equal(a, b) for a, b in zip(loaded.network.state_dict().values(), again.network.state_dict().values()))
