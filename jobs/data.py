@@ -8,11 +8,19 @@ column is kept in `meta`. The `data` config section (jobs/config.py) supplies th
 
 Rows of the tasks listed in `image_tasks` (the multimodal-understanding kinds, e.g. captioning) must
 have an image. `load_image(path)` reads one as the HxWx3 uint8 RGB array that rewards and rollout workers
-take.
+take; every row's image is read that way once when the file loads (each file once), so an unreadable
+image is a bad row at load, not an error in the step that draws it.
 
 Bad rows are reported with file, row number (1-based: the line number in a jsonl file, the record
 number in a parquet file) and what is wrong, then skipped; if no row is good the load fails with the
-list. Duplicate uids are bad rows too (advantages are grouped by uid).
+list. Duplicate uids are bad rows too (advantages are grouped by uid). A jsonl file is decoded line by
+line, so a line that is not UTF-8 is one bad row; text holding a lone surrogate (JSON `"\\ud800"`
+without its pair), which no tokenizer can encode, is a bad row too.
+
+Prompt length needs the tokenizer and the model, so it is checked by a second call once they are known:
+`PromptDataset.check_prompts` (the training driver) or `check_prompt_records` (held-out evaluation), which
+report and skip the rows whose prompt is longer than `max_sequence_length - gen_length` tokens or holds
+the mask token, the way bad rows are reported at load.
 
 Shuffling: epoch e visits the records in the order of blake2b(seed, e, uid), a pure function of the
 seed, the epoch and the record, independent of library versions. The cursor (epoch, position) is
@@ -24,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,8 +75,14 @@ def _format_of(path: Path, fmt: str) -> str:
 def _raw_rows(path: Path, fmt: str, problems: list[str]):
     """Yield (row number, dict) for every record; rows that are not objects go to `problems`."""
     if fmt == "jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
+        with path.open("rb") as handle:  # decoded line by line: one bad byte spoils one row, not the file
+            for line_no, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    problems.append(f"{path}:{line_no}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                                    f"{exc.start + 1}); save the file as UTF-8")
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -102,11 +116,17 @@ def _text(value: Any, name: str, *, required: bool) -> str | None:
     text = str(value)
     if required and not text.strip():
         raise ValueError(f"'{name}' is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: JSON "\ud800" without its pair
+        raise ValueError(f"'{name}' holds a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start + 1}, "
+                         "which no tokenizer can encode; write the character itself, or both halves of its "
+                         "surrogate pair (e.g. \"\\ud83d\\ude00\")") from None
     return text
 
 
 def _record(path: Path, row_no: int, row: dict, column: dict[str, str], default_task: str | None,
-            image_tasks: Collection[str] = ()) -> PromptRecord:
+            image_tasks: Collection[str] = (), read_image: Callable[[Path], None] | None = None) -> PromptRecord:
     prompt = _text(row.get(column["prompt"]), column["prompt"], required=True)
     answer = _text(row.get(column["answer"]), column["answer"], required=False)
     task = row.get(column["task"])
@@ -121,6 +141,8 @@ def _record(path: Path, row_no: int, row: dict, column: dict[str, str], default_
         if not image_path.is_file():
             raise ValueError(f"image file {str(image_path)!r} does not exist")
         image = str(image_path.resolve())
+        if read_image is not None:
+            read_image(Path(image))
     elif task in image_tasks:
         raise ValueError(f"task {task!r} needs an image (it is sampled as image understanding); "
                          f"'{column['image']}' is missing")
@@ -141,10 +163,13 @@ class PromptDataset:
     fields: our field -> column name in the files, for the fields named differently there.
     format: "auto" (from each file's suffix), "jsonl" or "parquet".
     image_tasks: tasks whose rows must have an image (rows without one are bad rows).
+    read_images: read every row's image at load (False: only check that the file exists; for jobs that
+        sample text only and refuse image rows anyway).
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path], *, default_task: str | None = None,
-                 fields: Mapping[str, str] | None = None, format: str = "auto", image_tasks: Collection[str] = ()):
+                 fields: Mapping[str, str] | None = None, format: str = "auto", image_tasks: Collection[str] = (),
+                 read_images: bool = True):
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if not paths or not all(str(p) for p in paths):
             raise DataError("no data file given; set data.train to a .jsonl or .parquet file")
@@ -159,13 +184,14 @@ class PromptDataset:
         self.records: list[PromptRecord] = []
         self.problems: list[str] = []
         seen: dict[str, str] = {}
+        read_image = _image_checker() if read_images else None
         for name in paths:
             path = Path(name)
             if not path.is_file():
                 raise DataError(f"data file {str(path)!r} does not exist")
             for row_no, row in _raw_rows(path, _format_of(path, format), self.problems):
                 try:
-                    record = _record(path, row_no, row, column, default_task, image_tasks)
+                    record = _record(path, row_no, row, column, default_task, image_tasks, read_image)
                 except ValueError as exc:
                     self.problems.append(f"{path}:{row_no}: {exc}")
                     continue
@@ -182,12 +208,99 @@ class PromptDataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    def check_prompts(self, tokenizer: Any, *, max_sequence_length: int, gen_length: int, thinking: bool = False,
+                      kind_of: Callable[[PromptRecord], str] | None = None, image_tokens: int = 0) -> list[str]:
+        """Drop the records whose prompt the model cannot take (see `check_prompt_records` for the arguments);
+        their problems are logged and added to `problems`, and returned. DataError when no record is left."""
+        self.records, problems = check_prompt_records(
+            self.records, tokenizer, max_sequence_length=max_sequence_length, gen_length=gen_length,
+            thinking=thinking, kind_of=kind_of, image_tokens=image_tokens)
+        self.problems += problems
+        return problems
+
     def fingerprint(self) -> str:
         """Identifies the record set and its file order (a checkpoint refuses a different one)."""
         digest = hashlib.blake2b(digest_size=8)
         for record in self.records:
             digest.update(record.uid.encode() + b"\0")
         return digest.hexdigest()
+
+
+def check_prompt_records(records: Sequence[PromptRecord], tokenizer: Any, *, max_sequence_length: int,
+                         gen_length: int, thinking: bool = False, kind_of: Callable[[PromptRecord], str] | None = None,
+                         image_tokens: int = 0) -> tuple[list[PromptRecord], list[str]]:
+    """(the records whose prompt the model can take, one `file:row: reason` per other record); the problems
+    are logged, and DataError lists them when no record is left.
+
+    A prompt is built as the driver builds it (jobs/multitask.py: build_requests): kind `text` and `mmu` get
+    the chat template (`model.templates.chat_prompt_ids`, with the thinking instruction when `thinking`), and
+    must fit `max_sequence_length - gen_length` tokens, an mmu prompt with its `image_tokens` (`<|mmu|>`,
+    `<|soi|>`, the image codes, `<|eoi|>`) included; kind `t2i` gets the plain text ids (the worker cuts them
+    to its text length). No prompt may fail to tokenize or hold the mask token.
+    kind_of: the sampler kind of a record (None: every record is `text`).
+    """
+    from model.templates import MASK_TOKEN, chat_prompt_ids, special_ids
+
+    mask_id = special_ids(tokenizer).mask
+    room = max_sequence_length - gen_length
+    kept, problems = [], []
+    for record in records:
+        kind = "text" if kind_of is None else kind_of(record)
+        try:
+            if kind == "t2i":
+                ids = list(tokenizer(record.prompt, add_special_tokens=False)["input_ids"])
+            else:
+                ids = chat_prompt_ids(tokenizer, record.prompt, thinking=thinking)
+        except Exception as exc:  # tokenizers raise TypeError, ValueError, their own types
+            problems.append(f"{record.source}: the tokenizer cannot encode the prompt ({type(exc).__name__}: "
+                            f"{exc}); give plain UTF-8 text")
+            continue
+        extra = image_tokens if kind == "mmu" else 0
+        if kind != "t2i" and len(ids) + extra > room:
+            what = f"{len(ids)} tokens" + (f" + {extra} image tokens" if extra else "")
+            problems.append(f"{record.source}: the {'mmu' if extra else 'chat'} prompt has {what}"
+                            f"{' (thinking instruction included)' if thinking else ''}, but max_sequence_length "
+                            f"{max_sequence_length} - gen_length {gen_length} leaves {room}; shorten the prompt by "
+                            f"{len(ids) + extra - room} tokens or lower gen_length")
+            continue
+        if mask_id in ids:
+            problems.append(f"{record.source}: the prompt holds the mask token {MASK_TOKEN} (id {mask_id}); "
+                            "prompts must be fully known, remove it")
+            continue
+        kept.append(record)
+    if problems:
+        log.warning("skipped %d row(s) whose prompt the model cannot take:\n  %s", len(problems), _listing(problems))
+    if records and not kept:
+        raise DataError("no prompt the model can take:\n  " + _listing(problems))
+    return kept, problems
+
+
+def check_training_prompts(dataset: PromptDataset, cfg: Any, tokenizer: Any, backbone: Any) -> list[str]:
+    """`dataset.check_prompts` with a training run's settings: the `TrainConfig` `cfg` (data.thinking,
+    data.kind_of, rollout.sampler.gen_length), the driver's tokenizer and the policy's BackboneConfig
+    (max_sequence_length; an MMaDA one's num_vq_tokens for mmu prompts). Returns the new problems."""
+    vq_tokens = (getattr(backbone, "mmada", None) or {}).get("num_vq_tokens")
+    return dataset.check_prompts(
+        tokenizer, max_sequence_length=backbone.max_sequence_length, gen_length=cfg.rollout.sampler.gen_length,
+        thinking=cfg.data.thinking, kind_of=lambda r: cfg.data.kind_of(r.task, r.image is not None),
+        image_tokens=0 if vq_tokens is None else int(vq_tokens) + 3)  # <|mmu|> <|soi|> codes <|eoi|>
+
+
+def _image_checker() -> Callable[[Path], None]:
+    """`load_image` of each file once (rows share images); raises its DataError again for a repeated bad file."""
+    errors: dict[Path, DataError | None] = {}
+
+    def read(path: Path) -> None:
+        if path not in errors:
+            try:
+                load_image(path)
+                errors[path] = None
+            except DataError as exc:
+                errors[path] = exc
+        if errors[path] is not None:
+            raise DataError(f"{errors[path]}; replace it with a PNG, JPEG or other image file PIL reads")
+
+    return read
 
 
 def load_image(path: str | Path):
@@ -200,7 +313,7 @@ def load_image(path: str | Path):
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise DataError(f"image {str(path)!r} cannot be read as an image: {exc}") from exc
     array.flags.writeable = False
     return array

@@ -123,6 +123,10 @@ def summarise(rows: list[dict], *, samples: int, ks: list[int]) -> dict:
 def evaluate_policy(loaded, records, *, samples: int, sampler: dict, thinking: bool, seed: int, batch_size: int,
                     ks: list[int] | tuple[int, ...] = (1,)) -> tuple[list[dict], dict]:
     """Decode and judge `loaded` (a model.LoadedModel) on text `records`: (scored rows, `summarise` summary)."""
+    from jobs.data import check_prompt_records  # prompts longer than the model takes: logged and skipped
+
+    records, _ = check_prompt_records(records, loaded.tokenizer, max_sequence_length=loaded.config.max_sequence_length,
+                                      gen_length=sampler["gen_length"], thinking=thinking)
     rows = generate_all(loaded, records, samples=samples, sampler=sampler, thinking=thinking, seed=seed,
                         batch_size=batch_size)
     score_rows(rows)

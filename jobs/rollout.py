@@ -151,7 +151,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     from model.templates import chat_prompt_ids
 
     try:
-        dataset = PromptDataset(args.prompts, default_task="text")
+        dataset = PromptDataset(args.prompts, default_task="text", read_images=False)  # image rows are refused
     except DataError as exc:
         raise RolloutJobError(str(exc)) from exc
     try:

@@ -18,12 +18,20 @@ def write_jsonl(path, lines):
     return path
 
 
+def png(path):
+    """A real (tiny) PNG: images are read when the data loads."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(path)
+
+
 def good_rows(n, task="text"):
     return [{"prompt": f"q{i}", "answer": str(i), "task": task, "uid": f"u{i}"} for i in range(n)]
 
 
 def test_jsonl_fields_meta_defaults_and_image_paths(tmp_path):
-    (tmp_path / "img.png").write_bytes(b"\x89PNG")
+    png(tmp_path / "img.png")
     path = write_jsonl(tmp_path / "d.jsonl", [
         {"question": "What is 2+2?", "answer": 4, "task": "text", "level": 3},
         {"question": "Describe.", "task": "mmu", "image": "img.png", "uid": 17},
@@ -64,7 +72,7 @@ def test_bad_rows_reported_with_row_numbers_and_skipped(tmp_path, caplog):
 
 
 def test_image_tasks_need_an_image(tmp_path):
-    (tmp_path / "img.png").write_bytes(b"\x89PNG")
+    png(tmp_path / "img.png")
     path = write_jsonl(tmp_path / "d.jsonl", [
         {"prompt": "Describe.", "task": "captioning", "image": "img.png"},   # 1 good
         {"prompt": "Describe.", "task": "captioning"},                      # 2 no image
