@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 
-from jobs.sft_config import SFTConfig as SFTConfig  # re-exported for callers of the pre-split module
 from jobs.sft_config import SFTJobConfig, learning_rate, load_sft_config, tiny_size
 from jobs.sft_data import Example, make_batch, shard, tokenize_examples
 from rl.lr_schedule import set_learning_rate

@@ -71,8 +71,8 @@ def _sft_published(step, max_steps, warmup, min_ratio, base):
 
 
 def test_the_three_trainers_keep_their_numbers():
-    from jobs.sft import SFTConfig
-    from jobs.sft import learning_rate as sft_rate
+    from jobs.sft_config import SFTConfig
+    from jobs.sft_config import learning_rate as sft_rate
     from jobs.tasks.shapes_sft import learning_rate_factor
     from jobs.tasks.train_shapes_vq import TrainSettings
     from jobs.tasks.train_shapes_vq import learning_rate as vq_rate
