@@ -107,7 +107,7 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = write_resolved(cfg, run_dir)
     policy = policy_parts(cfg)
-    stream, records = load_data(cfg, policy.config)
+    stream, records = load_data(cfg, policy.config, policy.tokenizer)
     load_image = image_loader(cache_size=4 * cfg.run.prompts_per_step)
     scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), policy.source, cleanup)
     checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint)

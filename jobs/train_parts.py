@@ -29,7 +29,7 @@ import torch
 from jobs.checkpoint import restore_rng_state
 from jobs.config import TrainConfig
 from jobs.configtree import ConfigError
-from jobs.data import PromptDataset, PromptStream
+from jobs.data import PromptDataset, PromptStream, check_training_prompts
 from jobs.multitask import (
     check_tasks,
     image_tasks,
@@ -59,13 +59,15 @@ def policy_parts(cfg: TrainConfig):
         raise ConfigError([str(exc)]) from exc
 
 
-def load_data(cfg: TrainConfig, backbone) -> tuple[PromptStream, list]:
-    """The training prompts (bad rows reported and skipped) and their stream; a ConfigError when the data's
-    tasks do not fit the config (reward terms, model, image tokenizer), raised before Ray starts."""
+def load_data(cfg: TrainConfig, backbone, tokenizer) -> tuple[PromptStream, list]:
+    """The training prompts (bad rows, and prompts the policy cannot take, reported and skipped) and their
+    stream; a ConfigError when the data's tasks do not fit the config (reward terms, model, image tokenizer),
+    raised before Ray starts."""
     dataset = PromptDataset(cfg.data.train, default_task=cfg.data.default_task,
                             image_tasks=image_tasks(cfg.data))
     for problem in dataset.problems:
         log.warning("skipped %s", problem)
+    check_training_prompts(dataset, cfg, tokenizer, backbone)  # logs what it skips; before the stream's fingerprint
     stream = PromptStream(dataset, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     problems = check_tasks(cfg, dataset.records, backbone)
     if problems:
