@@ -11,21 +11,10 @@ import shutil
 import pytest
 import ray
 
-from jobs.rollout import (
-    IDENTITY_ARGS,
-    RolloutJobError,
-    ShardScheduler,
-    identity,
-    make_plan,
-    parse_args,
-    sampler_submit,
-    shard_calls,
-    shard_path,
-    shard_rows,
-    shard_seed,
-    start_rollout_workers,
-)
 from jobs.rollout import main as rollout_main
+from jobs.rollout import parse_args
+from jobs.rollout_plan import IDENTITY_ARGS, RolloutJobError, identity, make_plan, shard_calls, shard_seed
+from jobs.rollout_shards import ShardScheduler, sampler_submit, shard_path, shard_rows, start_rollout_workers
 
 GOOD_UIDS = ["q1", "q2", "q4", "q6", "q7"]  # shards of 2: [q1, q2], [q4, q6], [q7]
 SAMPLES = 2
