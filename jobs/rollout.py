@@ -49,7 +49,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from jobs.rollout_plan import Plan, RolloutJobError, Shard, make_manifest, make_plan
+from jobs.rollout_plan import Plan, RolloutJobError, Shard, make_manifest, make_plan, shard_calls
 from jobs.rollout_shards import (
     ShardScheduler,
     check_score_terms,
@@ -58,7 +58,6 @@ from jobs.rollout_shards import (
     rewards_config,
     sampler_submit,
     score_rows,
-    shard_calls,
     shard_path,
     shard_rows,
     start_one_worker,
