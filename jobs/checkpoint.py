@@ -1,10 +1,10 @@
-"""Atomic, complete checkpoints under `runs/<name>/checkpoints/step_N/` and resume.
+"""Atomic, complete, verified checkpoints of one run under `runs/<name>/checkpoints/step_N/`, and resume.
 
 A checkpoint holds:
 - `learner/`: the DeepSpeed state written by every learner rank (model, optimizer partitions);
 - `driver_state.json`: step, data cursor, RNG states, policy version and whatever else the driver needs;
 - `config.yaml`: the resolved config of the run that wrote it;
-- `COMPLETE`: the marker, written last, listing every file with its size.
+- `COMPLETE`: the marker, written last: the step, the run id, every file with its size and sha256.
 
 Atomicity: everything is written into `.step_N.tmp-<id>/`; the marker is its last file; then one
 `rename` makes `step_N/` appear complete. A `step_N/` without a valid marker (or with a listed file
@@ -12,22 +12,45 @@ missing or of another size) is not a checkpoint and is never resumed from. Old c
 deleted only after the new one is complete, by renaming them to `.trash-*` first, so a crash mid-delete
 never leaves something that looks complete.
 
+Run identity: a run that starts fresh draws a random run id and writes it to `run_id.json` in the run
+directory (the parent of `checkpoints/`);
+every marker records it, and a resumed run keeps the id of the checkpoint it resumed. Retention and
+`resume: auto` consider only this run's checkpoints, so a reused run directory can never lose the new
+run's checkpoints to an older run's higher step numbers, nor resume the older run by surprise. Starting
+fresh (`never`, or `auto` with nothing of this run) where another run's `step_N` directories are is
+refused with an error naming them and what to do: nothing of a user's is ever deleted to make room.
+Checkpoints written before run ids existed have none in their marker: `auto` resumes them when the
+directory has no `run_id.json` yet and from then on counts id-less checkpoints there as this run's
+(`"legacy": true` in `run_id.json`). The file sits beside `checkpoints/`, not in it, so that the
+checkpoint directory holds checkpoints only.
+
+Integrity: DeepSpeed loads `learner/` with `torch.load(weights_only=False)`, i.e. it unpickles, and an
+unpickler meets corruption (or anything else) only by running it. So resume recomputes the sha256 of every
+listed file and compares it with the marker BEFORE anything is loaded; a mismatch is a failed checkpoint
+(the warning names the file) and `auto` falls back to the next older one. The digests are computed once,
+after the write, on the driver, several files at a time. Listing and retention check sizes only (hashing
+every kept checkpoint after each save would cost minutes at 8B). Checkpoints from before digests existed
+are resumed with sizes checked only (a warning says so).
+
 Resume (`checkpoint.resume`): `never` starts fresh; a path loads exactly that checkpoint; `auto`
-loads the newest complete checkpoint and, if it fails to load, the next older one (with a warning);
-if checkpoints exist but none loads, it raises an error listing each one found and why it failed.
+loads this run's newest complete checkpoint and, if it fails to verify or load, the next older one (with a
+warning); if checkpoints exist but none loads, it raises an error listing each one found and why it failed.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +67,16 @@ MARKER = "COMPLETE"
 DRIVER_STATE = "driver_state.json"
 CONFIG_FILE = "config.yaml"
 LEARNER_DIR = "learner"
+RUN_FILE = "run_id.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TEMPORARY = re.compile(r"^\.(step_\d+\.tmp|step_\d+\.old|trash)-")
+_UNKNOWN = "<no readable marker>"  # the run id of a step_N whose marker is missing or unreadable
+_HASH_CHUNK = 8 << 20
 
 
 class CheckpointError(RuntimeError):
-    """No checkpoint could be resumed from although some exist (or the named one is not usable)."""
+    """No checkpoint could be resumed from although some exist (or the named one is not usable), or the
+    directory holds another run's checkpoints."""
 
 
 @dataclass(frozen=True)
@@ -60,22 +87,67 @@ class LoadedCheckpoint:
     config_text: str
 
 
-def verify(path: Path) -> dict[str, Any]:
-    """Return the driver state of a complete checkpoint, or raise ValueError saying what is missing."""
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 8 MiB chunks (hashlib releases the GIL on them, so threads run in parallel)."""
+    digest, buffer = hashlib.sha256(), bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while n := handle.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def file_digests(directory: Path, names: Iterable[str]) -> dict[str, str]:
+    """{name: sha256} of files under `directory`, several at a time (one per file, up to 8 threads)."""
+    names = list(names)
+    workers = max(1, min(8, os.cpu_count() or 1, len(names)))
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(zip(names, pool.map(lambda name: sha256_file(directory / name), names)))
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    """The parsed `COMPLETE` marker of `path`, or ValueError saying why there is none."""
     marker = path / MARKER
     if not marker.is_file():
         raise ValueError(f"no {MARKER} marker (a save that never finished)")
     try:
         manifest = json.loads(marker.read_text())
         files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        if not isinstance(files, dict):
+            raise TypeError(f"files is a {type(files).__name__}")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{MARKER} marker is unreadable ({exc})") from None
+    return manifest
+
+
+def marker_run_id(path: Path) -> str | None:
+    """The run id in `path`'s marker; None for a checkpoint written before run ids; `_UNKNOWN` without a marker."""
+    try:
+        return read_marker(path).get("run_id")
+    except ValueError:
+        return _UNKNOWN
+
+
+def verify(path: Path, *, digests: bool = True) -> dict[str, Any]:
+    """Return the driver state of a complete checkpoint, or raise ValueError saying what is wrong (naming the
+    file). With `digests`, every listed file's sha256 is recomputed and compared with the marker first, so a
+    file corrupted in place (same size) is caught here, before anything unpickles it."""
+    manifest = read_marker(path)
+    files = manifest["files"]
     for name, size in files.items():
         file = path / name
         if not file.is_file():
             raise ValueError(f"listed file {name} is missing")
         if file.stat().st_size != size:
             raise ValueError(f"listed file {name} has {file.stat().st_size} bytes, the marker says {size}")
+    if digests and "sha256" in manifest:
+        expected = manifest["sha256"]
+        if not isinstance(expected, dict) or set(expected) != set(files):
+            raise ValueError(f"{MARKER} marker is unreadable (its sha256 list does not name exactly its files)")
+        for name, actual in file_digests(path, sorted(files)).items():
+            if actual != expected[name]:
+                raise ValueError(f"listed file {name} has sha256 {actual}, the marker says {expected[name]} "
+                                 f"(changed after it was written: corrupted in place)")
     try:
         state = json.loads((path / DRIVER_STATE).read_text())
     except json.JSONDecodeError as exc:
@@ -85,11 +157,27 @@ def verify(path: Path) -> dict[str, Any]:
     return state
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What `checkpoint.resume` means in this directory: the run's id, whether id-less checkpoints are its
+    own, and the checkpoints to try, newest first (none: start fresh)."""
+
+    run_id: str
+    legacy: bool
+    candidates: list[Path]
+
+
 class CheckpointManager:
-    """Saves, lists, prunes and resumes checkpoints in one directory (`runs/<name>/checkpoints`)."""
+    """Saves, lists, prunes and resumes the checkpoints of one run in one directory (`runs/<name>/checkpoints`).
+
+    `resume()` (or `preflight()`) decides which run this is; a `save()` before it starts a fresh run, exactly
+    as `resume: never` would."""
 
     def __init__(self, root: str | Path, cfg: CheckpointConfig):
         self.root, self.cfg = Path(root), cfg
+        self.run_file = self.root.parent / RUN_FILE  # in the run directory, beside checkpoints/
+        self.run_id: str | None = None  # set by resume(): a fresh run's new id, or the resumed checkpoint's
+        self.legacy = False             # id-less checkpoints here are this run's (it resumed one of them)
 
     # -- when ---------------------------------------------------------------------------------
     def should_save(self, step: int, *, final: bool = False) -> bool:
@@ -100,18 +188,18 @@ class CheckpointManager:
 
     # -- listing ------------------------------------------------------------------------------
     def step_dirs(self) -> list[tuple[int, Path]]:
-        """Every `step_N` directory, complete or not, oldest first."""
+        """Every `step_N` directory, complete or not, of any run, oldest first."""
         if not self.root.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
         return sorted(found)
 
     def complete(self) -> list[tuple[int, Path]]:
-        """Complete checkpoints (valid marker, every listed file present), oldest first."""
+        """Complete checkpoints of any run (valid marker, every listed file present at its size), oldest first."""
         out = []
         for step, path in self.step_dirs():
             try:
-                verify(path)
+                verify(path, digests=False)
             except ValueError:
                 continue
             out.append((step, path))
@@ -121,14 +209,24 @@ class CheckpointManager:
         done = self.complete()
         return done[-1][1] if done else None
 
+    def owns(self, run_id: str | None) -> bool:
+        """Whether a marker's run id is this run's (id-less ones are, once this run resumed one of them)."""
+        return self.run_id is not None and _owned(_Plan(self.run_id, self.legacy, []), run_id)
+
     # -- saving -------------------------------------------------------------------------------
     def save(self, step: int, *, driver_state: dict[str, Any], config_text: str,
              save_learner: Callable[[Path], None] | None = None) -> Path:
         """Write `step_N/` atomically, then apply retention. `save_learner(dir)` writes the learner state
         into `dir` (all ranks, a directory they share). Returns the final path."""
+        if self.run_id is None:
+            self._adopt(self._plan_fresh())
+        final = self.root / f"step_{step}"
+        if final.is_dir() and (other := marker_run_id(final)) != _UNKNOWN and not self.owns(other):
+            raise CheckpointError(f"{final} holds a checkpoint of another run ({_describe(other)}; this run is "
+                                  f"{self.run_id}): not replacing it. Move it away, or give this run another "
+                                  "run.name or run.output_dir")
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temporaries()
-        final = self.root / f"step_{step}"
         tmp = self.root / f".step_{step}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         if save_learner is not None:
@@ -137,7 +235,12 @@ class CheckpointManager:
         write_atomic(tmp / DRIVER_STATE, json.dumps({**driver_state, "step": step}, indent=1))
         write_atomic(tmp / CONFIG_FILE, config_text)
         files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
-        write_atomic(tmp / MARKER, json.dumps({"step": step, "time": time.time(), "files": files}, indent=1))
+        started = time.perf_counter()
+        digests = file_digests(tmp, files)
+        log.info("step_%d: sha256 of %d files (%.1f MB) in %.2f s", step, len(files), sum(files.values()) / 1e6,
+                 time.perf_counter() - started)
+        write_atomic(tmp / MARKER, json.dumps({"step": step, "run_id": self.run_id, "time": time.time(),
+                                               "files": files, "sha256": digests}, indent=1))
         fsync_directory(tmp)
         if final.exists():  # the same step saved again (e.g. after a resume): swap, then delete the old one
             old = self.root / f".step_{step}.old-{uuid.uuid4().hex[:8]}"
@@ -147,11 +250,14 @@ class CheckpointManager:
         else:
             tmp.rename(final)
         fsync_directory(self.root)
-        self._apply_retention()
+        self._apply_retention(step)
         return final
 
-    def _apply_retention(self) -> None:
-        done = self.complete()
+    def _apply_retention(self, saved: int) -> None:
+        """Keep this run's newest `keep_last` complete checkpoints up to the one just saved (which is therefore
+        always kept). Other runs' checkpoints are never touched; this run's checkpoints of later steps (left by
+        a resume that fell back past them) are replaced when the run saves those steps again."""
+        done = [(s, p) for s, p in self.complete() if s <= saved and self.owns(marker_run_id(p))]
         for _, path in done[: max(0, len(done) - self.cfg.keep_last)]:
             trash = self.root / f".trash-{uuid.uuid4().hex[:8]}"
             path.rename(trash)  # atomic: never a half-deleted dir that still has its marker
@@ -163,29 +269,117 @@ class CheckpointManager:
                 log.warning("removing %s left by an interrupted save or delete", path)
                 shutil.rmtree(path, ignore_errors=True)
 
+    # -- which run ----------------------------------------------------------------------------
+    def _read_run(self) -> tuple[str, bool] | None:
+        """(run id, legacy) from `run_id.json`; None when the directory has none yet."""
+        file = self.run_file
+        if not file.exists():
+            return None
+        try:
+            content = json.loads(file.read_text())
+            run_id, legacy = content["run_id"], content.get("legacy", False)
+            if not isinstance(run_id, str) or not run_id or not isinstance(legacy, bool):
+                raise TypeError("run_id must be a non-empty string, legacy true or false")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{file} is unreadable ({exc}); it says which run the checkpoints in {self.root} "
+                                  "belong to. Restore it, or delete it and set checkpoint.resume to the path of "
+                                  "the step_N to continue") from None
+        return run_id, legacy
+
+    def _adopt(self, plan: _Plan) -> None:
+        self.run_id, self.legacy = plan.run_id, plan.legacy
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_file, json.dumps({"run_id": plan.run_id, "legacy": plan.legacy}) + "\n")
+
+    def _refuse(self, what: str, others: list[tuple[int, Path, str | None]], *, resume_hint: str = "") -> CheckpointError:
+        steps = ", ".join(f"{p.name} ({_describe(rid)})" for _, p, rid in others)
+        hint = resume_hint or f"checkpoint.resume=auto, or checkpoint.resume={others[-1][1]}"
+        return CheckpointError(
+            f"checkpoint.resume={self.cfg.resume}: {self.root} holds checkpoints of another run: {steps}; {what}. "
+            "Nothing was deleted. Either give this run its own directory (another run.name or run.output_dir), "
+            f"or continue that run ({hint}), or delete those step_N directories if they are no longer wanted")
+
+    def _classified(self) -> list[tuple[int, Path, str | None]]:
+        return [(step, path, marker_run_id(path)) for step, path in self.step_dirs()]
+
+    def _plan_fresh(self) -> _Plan:
+        """A new run: refused while any `step_N` is in the directory (it would be another run's)."""
+        found = self._classified()
+        if found:
+            raise self._refuse("starting a fresh run here would mix them with its own", found)
+        return _Plan(uuid.uuid4().hex, False, [])
+
+    def _plan(self) -> _Plan:
+        """Decide, without loading anything, which run this is and what to try; refuse another run's directory."""
+        mode = self.cfg.resume
+        if mode == "never":
+            return self._plan_fresh()
+        run = self._read_run()
+        found = self._classified()
+        if mode != "auto":
+            path = Path(mode)
+            rid = marker_run_id(path)
+            if rid == _UNKNOWN:  # not loadable: _load says why
+                return _Plan(run[0] if run else uuid.uuid4().hex, bool(run and run[1]), [path])
+            if rid is None:  # written before run ids: its id-less siblings (if in this directory) are the same run
+                inside = path.resolve().parent == self.root.resolve()
+                plan = _Plan(run[0] if inside and run and run[1] else uuid.uuid4().hex, inside, [path])
+            else:
+                plan = _Plan(rid, bool(run and run[0] == rid and run[1]), [path])
+            others = [f for f in found if f[2] != _UNKNOWN and not _owned(plan, f[2])]
+            if others:
+                raise self._refuse(f"resuming {path} ({_describe(rid)}) into it would mix the two runs", others)
+            return plan
+        if run is None:
+            with_id = [f for f in found if f[2] not in (None, _UNKNOWN)]
+            if with_id:
+                raise self._refuse(f"{self.run_file} is missing, so nothing says which run continues here and "
+                                   "checkpoint.resume=auto picks none of them", with_id,
+                                   resume_hint=f"checkpoint.resume={with_id[-1][1]}")
+            if not found:
+                return _Plan(uuid.uuid4().hex, False, [])
+            return _Plan(uuid.uuid4().hex, True, [p for _, p, _ in reversed(found)])  # written before run ids
+        plan = _Plan(run[0], run[1], [])
+        others = [f for f in found if f[2] != _UNKNOWN and not _owned(plan, f[2])]
+        if others:
+            raise self._refuse(f"this directory's run is {run[0]} and checkpoint.resume=auto resumes only its own",
+                               others, resume_hint=f"checkpoint.resume={others[-1][1]}")
+        mine = [p for _, p, rid in reversed(found) if rid == _UNKNOWN or _owned(plan, rid)]
+        return _Plan(run[0], run[1], mine) if mine else _Plan(uuid.uuid4().hex, False, [])
+
+    def preflight(self) -> None:
+        """Raise CheckpointError now if `checkpoint.resume` would refuse this directory (another run's
+        checkpoints): the driver calls it before it writes anything or starts Ray."""
+        self._plan()
+
     # -- resuming -----------------------------------------------------------------------------
     def _load(self, path: Path, load_learner: Callable[[Path], None] | None) -> LoadedCheckpoint:
-        state = verify(path)
+        """Verify sizes and digests of every file, then (only then) let `load_learner` unpickle."""
+        state = verify(path, digests=True)
+        if "sha256" not in read_marker(path):
+            log.warning("%s was written before checkpoints recorded digests: only file sizes were checked "
+                        "before loading it", path)
         if load_learner is not None:
             load_learner(path / LEARNER_DIR)
         return LoadedCheckpoint(path, int(state["step"]), state, (path / CONFIG_FILE).read_text())
 
     def resume(self, load_learner: Callable[[Path], None] | None = None) -> LoadedCheckpoint | None:
         """Apply `checkpoint.resume`; `load_learner(dir)` restores the learner from `step_N/learner`.
-        Returns None when starting fresh."""
-        if self.cfg.resume == "never":
+        Returns None when starting fresh (the run gets a new id)."""
+        plan = self._plan()
+        if not plan.candidates:
+            self._adopt(plan)
+            log.info("starting run %s in %s", plan.run_id, self.root)
             return None
         if self.cfg.resume != "auto":
-            path = Path(self.cfg.resume)
             try:
-                return self._load(path, load_learner)
+                loaded = self._load(plan.candidates[0], load_learner)
             except Exception as exc:
                 raise CheckpointError(f"checkpoint.resume={self.cfg.resume!r} cannot be loaded: {exc}") from exc
-        found = self.step_dirs()
-        if not found:
-            return None
+            self._adopt(plan)
+            return loaded
         failures = []
-        for _, path in reversed(found):
+        for path in plan.candidates:
             try:
                 loaded = self._load(path, load_learner)
             except Exception as exc:  # a corrupt checkpoint may raise anything; the next older one is tried
@@ -193,10 +387,22 @@ class CheckpointManager:
                 continue
             if failures:
                 log.warning("resuming from %s; newer checkpoints failed to load:\n  %s", path, "\n  ".join(failures))
+            self._adopt(plan)
             return loaded
-        raise CheckpointError(f"checkpoint.resume=auto: {len(found)} checkpoint(s) in {self.root} but none loads:\n  "
+        raise CheckpointError(f"checkpoint.resume=auto: {len(failures)} checkpoint(s) in {self.root} but none loads:\n  "
                               + "\n  ".join(failures)
-                              + "\nfix or remove them, or set checkpoint.resume=never to start a fresh run")
+                              + "\nfix or remove them, or start a fresh run in its own directory (another run.name "
+                                "or run.output_dir)")
+
+
+def _owned(plan: _Plan, run_id: str | None) -> bool:
+    return run_id == plan.run_id or (run_id is None and plan.legacy)
+
+
+def _describe(run_id: str | None) -> str:
+    if run_id is None:
+        return "no run id: written before run ids"
+    return "no readable marker" if run_id == _UNKNOWN else f"run {run_id}"
 
 
 # -- RNG states as JSON ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from jobs.checkpoint import CheckpointManager, capture_rng_state
+from jobs.checkpoint import CheckpointError, CheckpointManager, capture_rng_state
 from jobs.config import CONFIG_DIR, TrainConfig, load_config, write_resolved
 from jobs.configtree import ConfigError, commented_yaml, to_dict
 from jobs.data import DataError, PromptStream
@@ -104,13 +104,14 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     """Config → data → cluster and actors → resume state → logs. Data and task problems are raised before
     Ray starts; whatever starts is stopped by `cleanup`, in reverse order."""
     run_dir = cfg.run.run_dir
+    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint)
+    checkpoints.preflight()  # another run's checkpoints here: refused before anything is written or started
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = write_resolved(cfg, run_dir)
     policy = policy_parts(cfg)
     stream, records = load_data(cfg, policy.config, policy.tokenizer)
     load_image = image_loader(cache_size=4 * cfg.run.prompts_per_step)
     scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), policy.source, cleanup)
-    checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint)
     resumed = resume(checkpoints, learners, pool, stream)  # (step, policy version), or None: a fresh run
     state = RunState() if resumed is None else RunState(*resumed)
     metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg),
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = train(cfg)
-    except (ConfigError, ResourceError, DataError) as exc:  # a config the cluster or the data cannot satisfy
+    except (ConfigError, ResourceError, DataError, CheckpointError) as exc:  # config, cluster, data, run dir
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(f"run finished: {summary['run_dir']} (policy version {summary.get('policy_version')})")

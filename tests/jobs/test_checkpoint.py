@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -13,12 +14,23 @@ import torch
 from actors.config import CheckpointConfig
 from jobs.checkpoint import (
     MARKER,
+    RUN_FILE,
     CheckpointError,
     CheckpointManager,
     capture_rng_state,
     restore_rng_state,
     verify,
 )
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A run's checkpoint directory: `<run dir>/checkpoints` (the run id file goes into the run dir)."""
+    return tmp_path / "checkpoints"
+
+
+def run_id_of(root):
+    return json.loads((root.parent / RUN_FILE).read_text())["run_id"]
 
 
 def learner_writer(payload: str):
@@ -33,20 +45,25 @@ def save(manager, step, **kwargs):
                         save_learner=learner_writer(f"weights {step}"), **kwargs)
 
 
-def test_save_writes_everything_and_the_marker_lists_it(tmp_path):
-    manager = CheckpointManager(tmp_path, CheckpointConfig())
+def test_save_writes_everything_and_the_marker_lists_it(root):
+    manager = CheckpointManager(root, CheckpointConfig())
     path = save(manager, 5)
-    assert path == tmp_path / "step_5" and [p.name for p in tmp_path.iterdir()] == ["step_5"]
+    assert path == root / "step_5" and [p.name for p in root.iterdir()] == ["step_5"]
     marker = json.loads((path / MARKER).read_text())
-    assert marker["step"] == 5
+    assert marker["step"] == 5 and marker["run_id"] == manager.run_id == run_id_of(root)
     assert marker["files"] == {"config.yaml": 7, "driver_state.json": (path / "driver_state.json").stat().st_size,
                                "learner/rank_0.pt": 9, "learner/rank_1.pt": 9}
+    # sha256 worked out here with hashlib over the bytes we know were written
+    assert marker["sha256"] == {"config.yaml": hashlib.sha256(b"run: 5\n").hexdigest(),
+                                "driver_state.json": hashlib.sha256((path / "driver_state.json").read_bytes()).hexdigest(),
+                                "learner/rank_0.pt": hashlib.sha256(b"weights 5").hexdigest(),
+                                "learner/rank_1.pt": hashlib.sha256(b"weights 5").hexdigest()}
     assert verify(path) == {"policy_version": 5, "cursor": [0, 5], "step": 5}
     assert manager.latest_complete() == path
 
 
-def test_a_save_that_dies_leaves_no_checkpoint_and_is_cleaned_up_later(tmp_path):
-    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=1))
+def test_a_save_that_dies_leaves_no_checkpoint_and_is_cleaned_up_later(root):
+    manager = CheckpointManager(root, CheckpointConfig(keep_last=1))
     save(manager, 4)
 
     def crash(directory):
@@ -55,18 +72,18 @@ def test_a_save_that_dies_leaves_no_checkpoint_and_is_cleaned_up_later(tmp_path)
 
     with pytest.raises(RuntimeError, match="killed mid-save"):
         manager.save(5, driver_state={}, config_text="", save_learner=crash)
-    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    leftovers = sorted(p.name for p in root.iterdir())
     assert leftovers[0].startswith(".step_5.tmp-") and leftovers[1] == "step_4"
-    assert manager.latest_complete() == tmp_path / "step_4"  # keep_last=1 did not delete the only complete one
+    assert manager.latest_complete() == root / "step_4"  # keep_last=1 did not delete the only complete one
     save(manager, 6)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_6"]  # stale temporary and old checkpoint gone
+    assert sorted(p.name for p in root.iterdir()) == ["step_6"]  # stale temporary and old checkpoint gone
 
 
-def test_dirs_without_a_valid_marker_are_ignored(tmp_path):
-    manager = CheckpointManager(tmp_path, CheckpointConfig())
+def test_dirs_without_a_valid_marker_are_ignored(root):
+    manager = CheckpointManager(root, CheckpointConfig())
     save(manager, 3)
-    (tmp_path / "step_9").mkdir()  # e.g. a copy that stopped half-way
-    (tmp_path / "step_9" / "driver_state.json").write_text('{"step": 9}')
+    (root / "step_9").mkdir()  # e.g. a copy that stopped half-way
+    (root / "step_9" / "driver_state.json").write_text('{"step": 9}')
     broken = save(manager, 7)
     (broken / "learner" / "rank_1.pt").unlink()
     truncated = save(manager, 8)
@@ -82,36 +99,36 @@ def test_dirs_without_a_valid_marker_are_ignored(tmp_path):
         verify(truncated)
 
 
-def test_retention_keeps_the_last_k_complete(tmp_path):
-    manager = CheckpointManager(tmp_path, CheckpointConfig(keep_last=2))
+def test_retention_keeps_the_last_k_complete(root):
+    manager = CheckpointManager(root, CheckpointConfig(keep_last=2))
     for step in (1, 2, 3, 4):
         save(manager, step)
     assert [s for s, _ in manager.complete()] == [3, 4]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
 
 
-def test_saving_the_same_step_again_replaces_it(tmp_path):
-    manager = CheckpointManager(tmp_path, CheckpointConfig())
+def test_saving_the_same_step_again_replaces_it(root):
+    manager = CheckpointManager(root, CheckpointConfig())
     save(manager, 2)
     manager.save(2, driver_state={"again": True}, config_text="", save_learner=learner_writer("new"))
-    assert verify(tmp_path / "step_2")["again"] is True
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_2"]
+    assert verify(root / "step_2")["again"] is True
+    assert sorted(p.name for p in root.iterdir()) == ["step_2"]
 
 
-def test_resume_auto_picks_the_newest_complete(tmp_path):
-    manager = CheckpointManager(tmp_path, CheckpointConfig(resume="auto", keep_last=5))
+def test_resume_auto_picks_the_newest_complete(root):
+    manager = CheckpointManager(root, CheckpointConfig(resume="auto", keep_last=5))
     assert manager.resume() is None  # nothing yet: a fresh run
     for step in (2, 4):
         save(manager, step)
-    (tmp_path / "step_6").mkdir()  # partial, newer
+    (root / "step_6").mkdir()  # partial, newer
     loaded_from = []
     loaded = manager.resume(load_learner=lambda d: loaded_from.append((d / "rank_0.pt").read_text()))
-    assert (loaded.step, loaded.path, loaded.config_text) == (4, tmp_path / "step_4", "run: 4\n")
+    assert (loaded.step, loaded.path, loaded.config_text) == (4, root / "step_4", "run: 4\n")
     assert loaded.driver_state["cursor"] == [0, 4] and loaded_from == ["weights 4"]
 
 
-def test_resume_auto_falls_back_to_an_older_one_that_loads(tmp_path, caplog):
-    manager = CheckpointManager(tmp_path, CheckpointConfig(resume="auto", keep_last=5))
+def test_resume_auto_falls_back_to_an_older_one_that_loads(root, caplog):
+    manager = CheckpointManager(root, CheckpointConfig(resume="auto", keep_last=5))
     for step in (2, 4):
         save(manager, step)
 
@@ -124,10 +141,10 @@ def test_resume_auto_falls_back_to_an_older_one_that_loads(tmp_path, caplog):
     assert "step_4: RuntimeError: optimizer partition unreadable" in caplog.text
 
 
-def test_resume_auto_fails_loudly_when_none_loads(tmp_path):
-    manager = CheckpointManager(tmp_path, CheckpointConfig(resume="auto"))
+def test_resume_auto_fails_loudly_when_none_loads(root):
+    manager = CheckpointManager(root, CheckpointConfig(resume="auto"))
     save(manager, 2)
-    (tmp_path / "step_3").mkdir()
+    (root / "step_3").mkdir()
 
     def load(directory):
         raise OSError("disk gone")
@@ -135,19 +152,19 @@ def test_resume_auto_fails_loudly_when_none_loads(tmp_path):
     with pytest.raises(CheckpointError) as err:
         manager.resume(load_learner=load)
     text = str(err.value)
-    assert "2 checkpoint(s)" in text and "none loads" in text and "checkpoint.resume=never" in text
-    assert f"{tmp_path / 'step_3'}: ValueError: no COMPLETE marker" in text
-    assert f"{tmp_path / 'step_2'}: OSError: disk gone" in text
+    assert "2 checkpoint(s)" in text and "none loads" in text and "another run.name or run.output_dir" in text
+    assert f"{root / 'step_3'}: ValueError: no COMPLETE marker" in text
+    assert f"{root / 'step_2'}: OSError: disk gone" in text
 
 
-def test_resume_never_and_explicit_path(tmp_path):
-    manager = CheckpointManager(tmp_path, CheckpointConfig())
+def test_resume_never_and_explicit_path(root):
+    assert CheckpointManager(root, CheckpointConfig(resume="never")).resume() is None  # nothing here yet
+    manager = CheckpointManager(root, CheckpointConfig())
     save(manager, 2)
     save(manager, 4)
-    assert CheckpointManager(tmp_path, CheckpointConfig(resume="never")).resume() is None
-    explicit = CheckpointManager(tmp_path, CheckpointConfig(resume=str(tmp_path / "step_2")))
+    explicit = CheckpointManager(root, CheckpointConfig(resume=str(root / "step_2")))
     assert explicit.resume().step == 2
-    missing = CheckpointManager(tmp_path, CheckpointConfig(resume=str(tmp_path / "step_7")))
+    missing = CheckpointManager(root, CheckpointConfig(resume=str(root / "step_7")))
     with pytest.raises(CheckpointError, match=r"step_7' cannot be loaded: no COMPLETE marker"):
         missing.resume()
 
