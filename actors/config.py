@@ -172,7 +172,8 @@ class CheckpointConfig:
     keep_last: int = 3
     """Complete checkpoints kept; older ones are deleted only after a newer one is complete."""
     resume: str = "auto"
-    """auto: continue from the newest complete checkpoint if any; never: start fresh; else a step_N path."""
+    """auto: continue this run's newest complete checkpoint if any; never: start fresh (refused when the run
+    directory holds another run's checkpoints); else a step_N path (docs/reliability.md §8)."""
     export_every: int = 0
     """Export the policy in the published format every N steps (0: only at the end)."""
 
