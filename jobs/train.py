@@ -110,6 +110,7 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     config_path = write_resolved(cfg, run_dir)
     policy = policy_parts(cfg)
     stream, records = load_data(cfg, policy.config, policy.tokenizer)
+    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, run_dir) if cfg.data.eval else None  # reads data.eval
     load_image = image_loader(cache_size=4 * cfg.run.prompts_per_step)
     scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), policy.source, cleanup)
     resumed = resume(checkpoints, learners, pool, stream)  # (step, policy version), or None: a fresh run
@@ -117,7 +118,6 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg),
                             resume_step=state.start if resumed is not None else -1)  # fresh: drop an old run's lines
     cleanup.callback(metrics.close)
-    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, run_dir) if cfg.data.eval else None
     return Run(cfg, config_path, policy.tokenizer, policy.config, stream, {r.uid: r for r in records}, load_image, scorer,
                learners, pool, checkpoints, metrics, evaluator), state
 

@@ -36,3 +36,23 @@ def test_a_model_path_without_a_checkpoint_is_a_config_error_naming_the_key(tmp_
     cfg = load_config(None, [f"model.path={tmp_path}", "data.train=prompts.jsonl"])
     with pytest.raises(ConfigError, match=r"model\.path: .* has no config\.json; give a checkpoint directory"):
         policy_parts(cfg)
+
+
+def test_a_missing_heldout_file_fails_before_the_actors_start(tmp_path, monkeypatch, capsys):
+    """Tracker issue 18, finding 8: a missing data.eval failed only after Ray and the actors had started."""
+    from pathlib import Path
+
+    import jobs.train
+    from jobs.train import main
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the actors started before data.eval was read")
+
+    monkeypatch.setattr(jobs.train, "start_actors", tripwire)
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # the config's data paths are relative to the repository
+    missing = tmp_path / "no_such_heldout.jsonl"
+    code = main(["--config", "tests/jobs/configs/tiny_lengths.yaml", "--set", f"run.output_dir={tmp_path}",
+                 "--set", f"data.eval={missing}"])
+    assert code == 2
+    assert str(missing) in capsys.readouterr().err
