@@ -287,9 +287,14 @@ def test_a_marker_whose_digests_do_not_name_its_files_is_unreadable(root):
 # -- the driver -----------------------------------------------------------------------------------
 def test_the_driver_refuses_another_runs_directory_before_writing_or_starting_anything(tmp_path, monkeypatch, capsys):
     """`python -m jobs.train` with resume=never over an old run: exit 2 with the message, the old run's config.yaml
-    not overwritten, no Ray started (the refusal comes first in jobs.train.setup)."""
+    not overwritten, no actor started (the refusal comes first in jobs.train.setup)."""
+    import jobs.train
     from jobs.train import main
 
+    def tripwire(*args, **kwargs):  # Ray itself may be up already: other tests of this process started it
+        raise AssertionError("the actors started before the run directory was checked")
+
+    monkeypatch.setattr(jobs.train, "start_actors", tripwire)
     repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)  # the config's reward file and data paths are relative to the repository
     run_dir = tmp_path / "reused"
@@ -302,5 +307,3 @@ def test_the_driver_refuses_another_runs_directory_before_writing_or_starting_an
     assert code == 2 and snapshot(run_dir) == before
     assert error.startswith(f"CheckpointError: checkpoint.resume=never: {run_dir / 'checkpoints'} holds checkpoints of "
                             f"another run: step_4 (run {old_id}); ")
-    import ray
-    assert not ray.is_initialized()
