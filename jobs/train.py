@@ -38,6 +38,7 @@ from jobs.heldout import HeldoutEvaluator, eval_history, should_evaluate
 from jobs.metrics import MetricsLogger
 from jobs.multitask import build_requests, image_loader, t2i_grid
 from jobs.plots import learning_curve
+from jobs.stop_signal import Stopped, StopSignal
 from jobs.train_parts import (
     StepResult,
     collect,
@@ -45,6 +46,7 @@ from jobs.train_parts import (
     load_data,
     mean_reward,
     policy_parts,
+    print_summary,
     resume,
     rollout_metrics,
     rollout_rows,
@@ -173,10 +175,10 @@ def log_step(run: Run, step: int, result: StepResult) -> None:
             run.metrics.log_image_grid(step, grid_rows, captions)
 
 
-def save(run: Run, state: RunState, step: int) -> None:
-    """Checkpoint every `checkpoint.every` steps, export every `checkpoint.export_every`; both at the end."""
+def save(run: Run, state: RunState, step: int, *, force: bool = False) -> None:
+    """Checkpoint every `checkpoint.every` steps and if `force`d, export every `export_every`; both at the end."""
     final = step == run.cfg.run.steps
-    if run.checkpoints.should_save(step, final=final):
+    if run.checkpoints.should_save(step, final=final or force):
         before = state.cursor_before
         data = before["data"] if before.get("step") == step + 1 else run.stream.state_dict()
         driver_state = {"policy_version": state.version, "data": data, "rng": capture_rng_state()}
@@ -190,8 +192,9 @@ def save(run: Run, state: RunState, step: int) -> None:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg`; returns a summary of the run."""
     run_dir = cfg.run.run_dir
-    with contextlib.ExitStack() as cleanup:  # whatever was started is stopped, in reverse order, on any exit
+    with StopSignal() as stop, contextlib.ExitStack() as cleanup:  # whatever started is stopped on any exit
         run, state = setup(cfg, cleanup)
+        stop.install()  # again: ray.init replaced the SIGTERM handler (a signal stops the run after a step)
         if state.start == 0 and run.evaluator is not None:  # the starting policy: the curve's first point
             run.metrics.log(0, heldout_metrics(run, 0))
         if state.start < cfg.run.steps:
@@ -203,7 +206,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             result.metrics.update(heldout_metrics(run, step))
             log_step(run, step, result)
             progress.set_postfix(reward=mean_reward(result.batch), v=state.version)
-            save(run, state, step)
+            save(run, state, step, force=(stopping := stop.signum) is not None)  # a later signal: next step
+            if stopping is not None and step < cfg.run.steps:
+                raise Stopped(stopping, step, run.checkpoints.root / f"step_{step}", cfg.checkpoint.resume)
         summary = {"run_dir": str(run_dir), "config": str(run.config_path), "start_step": state.start,
                    **({"export": state.export} if state.export else {}), "final_step": cfg.run.steps,
                    "policy_version": state.version, "learner_checksums": run.learners.checksums(),
@@ -234,15 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ResourceError, DataError, CheckpointError) as exc:  # config, cluster, data, run dir
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(f"run finished: {summary['run_dir']} (policy version {summary.get('policy_version')})")
-    if "export" in summary:
-        print(f"policy exported to {summary['export']}")
-    heldout = summary.get("heldout") or []
-    if heldout:
-        first, last = heldout[0], heldout[-1]
-        print(f"held-out pass@1: {100 * first['eval/pass@1']:.1f}% at step {first['step']} -> "
-              f"{100 * last['eval/pass@1']:.1f}% at step {last['step']} ({int(last['eval/problems'])} problems)")
-    print(f"learning curve: {summary['learning_curve']}")
+    except Stopped as exc:  # SIGTERM/SIGINT: the last completed step is saved (jobs/stop_signal.py)
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    print_summary(summary)
     return 0
 
 

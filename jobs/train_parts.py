@@ -258,3 +258,16 @@ def mean_reward(batch: RolloutBatch) -> str:
     """The mean total reward of the scorable rows, for the progress bar ("n/a" when none is)."""
     scored = [r for r in batch.rewards["total"] if r is not None]
     return f"{sum(scored) / len(scored):.3f}" if scored else "n/a"
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """What `python -m jobs.train` prints when a run finishes: run directory, export, held-out pass@1, curve."""
+    print(f"run finished: {summary['run_dir']} (policy version {summary.get('policy_version')})")
+    if "export" in summary:
+        print(f"policy exported to {summary['export']}")
+    heldout = summary.get("heldout") or []
+    if heldout:
+        first, last = heldout[0], heldout[-1]
+        print(f"held-out pass@1: {100 * first['eval/pass@1']:.1f}% at step {first['step']} -> "
+              f"{100 * last['eval/pass@1']:.1f}% at step {last['step']} ({int(last['eval/problems'])} problems)")
+    print(f"learning curve: {summary['learning_curve']}")

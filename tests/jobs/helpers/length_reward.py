@@ -9,6 +9,8 @@ Two hooks let a test act at a known point of a run (the reward is called once pe
 - UNIGRPO_TEST_HANG_AT_CALL=n (subprocess runs that the test SIGKILLs): the n-th call in this process
   writes the file named by UNIGRPO_TEST_HANG_MARKER and blocks for good: the driver is then in the middle
   of the n-th step it runs, after the previous step's checkpoint is complete.
+  With UNIGRPO_TEST_HANG_RELEASE=file it blocks only until that file exists (tests/jobs/test_preemption.py
+  signals the driver meanwhile).
 - UNIGRPO_TEST_PAUSE_DIR=dir (in-process runs): a call that finds `dir/pause` removes it, writes
   `dir/paused` and waits until `dir/resume` exists: the rollout workers are idle meanwhile (the step's
   samples are collected, the next step's not yet dispatched in sync mode).
@@ -29,7 +31,9 @@ def response_length(samples) -> list[float]:
     hang_at = os.environ.get("UNIGRPO_TEST_HANG_AT_CALL")
     if hang_at and _calls == int(hang_at):
         Path(os.environ["UNIGRPO_TEST_HANG_MARKER"]).write_text(f"{os.getpid()}\n")
-        time.sleep(3600)
+        release, deadline = os.environ.get("UNIGRPO_TEST_HANG_RELEASE"), time.monotonic() + 3600
+        while not (release and Path(release).exists()) and time.monotonic() < deadline:
+            time.sleep(0.01)
     pause_dir = os.environ.get("UNIGRPO_TEST_PAUSE_DIR")
     if pause_dir and (Path(pause_dir) / "pause").exists():
         (Path(pause_dir) / "pause").unlink()
