@@ -10,9 +10,10 @@ A second signal while stopping (finishing the step, saving, stopping the actors)
 aborting half way would lose the step the first signal asked to keep. To abort at once, send SIGKILL
 (`kill -9`); the run then resumes from its last complete checkpoint, as after any crash.
 
-Handlers are installed from the main thread only (Python allows no other); `install()` may be called again to
-take the signals back from a library that replaced the handlers (`ray.init` installs its own SIGTERM handler),
-and leaving the `with` block restores the handlers found by the first `install()`.
+Handlers are installed from the main thread only (Python allows no other). jobs.train enters the `with` block
+once setup is done, after `ray.init` (which installs its own SIGTERM handler), so a signal during setup aborts
+at once; `install()` may be called again to take the signals back from a library that replaced them, and
+leaving the `with` block restores the handlers found by the first `install()`.
 """
 
 from __future__ import annotations

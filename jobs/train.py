@@ -192,9 +192,9 @@ def save(run: Run, state: RunState, step: int, *, force: bool = False) -> None:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg`; returns a summary of the run."""
     run_dir = cfg.run.run_dir
-    with StopSignal() as stop, contextlib.ExitStack() as cleanup:  # whatever started is stopped on any exit
-        run, state = setup(cfg, cleanup)
-        stop.install()  # again: ray.init replaced the SIGTERM handler (a signal stops the run after a step)
+    with contextlib.ExitStack() as cleanup:  # whatever was started is stopped, in reverse order, on any exit
+        run, state = setup(cfg, cleanup)  # a signal here aborts at once: nothing is trained yet
+        stop = cleanup.enter_context(StopSignal())  # from now on a signal stops the run after a step (after ray.init)
         if state.start == 0 and run.evaluator is not None:  # the starting policy: the curve's first point
             run.metrics.log(0, heldout_metrics(run, 0))
         if state.start < cfg.run.steps:
