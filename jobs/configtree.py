@@ -30,6 +30,7 @@ import textwrap
 import tokenize
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -188,14 +189,19 @@ def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
         return _INVALID
 
 
-def _has_invalid(obj: Any) -> bool:
-    if obj is _INVALID:
+def _nested_any(obj: Any, leaf: Callable[[Any], bool]) -> bool:
+    """`leaf(x)` for `obj` or any value nested in its dicts, lists and tuples."""
+    if leaf(obj):
         return True
     if isinstance(obj, dict):
-        return any(_has_invalid(v) for v in obj.values())
+        return any(_nested_any(v, leaf) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return any(_has_invalid(v) for v in obj)
+        return any(_nested_any(v, leaf) for v in obj)
     return False
+
+
+def _has_invalid(obj: Any) -> bool:
+    return _nested_any(obj, lambda value: value is _INVALID)
 
 
 def build(cls: type, raw: dict | None, *, source: str | None = None) -> Any:
@@ -405,13 +411,7 @@ def _emit_value(value: Any, indent: int, out: list[str]) -> None:
 
 
 def _holds_dataclass(value: Any) -> bool:
-    if dataclasses.is_dataclass(value):
-        return True
-    if isinstance(value, dict):
-        return any(_holds_dataclass(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_holds_dataclass(v) for v in value)
-    return False
+    return _nested_any(value, dataclasses.is_dataclass)
 
 
 def _flow(value: Any) -> str:
