@@ -33,8 +33,20 @@ TaskKind = Literal["text", "mmu", "t2i"]
 KINDS: tuple[str, ...] = ("text", "mmu", "t2i")  # = rl.batch.TASK_KINDS (not imported: keeps this module light)
 
 
+class NamedRun:
+    """The output location `<output_dir>/<name>` of a run (jobs.train's `run`, jobs.sft's `run` section)."""
+
+    def check_name(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name: {self.name!r} must be a non-empty directory name without '/'")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(NamedRun):
     """What to run and where its outputs go."""
 
     name: str = "unigrpo"
@@ -54,18 +66,13 @@ class RunConfig:
     """async only: the largest allowed gap between the learner's version and a sample's version."""
 
     def __post_init__(self):
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name: {self.name!r} must be a non-empty directory name without '/'")
+        self.check_name()
         if self.steps < 1:
             raise ValueError(f"steps: {self.steps}; need at least 1")
         if self.prompts_per_step < 1:
             raise ValueError(f"prompts_per_step: {self.prompts_per_step}; need at least 1")
         if self.max_policy_lag < 1:
             raise ValueError(f"max_policy_lag: {self.max_policy_lag}; need at least 1")
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from actors.config import ClusterConfig, LearnerConfig
+from jobs.config import NamedRun
 from model.sampling import TextSamplerConfig
 from rl.lr_schedule import learning_rate as schedule_rate
 
 
 @dataclass(frozen=True)
-class SFTRunConfig:
+class SFTRunConfig(NamedRun):
     """Where the outputs go and what seeds the run."""
 
     name: str = "sft"
@@ -33,14 +34,9 @@ class SFTRunConfig:
     """Also copy the run's policy (`sft.select`) here at the end (e.g. model/assets/demo_policy); None: don't."""
 
     def __post_init__(self):
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name: {self.name!r} must be a non-empty directory name without '/'")
+        self.check_name()
         if self.torch_threads < 1:
             raise ValueError(f"torch_threads: {self.torch_threads}; need at least 1")
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
 
 
 @dataclass(frozen=True)
