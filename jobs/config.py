@@ -27,10 +27,9 @@ from actors.config import (
 from jobs.configtree import ConfigError, apply_overrides, build, read_yaml, write_yaml  # noqa: F401 (ConfigError re-exported)
 from rewards.config import RewardsConfig
 from rl.config import AlgoConfig
+from rl.kinds import KINDS, Kind
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-TaskKind = Literal["text", "mmu", "t2i"]
-KINDS: tuple[str, ...] = ("text", "mmu", "t2i")  # = rl.batch.TASK_KINDS (not imported: keeps this module light)
 
 
 class NamedRun:
@@ -87,9 +86,9 @@ class DataConfig:
     """Shuffle each epoch with a seed derived from (run.seed, epoch)."""
     thinking: bool = True
     """Prepend the thinking instruction (reason in <think> </think>, then answer) to reasoning prompts."""
-    default_task: TaskKind = "text"
+    default_task: Kind = "text"
     """Task of rows that name none."""
-    task_kinds: dict[str, TaskKind] = field(default_factory=lambda: {"captioning": "mmu"})
+    task_kinds: dict[str, Kind] = field(default_factory=lambda: {"captioning": "mmu"})
     """How each dataset task is sampled, for tasks not named after a kind. Kinds: `text` (chat prompt ->
     text), `mmu` (the row's `image` + chat prompt -> text; rows need an image), `t2i` (the plain prompt
     text -> an image). Tasks named `text`, `mmu`, `t2i` are their own kind; a task listed nowhere is `mmu`
