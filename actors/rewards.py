@@ -6,11 +6,12 @@ that makes them look like one `rewards.RewardService`.
   `DeadlinePool` workers (hard deadlines) inside the actor. Each heavy term (`clip`, `image_reward`) gets
   an actor of its own, with `gpus_per_heavy_actor` GPUs when the cluster has GPUs; there a term whose
   factory takes a `device` option and whose options name none runs on `cuda`.
-- `RewardRouter.score(samples)` sends each actor the samples whose task it scores, concurrently, and merges
-  the answers into exactly the `ScoredBatch` that `RewardService(config, tasks).score(samples)` returns in
-  one process: the same totals (`rewards.service.weighted_totals`, the service's own function), terms,
-  reasons and metrics (only the `latency_s` values differ: wall times). `health_metrics()` adds
-  `health/reward_actor_restarts` and `health/reward_actor_failures`.
+- `RewardRouter.score(batch)` sends each actor the samples of the rows whose task it scores (`list[Sample]`,
+  `rewards.samples_of`), concurrently, merges the terms they answer (`RewardService.score_terms`) and writes
+  them into the batch with the service's own `rewards.service.write_scores`, so it returns exactly what
+  `RewardService(config, tasks).score(batch)` returns in one process: the same reward columns and totals
+  (`weighted_totals`) and the same metrics (only the `latency_s` values differ: wall times).
+  `health_metrics()` adds `health/reward_actor_restarts` and `health/reward_actor_failures`.
 
 Fault tolerance: rewards are pure functions of the samples, so re-scoring a batch is idempotent. An actor
 that dies mid-batch (ray.kill, os._exit in a thread-isolated reward, OOM) raises `RayActorError` here;
@@ -31,16 +32,22 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from actors.cluster import RoleResources
 from actors.config import RewardActorsConfig
 from rewards import registry
-from rewards.base import Sample, ScoredBatch
+from rewards.base import Sample, samples_of
 from rewards.config import RewardsConfig, RewardTermConfig
-from rewards.service import RewardService, check_samples, metric_term, reward_metrics, weighted_totals
+from rewards.service import RewardService, check_samples, write_scores
+
+if TYPE_CHECKING:  # the reward actors' processes need no torch
+    from rl.batch import RolloutBatch
+
+TermScores = tuple[dict[str, list[float | None]], dict[str, list[str | None]], dict[tuple[str, str], float]]
+"""What `RewardService.score_terms` (and so a reward actor) answers: terms, reasons, (task, term) -> seconds."""
 
 CPU_GROUP = "cpu"
 """Name of the actor that holds every term not in `heavy_terms`."""
@@ -87,9 +94,9 @@ class RewardActor:
             self.service = RewardService(config)
         return sorted({term.name for terms in self.config.tasks.values() for term in terms})
 
-    def score(self, samples: list[Sample]) -> ScoredBatch:
+    def score(self, samples: list[Sample]) -> TermScores:
         self.start()
-        return self.service.score(samples)
+        return self.service.score_terms(samples)
 
     def close(self) -> None:
         if self.service is not None:
@@ -223,9 +230,10 @@ class RewardRouter:
         group.actor = self._start(group)
 
     # ------------------------------------------------------------------------------------------ scoring
-    def score(self, samples: Sequence[Sample]) -> ScoredBatch:
-        """What `RewardService(config, tasks).score(samples)` returns; see the module docstring."""
-        samples = check_samples(samples, self._task_terms)
+    def score(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
+        """What `RewardService(config, tasks).score(batch)` returns: the batch with its reward columns filled
+        (a new batch) and the reward metrics; see the module docstring."""
+        samples = check_samples(samples_of(batch), self._task_terms)
         members = {name: [i for i, s in enumerate(samples) if s.task in group.config.tasks]
                    for name, group in self.groups.items()}
         answers = self._run_groups(samples, {name: rows for name, rows in members.items() if rows})
@@ -234,28 +242,25 @@ class RewardRouter:
         terms: dict[str, list[float | None]] = {name: [None] * len(samples) for name in names}
         reasons: dict[str, list[str | None]] = {name: ["absent"] * len(samples) for name in names}
         latency: dict[tuple[str, str], float] = {}
-        for name, (batch, failure, seconds) in answers.items():
+        for name, (answer, failure, seconds) in answers.items():
             for position, index in enumerate(members[name]):
                 for term in self.groups[name].config.tasks[samples[index].task]:
-                    if batch is None:
+                    if answer is None:
                         terms[term.name][index], reasons[term.name][index] = None, failure
                     else:
-                        terms[term.name][index] = batch.terms[term.name][position]
-                        reasons[term.name][index] = batch.reasons[term.name][position]
+                        terms[term.name][index] = answer[0][term.name][position]
+                        reasons[term.name][index] = answer[1][term.name][position]
             for task in self.groups[name].config.tasks:
                 for term in self.groups[name].config.tasks[task]:
-                    key = f"reward/{task}/{metric_term(term.name)}/latency_s"
-                    latency[task, term.name] = batch.metrics.get(key, seconds) if batch is not None else seconds
-        total, total_reasons = weighted_totals(samples, self._task_terms, terms, reasons)  # the service's own sum
-        metrics = self._metrics(samples, terms, reasons, total, total_reasons, latency)
-        return ScoredBatch(total=total, terms=terms, reasons=reasons, metrics=metrics, total_reasons=total_reasons)
+                    latency[task, term.name] = answer[2][task, term.name] if answer is not None else seconds
+        return write_scores(batch, self._task_terms, terms, reasons, lambda task, name: latency.get((task, name), 0.0))
 
     def _run_groups(self, samples: list[Sample], members: dict[str, list[int]]
-                    ) -> dict[str, tuple[ScoredBatch | None, str | None, float]]:
-        """Score every group's samples concurrently, re-sending a batch to a fresh actor when its actor
-        died; group -> (its ScoredBatch or None, the reason when None, seconds taken)."""
+                    ) -> dict[str, tuple[TermScores | None, str | None, float]]:
+        """Score every group's samples concurrently, re-sending them to a fresh actor when its actor died;
+        group -> (its actor's answer or None, the reason when None, seconds taken)."""
         started = time.monotonic()
-        answers: dict[str, tuple[ScoredBatch | None, str | None, float]] = {}
+        answers: dict[str, tuple[TermScores | None, str | None, float]] = {}
         attempts: Counter[str] = Counter()
         last_error: dict[str, str] = {}
         in_flight: dict[Any, str] = {}
@@ -295,11 +300,6 @@ class RewardRouter:
                 last_error[name] = _short(exc)
                 submit(name)
         return answers
-
-    def _metrics(self, samples, terms, reasons, total, total_reasons, latency) -> dict[str, float]:
-        """The same keys as `RewardService`, computed over the merged answers."""
-        return reward_metrics(samples, {task: [t.name for t in ts] for task, ts in self._task_terms.items()},
-                              terms, reasons, total, lambda task, name: latency.get((task, name), 0.0), total_reasons)
 
     def health_metrics(self) -> dict[str, float]:
         """`health/reward_actor_restarts` and `health/reward_actor_failures`, cumulative."""

@@ -7,7 +7,7 @@ complete versions (`set_weights` from the object store, `receive_weights` over a
 `load_state_dict`); a refused or failed version never mixes with the held one, and a worker without a
 valid version refuses to sample (so no sample comes from stale or half-written weights).
 
-`sample` takes requests of three kinds (rl.batch.TASK_KINDS) in any mix and returns ONE
+`sample` takes requests of three kinds (rl.kinds.KINDS) in any mix and returns ONE
 `rl.batch.RolloutBatch` tagged with the worker's policy version, rows in request order:
 - "text": the chat prompt ids, sampled by the LLaDA text sampler (`model.sampling`).
 - "mmu" (image understanding): the worker preprocesses the request's image at the image tokenizer's
@@ -16,11 +16,12 @@ valid version refuses to sample (so no sample comes from stale or half-written w
 - "t2i" (text-to-image): the plain prompt ids go through the MaskGIT sampler (model/image_sampling.py);
   the codes are decoded by the image tokenizer. The row's response is the N image slots, scored over the
   image-code columns only, with `<|eoi|>` as a suffix.
-Row metadata: the request's metadata plus `task` (the request's reward task name), `response` (the
-decoded text up to the first EOS / end-of-turn; "" for t2i; ids past the text vocabulary are dropped by
-the tokenizer); for text and mmu, `sampler_forwards` (forward passes of the sampler call that made the row)
-and `sampler_tokens` (tokens it generated per row, gen_length) — the driver's `rollout/forwards_per_token`;
-for t2i, `image` (H x W x 3 uint8 numpy array of the decoded, clamped pixels).
+A request carries the row's typed fields (kind, dataset task, prompt text, answer, meta, mmu image), and the
+worker copies them into the row's columns; it adds `response` (the decoded text up to the first EOS /
+end-of-turn; "" for t2i, and without a tokenizer; ids past the text vocabulary are dropped by the
+tokenizer), `forwards` (text and mmu: forward passes of the sampler call that made the row, for the driver's
+`rollout/forwards_per_token`) and `image` (t2i: H x W x 3 uint8 array of the decoded, clamped pixels; mmu:
+the input image as such an array, the request's own array object when it sent one).
 
 Seeds: the text group is sampled with `seed` itself (a text-only call is what it always was), the mmu
 and t2i groups with `stable_seed(kind, seed)`; inside a group row r is seeded from (group seed, r) by
@@ -54,34 +55,41 @@ from actors.weight_sync import (
 )
 from model.image_sampling import ImageSamplerConfig
 from model.sampling import TextSamplerConfig
-from rl.batch import TASK_KINDS
+from rl.kinds import KINDS
 
 
 @dataclass(frozen=True)
 class PromptRequest:
-    """One response to sample: the prompt's token ids and the keys the batch row will carry."""
+    """One response to sample: the prompt's token ids and the row's fields, which the worker copies into the
+    batch row's columns (module docstring). A prompt's `algo.group_size` requests share one `meta` dict and
+    one image array, so pickling the request list sends each once (pickle memoises repeated objects), and the
+    rows of the group share them on the way back."""
 
     prompt_ids: tuple[int, ...]
     """text / mmu: the chat prompt ids (mmu: without the image); t2i: the plain prompt ids (no template)."""
     uid: str
     sample_index: int
-    task: str = "text"
-    """The dataset / reward task name (e.g. "captioning"), copied to the row's metadata["task"]."""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    kind: str | None = None
-    """The sampler / batch kind, one of TASK_KINDS; None takes `task` when it is one of them."""
+    kind: str
+    """The sampler kind, one of rl.kinds.KINDS: the prompt layout and the sampler."""
+    task: str | None = None
+    """The dataset task (selects the reward terms, e.g. "captioning"); None: the kind's name."""
+    prompt: str = ""
+    """The prompt text (for the rewards and the logs)."""
+    answer: str | None = None
+    """The gold answer, if any."""
+    meta: dict[str, Any] | None = field(default=None, compare=False)
+    """The dataset row's extra fields (what reward plugins read as `Sample.meta`)."""
     image: Any = field(default=None, compare=False)
     """mmu only: an image path, an H x W x 3 uint8 array or a PIL image. (Not compared: arrays have no
     single truth value.)"""
 
     def __post_init__(self):
         where = f"PromptRequest(uid={self.uid!r}, sample_index={self.sample_index})"
-        kind = self.kind if self.kind is not None else self.task
-        if self.kind is not None and kind not in TASK_KINDS:
-            raise ValueError(f"{where}: kind {kind!r} is not one of {list(TASK_KINDS)}")
-        if kind not in TASK_KINDS:
-            raise ValueError(f"{where}: task {self.task!r} is not a sampler kind; pass kind= one of {list(TASK_KINDS)}")
-        object.__setattr__(self, "kind", kind)
+        kind = self.kind
+        if kind not in KINDS:
+            raise ValueError(f"{where}: kind {kind!r} is not one of {list(KINDS)}")
+        if self.task is None:
+            object.__setattr__(self, "task", kind)
         if kind == "mmu" and self.image is None:
             raise ValueError(f"{where}: an mmu request needs image= (a path or an H x W x 3 uint8 array)")
         if kind != "mmu" and self.image is not None:
@@ -200,7 +208,7 @@ class RolloutWorker:
             raise TypeError(f"sample: requests[{bad}] is a {type(requests[bad]).__name__}, not a PromptRequest")
         text = _text_config(text, gen_length=gen_length, steps=steps, block_length=block_length,
                             temperature=temperature, remasking=remasking, cfg_scale=cfg_scale)
-        groups: dict[str, list[int]] = {kind: [] for kind in TASK_KINDS}
+        groups: dict[str, list[int]] = {kind: [] for kind in KINDS}
         for index, request in enumerate(requests):
             groups[request.kind].append(index)
         if (groups["text"] or groups["mmu"]) and text is None:
@@ -231,9 +239,9 @@ class RolloutWorker:
         from rl.batch import RolloutBatch
 
         config = self.network.config
-        image_range = None
+        image_range, images = None, None
         if kind == "mmu":
-            prompts = self._mmu_prompts(requests)
+            prompts, images = self._mmu_prompts(requests)
             image_range = (self.layout.image_lo, self.layout.image_hi)
         else:
             prompts = [list(r.prompt_ids) for r in requests]
@@ -241,41 +249,46 @@ class RolloutWorker:
                                     pad_id=config.pad_token_id, seed=seed)
         sequences, reveal_step = sample.sequences.cpu(), sample.reveal_step.cpu()  # [n, P+L], [n, L]
         end_ids, protected = self._special_ids()
-        metadata = []
-        for row, request in enumerate(requests):
+        responses = []
+        for row in range(len(requests)):
             response = sequences[row, sequences.shape[1] - cfg.gen_length:].tolist()
             cut = next((i for i, t in enumerate(response) if t in end_ids), len(response))
-            decoded = self.tokenizer.decode(response[:cut]) if self.tokenizer is not None else None
-            metadata.append({**request.metadata, "task": request.task, "response": decoded,
-                             "sampler_forwards": sample.forwards, "sampler_tokens": cfg.gen_length})
+            responses.append(self.tokenizer.decode(response[:cut]) if self.tokenizer is not None else "")
         return RolloutBatch.from_sampler(
-            sequences, reveal_step, [len(p) for p in prompts], eos_ids=end_ids, task=kind,
-            uid=[r.uid for r in requests], sample_index=[r.sample_index for r in requests], policy_version=version,
-            protected_ids=protected, protected_id_range=image_range, metadata=metadata,
-            pad_token_id=config.pad_token_id)
+            sequences, reveal_step, [len(p) for p in prompts], eos_ids=end_ids, kind=kind, policy_version=version,
+            protected_ids=protected, protected_id_range=image_range, response=responses, image=images,
+            forwards=sample.forwards, pad_token_id=config.pad_token_id, **_request_columns(requests))
 
-    def _mmu_prompts(self, requests: list[PromptRequest]) -> list[list[int]]:
-        """`<|mmu|> <|soi|>` codes `<|eoi|>` + chat prompt per request; an image shared by requests is encoded once."""
-        from model.image_processing import preprocess_image
+    def _mmu_prompts(self, requests: list[PromptRequest]) -> tuple[list[list[int]], list[Any]]:
+        """`<|mmu|> <|soi|>` codes `<|eoi|>` + chat prompt per request, and the row's image: the request's own
+        array when it sent one, else the file or PIL image as an H x W x 3 uint8 array. An image shared by
+        requests is read and encoded once, and its rows share one array."""
+        import numpy as np
+
+        from model.image_processing import load_rgb, preprocess_image
         from model.mmada import mmu_prompt
 
         self._need_images("mmu")
-        codes_of_image: dict[Any, list[int]] = {}
-        prompts = []
+        encoded: dict[Any, tuple[list[int], Any]] = {}  # image key -> (codes, the rows' array)
+        prompts, images = [], []
         for request in requests:
             key = request.image if isinstance(request.image, (str, os.PathLike)) else id(request.image)
-            if key not in codes_of_image:
+            if key not in encoded:
                 try:
-                    pixels = preprocess_image(request.image, self.image_resolution)  # [3, R, R]
+                    rgb = load_rgb(request.image)
+                    pixels = preprocess_image(rgb, self.image_resolution)  # [3, R, R]
                 except (OSError, ValueError, TypeError) as error:
                     raise ValueError(f"mmu request (uid {request.uid!r}, sample {request.sample_index}): cannot use "
                                      f"its image: {error}") from error
-                codes_of_image[key] = self.image_tokenizer.encode(pixels[None])[0].tolist()  # [N]
-            prompts.append(mmu_prompt(self.layout, codes_of_image[key], request.prompt_ids))
-        return prompts
+                array = request.image if isinstance(request.image, np.ndarray) else np.asarray(rgb, dtype=np.uint8)
+                encoded[key] = (self.image_tokenizer.encode(pixels[None])[0].tolist(), array)  # codes [N]
+            codes, array = encoded[key]
+            prompts.append(mmu_prompt(self.layout, codes, request.prompt_ids))
+            images.append(array)
+        return prompts, images
 
     def _sample_images(self, requests: list[PromptRequest], cfg: ImageSamplerConfig, seed: int, version: int) -> Any:
-        """t2i requests -> RolloutBatch rows; the decoded image of each row goes to metadata["image"]."""
+        """t2i requests -> RolloutBatch rows; the decoded image of each row goes to its `image` column."""
         from model.image_processing import to_uint8
         from model.image_sampling import codes_of, generate_images
         from rl.batch import RolloutBatch
@@ -285,17 +298,16 @@ class RolloutWorker:
         sample = generate_images(self.network, layout, [list(r.prompt_ids) for r in requests], cfg, seed=seed)
         sequences, reveal_step = sample.sequences.cpu(), sample.reveal_step.cpu()  # [n, P+N+1], [n, N]
         codes = codes_of(sequences, layout, sample.prompt_width)  # [n, N]
-        metadata = []
-        for row, request in enumerate(requests):  # one image at a time: a 512 px decode is large
+        images = []
+        for row in range(len(requests)):  # one image at a time: a 512 px decode is large
             pixels = self.image_tokenizer.decode(codes[row : row + 1].to(self.device))  # [1, 3, H, W]
-            metadata.append({**request.metadata, "task": request.task, "response": "", "image": to_uint8(pixels[0])})
+            images.append(to_uint8(pixels[0]))  # H x W x 3 uint8
         _, protected = self._special_ids()
         return RolloutBatch.from_sampler(
-            sequences, reveal_step, sample.prompt_lengths, eos_ids=(), task="t2i", uid=[r.uid for r in requests],
-            sample_index=[r.sample_index for r in requests], policy_version=version,
+            sequences, reveal_step, sample.prompt_lengths, eos_ids=(), kind="t2i", policy_version=version,
             prompt_width=sample.prompt_width, score_vocab=(layout.image_lo, layout.image_hi), protected_ids=protected,
-            protected_id_range=(layout.image_lo, layout.image_hi), metadata=metadata,
-            pad_token_id=self.network.config.pad_token_id)
+            protected_id_range=(layout.image_lo, layout.image_hi), image=images,
+            pad_token_id=self.network.config.pad_token_id, **_request_columns(requests))
 
     def _need_images(self, kind: str) -> None:
         if self.layout is None:
@@ -305,6 +317,13 @@ class RolloutWorker:
         if self.image_tokenizer is None:
             raise ValueError(f"sample: {kind} requests need an image tokenizer; start the worker with "
                              "image_tokenizer=<directory> (config: rollout.image_tokenizer)")
+
+
+def _request_columns(requests: Sequence[PromptRequest]) -> dict[str, list]:
+    """The row columns a batch copies from its requests, as `RolloutBatch.from_sampler` keywords."""
+    return {"uid": [r.uid for r in requests], "sample_index": [r.sample_index for r in requests],
+            "task": [r.task for r in requests], "prompt": [r.prompt for r in requests],
+            "answer": [r.answer for r in requests], "meta": [r.meta for r in requests]}
 
 
 def _text_config(text: TextSamplerConfig | None, **knobs) -> TextSamplerConfig | None:

@@ -1,20 +1,19 @@
-"""Mixed-task plumbing of the training driver: dataset task -> sampler kind, prompt requests per kind,
-reward samples with their images, the reward scorer, per-task metrics and the text-to-image sample grid.
+"""Mixed-task plumbing of the training driver: dataset task -> sampler kind, prompt requests per kind, the
+reward scorer, per-task metrics and the text-to-image sample grid.
 
-Two names per row, kept apart on purpose:
+Two names per row, kept apart on purpose (`RolloutBatch.task` and `RolloutBatch.kind`):
 - the *task* (`PromptRecord.task`, e.g. `captioning`) selects the reward terms (`rewards.tasks.<task>`) and
   names the per-task metrics;
-- the *kind* (`text`, `mmu`, `t2i`; `DataConfig.kind_of`) selects the prompt layout and the sampler, and is
-  what `RolloutBatch.task` holds. `captioning` is an `mmu`-kind task.
+- the *kind* (`text`, `mmu`, `t2i`; rl/kinds.py, `DataConfig.kind_of`) selects the prompt layout and the
+  sampler. `captioning` is an `mmu`-kind task.
 
 Prompts per kind: `text` and `mmu` get the chat template (`model.templates.chat_prompt_ids`, with the
 thinking instruction when `data.thinking`); `mmu` requests also carry the row's image as an HxWx3 uint8
 array, which the worker encodes with the image tokenizer, so rollout workers never need the driver's files;
-`t2i` requests carry the plain text ids of the prompt (the worker builds the `<|t2i|>` layout).
-
-Reward samples: `Sample.task` = the task, `Sample.image` = the generated image for `t2i` rows (the worker's
-`metadata["image"]`) or the row's input image (understanding / captioning), `Sample.meta` = the row's
-extra fields.
+`t2i` requests carry the plain text ids of the prompt (the worker builds the `<|t2i|>` layout). A request
+carries the record's task, prompt, answer and extra fields (`meta`), which the worker copies into the row:
+the rewards then read the row itself (`rewards.samples_of`: the generated image for `t2i` rows, the input
+image for `mmu` rows), never the records.
 """
 
 from __future__ import annotations
@@ -41,16 +40,16 @@ def image_tasks(data_cfg: Any) -> set[str]:
 
 
 def image_loader(cache_size: int) -> Callable[[str], Any]:
-    """`load_image` with an LRU cache of `cache_size` images (a step's rows share their prompt's image, and
-    the driver needs it twice: to send to the worker and to score)."""
+    """`load_image` with an LRU cache of `cache_size` images (a prompt drawn again in a later epoch, or a
+    picture several prompts share, is read once while it stays in the cache)."""
     from jobs.data import load_image
 
     return functools.lru_cache(maxsize=cache_size)(load_image)
 
 
 def build_requests(records: Sequence[Any], tokenizer: Any, cfg: Any, load_image: Callable[[str], Any]) -> list:
-    """One PromptRequest per (prompt, sample index); the group of a prompt shares its uid (and its image
-    array: pickled once per dispatch)."""
+    """One PromptRequest per (prompt, sample index), with the record's fields; the group of a prompt shares
+    its uid, its `meta` dict and its image array (each pickled once per shard, module docstring)."""
     from actors.rollout import PromptRequest
     from model.templates import chat_prompt_ids
 
@@ -61,29 +60,11 @@ def build_requests(records: Sequence[Any], tokenizer: Any, cfg: Any, load_image:
             ids = tuple(tokenizer(record.prompt, add_special_tokens=False)["input_ids"])
         else:
             ids = tuple(chat_prompt_ids(tokenizer, record.prompt, thinking=cfg.data.thinking))
-        extra: dict[str, Any] = {} if kind == record.task else {"kind": kind}  # the kind defaults to the task
-        if kind == "mmu":
-            extra["image"] = load_image(record.image)
+        image = load_image(record.image) if kind == "mmu" else None
         for index in range(cfg.algo.group_size):
-            requests.append(PromptRequest(ids, record.uid, index, record.task,
-                                          {"prompt": record.prompt, "answer": record.answer}, **extra))
+            requests.append(PromptRequest(ids, record.uid, index, kind, task=record.task, prompt=record.prompt,
+                                          answer=record.answer, meta=record.meta, image=image))
     return requests
-
-
-def reward_samples(batch: Any, records_by_uid: Mapping[str, Any], load_image: Callable[[str], Any]) -> list:
-    """One `rewards.Sample` per batch row (see the module docstring for what goes where)."""
-    from rewards import Sample
-
-    samples = []
-    for kind, uid, meta in zip(batch.task, batch.uid, batch.metadata):
-        record = records_by_uid[uid]
-        if kind == "t2i":
-            image = meta.get("image")
-        else:
-            image = load_image(record.image) if record.image is not None else None
-        samples.append(Sample(task=record.task, prompt=record.prompt, response=meta.get("response") or "",
-                              answer=record.answer, image=image, meta=record.meta))
-    return samples
 
 
 def uses_reward_actors(rewards_cfg: Any, tasks: Iterable[str], heavy_terms: Sequence[str]) -> bool:
@@ -94,7 +75,7 @@ def uses_reward_actors(rewards_cfg: Any, tasks: Iterable[str], heavy_terms: Sequ
 def reward_scorer(cfg: Any, tasks: Sequence[str]) -> Any:
     """The driver's scorer: `actors.rewards.RewardRouter` (one actor per heavy term, one for the CPU terms)
     when the tasks present have heavy terms, else an in-process `rewards.RewardService` (CPU terms in its
-    deadline worker processes; no actor to reserve CPUs for). Both answer `score(samples)` identically."""
+    deadline worker processes; no actor to reserve CPUs for). Both answer `score(batch)` identically."""
     if uses_reward_actors(cfg.rewards, tasks, cfg.reward_actors.heavy_terms):
         from actors.rewards import RewardRouter
 
@@ -120,49 +101,40 @@ def reward_actor_roles(cfg: Any, tasks: Sequence[str]) -> list:
     return reward_roles(cfg.rewards, cfg.reward_actors, tasks=tasks, has_gpus=gpus > 0)
 
 
-def without_images(batch: Any) -> Any:
-    """`batch` with the decoded images dropped from its row metadata (the learner never reads them, and at
-    512 px they would be most of what travels to every learner rank)."""
-    import dataclasses
-
-    return dataclasses.replace(batch, metadata=[{k: v for k, v in m.items() if k != "image"} for m in batch.metadata])
-
-
-def task_metrics(batch: Any, row_tasks: Sequence[str], kept_tasks: Sequence[str], advantages: Any) -> dict[str, float]:
+def task_metrics(batch: Any, kept: Any, advantages: Any) -> dict[str, float]:
     """Per dataset task: `rollout/<task>/rows`, `rollout/<task>/response_tokens_mean` (scored response tokens:
     through the first EOS for text, the image slots for t2i), `health/<task>/rows_unscorable` (total reward
-    None) and `health/<task>/rows_zero_advantage` (among the rows kept for the update). The reward metrics
-    per task and term come from the reward service (`reward/<task>/<term>/*`, `reward/<task>/total/*`)."""
+    None) and `health/<task>/rows_zero_advantage` (among the `kept` rows, whose advantages are [B'] float32).
+    The reward metrics per task and term come from the reward service (`reward/<task>/<term>/*`,
+    `reward/<task>/total/*`)."""
     lengths = batch.scored_mask.sum(dim=1).tolist()  # [B] scored tokens per row
-    totals = batch.rewards["total"]
     rows: dict[str, list[int]] = defaultdict(list)
-    for row, task in enumerate(row_tasks):
+    for row, task in enumerate(batch.task):
         rows[task].append(row)
     metrics: dict[str, float] = {}
     for task, indices in rows.items():
         metrics[f"rollout/{task}/rows"] = float(len(indices))
         metrics[f"rollout/{task}/response_tokens_mean"] = sum(lengths[i] for i in indices) / len(indices)
-        metrics[f"health/{task}/rows_unscorable"] = float(sum(totals[i] is None for i in indices))
+        metrics[f"health/{task}/rows_unscorable"] = float(sum(batch.total[i] is None for i in indices))
         metrics[f"health/{task}/rows_zero_advantage"] = float(
-            sum(float(advantages[i]) == 0.0 for i, kept in enumerate(kept_tasks) if kept == task))
+            sum(float(advantages[i]) == 0.0 for i, kept_task in enumerate(kept.task) if kept_task == task))
     return metrics
 
 
-def t2i_grid(batch: Any, row_tasks: Sequence[str]) -> tuple[list[list[Any]], list[str]]:
+def t2i_grid(batch: Any) -> tuple[list[list[Any]], list[str]]:
     """The generated images of the batch's t2i rows as grid rows (one per prompt, at most GRID_PROMPTS, each
     with at most GRID_SAMPLES samples in sample order) and one caption per grid row: task, prompt and the
     samples' total rewards. Empty when the batch has no t2i row."""
     groups: dict[str, list[int]] = {}
-    for row, (kind, uid) in enumerate(zip(batch.task, batch.uid)):
-        if kind == "t2i" and batch.metadata[row].get("image") is not None:
+    for row, (kind, uid) in enumerate(zip(batch.kind, batch.uid)):
+        if kind == "t2i" and batch.image[row] is not None:
             groups.setdefault(uid, []).append(row)
     rows, captions = [], []
     for members in list(groups.values())[:GRID_PROMPTS]:
         members = sorted(members, key=lambda r: batch.sample_index[r])[:GRID_SAMPLES]
-        rows.append([batch.metadata[r]["image"] for r in members])
-        rewards = " ".join("-" if batch.rewards["total"][r] is None else f"{batch.rewards['total'][r]:.3f}"
-                           for r in members)
-        captions.append(f"[{row_tasks[members[0]]}] {batch.metadata[members[0]].get('prompt')} | rewards: {rewards}")
+        rows.append([batch.image[r] for r in members])
+        rewards = " ".join("-" if batch.total[r] is None else f"{batch.total[r]:.3f}" for r in members)
+        captions.append(f"[{batch.task[members[0]]}] {batch.prompt[members[0]]} | rewards: {rewards}")
     return rows, captions
 
 

@@ -57,7 +57,6 @@ from jobs.rollout_shards import (
     prepare_out_dir,
     rewards_config,
     sampler_submit,
-    score_rows,
     shard_path,
     shard_rows,
     start_one_worker,
@@ -211,9 +210,7 @@ def write_shards(args: argparse.Namespace, plan: Plan, pending: list[Shard], out
     with tqdm(total=len(plan.shards), initial=len(plan.shards) - len(pending), unit="shard",
               desc="rollout") as progress:
         for shard, batches in scheduler.run(pending, sampler_submit(args)):
-            rows = shard_rows(shard, shard_calls(shard, args), batches)
-            if router is not None:
-                score_rows(rows, router)
+            rows = shard_rows(shard, shard_calls(shard, args), batches, router)  # scored first with a router
             write_rows(shard_path(out, shard.index, args.format), rows, args.format, args.score)
             generated.append(shard.index)
             rows_done += len(rows)

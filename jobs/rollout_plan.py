@@ -127,8 +127,8 @@ def shard_calls(shard: Shard, args: argparse.Namespace) -> list[tuple[int, list[
     """The sampler calls of a shard: (seed, PromptRequests) with at most --batch-size rows each."""
     from actors.rollout import PromptRequest
 
-    requests = [PromptRequest(p.prompt_ids, p.uid, i, task="text") for p in shard.prompts
-                for i in range(args.samples_per_prompt)]
+    requests = [PromptRequest(p.prompt_ids, p.uid, i, "text", task=p.task, prompt=p.text, answer=p.answer)
+                for p in shard.prompts for i in range(args.samples_per_prompt)]
     size = args.batch_size
     return [(shard_seed(args.seed, shard.index, j), requests[j * size:(j + 1) * size])
             for j in range(-(-len(requests) // size))]

@@ -1,5 +1,6 @@
-"""The shards of `python -m jobs.rollout` after planning: run on worker actors, turned into output rows (scored
-with `--score`), written as shard files, and concatenated into DIR/rollouts.<fmt>.
+"""The shards of `python -m jobs.rollout` after planning: run on worker actors, scored with `--score` (the
+shard's batch through the reward router), turned into output rows from the batch's columns, written as shard
+files, and concatenated into DIR/rollouts.<fmt>.
 
 A shard file exists only complete (written atomically), so the files on disk are the resume state: the shards
 still to do are those without a complete file (`prepare_out_dir`).
@@ -102,36 +103,34 @@ def submit_shard(worker: Any, shard: Shard, *, args: argparse.Namespace, text: A
 
 
 # ---------------------------------------------------------------------------------------------- rows
-def shard_rows(shard: Shard, calls: list[tuple[int, list[Any]]], batches: list[Any]) -> list[dict[str, Any]]:
-    """One output row per request, in request order, from the RolloutBatches of the shard's calls."""
-    by_uid = {p.uid: p for p in shard.prompts}
+def shard_rows(shard: Shard, calls: list[tuple[int, list[Any]]], batches: list[Any], router: Any = None
+               ) -> list[dict[str, Any]]:
+    """One output row per request, in request order, from the columns of the shard's RolloutBatches (one per
+    call); with a `router` (`--score`) the shard's batch is scored first, in one call, and every row gets
+    reward (the weighted total), rewards and reward_reasons (per term)."""
+    from rl.batch import RolloutBatch
+
+    batch = RolloutBatch.concat(batches)  # the calls' rows in request order (left re-padding moves no span's width)
+    if router is not None:
+        batch, _ = router.score(batch)
+    placed = [(seed, seed_row, request) for seed, requests in calls for seed_row, request in enumerate(requests)]
     rows = []
-    for (seed, requests), batch in zip(calls, batches):
-        for r, request in enumerate(requests):
-            start, end = int(batch.response_start[r]), int(batch.response_end[r])
-            prompt = by_uid[request.uid]
-            rows.append({
-                "uid": request.uid, "sample_index": request.sample_index, "task": prompt.task,
-                "prompt": prompt.text, "answer": prompt.answer, "prompt_ids": list(request.prompt_ids),
-                "response": batch.metadata[r]["response"], "response_ids": batch.input_ids[r, start:end].tolist(),
-                "reveal_step": batch.reveal_step[r, start:end].tolist(),
-                "response_length": int(batch.scored_mask[r].sum()), "policy_version": batch.policy_version[r],
-                "seed": seed, "seed_row": r, "shard": shard.index,
-            })
+    for r, (seed, seed_row, request) in enumerate(placed):
+        start, end = int(batch.response_start[r]), int(batch.response_end[r])
+        row = {
+            "uid": batch.uid[r], "sample_index": batch.sample_index[r], "task": batch.task[r],
+            "prompt": batch.prompt[r], "answer": batch.answer[r], "prompt_ids": list(request.prompt_ids),
+            "response": batch.response[r], "response_ids": batch.input_ids[r, start:end].tolist(),
+            "reveal_step": batch.reveal_step[r, start:end].tolist(),
+            "response_length": int(batch.scored_mask[r].sum()), "policy_version": batch.policy_version[r],
+            "seed": seed, "seed_row": seed_row, "shard": shard.index,
+        }
+        if router is not None:
+            row["reward"] = batch.total[r]
+            row["rewards"] = {term: values[r] for term, values in batch.rewards.items()}
+            row["reward_reasons"] = {term: reasons[r] for term, reasons in batch.reward_reasons.items()}
+        rows.append(row)
     return rows
-
-
-def score_rows(rows: list[dict[str, Any]], router: Any) -> None:
-    """Add reward, rewards and reward_reasons to every row (in place)."""
-    from rewards import Sample
-
-    samples = [Sample(task=row["task"], prompt=row["prompt"], response=row["response"], answer=row["answer"],
-                      meta={"uid": row["uid"], "sample_index": row["sample_index"]}) for row in rows]
-    scored = router.score(samples)
-    for i, row in enumerate(rows):
-        row["reward"] = scored.total[i]
-        row["rewards"] = {term: values[i] for term, values in scored.terms.items()}
-        row["reward_reasons"] = {term: reasons[i] for term, reasons in scored.reasons.items()}
 
 
 def rewards_config(terms: Sequence[str]) -> Any:

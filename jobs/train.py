@@ -79,8 +79,7 @@ class Run:
     tokenizer: Any                   # builds the prompts
     backbone: Any                    # the backbone config: exports, held-out evaluation
     stream: PromptStream             # the data order; its cursor is checkpointed
-    records_by_uid: dict[str, Any]   # uid -> PromptRecord: the answer and image a reward sample needs
-    load_image: Any                  # path -> HxWx3 uint8 array (LRU-cached): the input images of mmu rows
+    load_image: Any                  # path -> HxWx3 uint8 array (LRU-cached): the input images of mmu requests
     scorer: Any                      # RewardService in the driver, or the RewardRouter over reward actors
     learners: Any                    # LearnerGroup
     pool: Any                        # RolloutPool
@@ -120,7 +119,7 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg),
                             resume_step=state.start if resumed is not None else -1)  # fresh: drop an old run's lines
     cleanup.callback(metrics.close)
-    return Run(cfg, config_path, policy.tokenizer, policy.config, stream, {r.uid: r for r in records}, load_image, scorer,
+    return Run(cfg, config_path, policy.tokenizer, policy.config, stream, load_image, scorer,
                learners, pool, checkpoints, metrics, evaluator), state
 
 
@@ -140,9 +139,9 @@ def rl_step(run: Run, state: RunState, step: int) -> StepResult:
     state.pending = None
     if cfg.run.mode == "async" and step < cfg.run.steps:
         dispatch(run, state, step + 1)  # sampled with the current weights while the learner trains
-    batch, samples, reward_metrics = score(batch, run.records_by_uid, run.load_image, run.scorer)
+    batch, reward_metrics = score(batch, run.scorer)
     metrics.update(reward_metrics)
-    kept, advantages, row_tasks, adv_metrics = compute_advantages(batch, samples, run.records_by_uid, cfg)
+    kept, advantages, adv_metrics = compute_advantages(batch, cfg)
     metrics.update(adv_metrics)
     if kept.num_rows:
         metrics.update(update(run.learners, kept, advantages, cfg, step))
@@ -153,7 +152,7 @@ def rl_step(run: Run, state: RunState, step: int) -> StepResult:
     metrics.update(rollout_metrics(batch, metrics["perf/rollout_collect_s"], state.version, started))
     if "perf/weight_sync_s" in metrics:
         metrics["perf/weight_sync_frac"] = metrics["perf/weight_sync_s"] / metrics["perf/step_s"]
-    return StepResult(batch, row_tasks, kept, advantages, metrics)
+    return StepResult(batch, kept, advantages, metrics)
 
 
 def heldout_metrics(run: Run, step: int) -> dict[str, float]:
@@ -166,11 +165,11 @@ def heldout_metrics(run: Run, step: int) -> dict[str, float]:
 def log_step(run: Run, step: int, result: StepResult) -> None:
     """metrics.jsonl (and TensorBoard), rollouts.jsonl, and when due the sample table and the t2i grid."""
     run.metrics.log(step, result.metrics)
-    run.metrics.log_rollouts(step, rollout_rows(result.batch, result.row_tasks))
+    run.metrics.log_rollouts(step, rollout_rows(result.batch))
     if run.metrics.should_log_samples(step):
         limit = run.cfg.logging.sample_table_rows
         run.metrics.log_samples(step, sample_rows(result.batch, result.kept, result.advantages, limit))
-        grid_rows, captions = t2i_grid(result.batch, result.row_tasks)
+        grid_rows, captions = t2i_grid(result.batch)
         if grid_rows:
             run.metrics.log_image_grid(step, grid_rows, captions)
 

@@ -10,8 +10,9 @@ prompt uid (unscorable samples: Â = 0, left out of the statistics); the learner
 data parallel) run the UniGRPO update on contiguous shards of the kept rows (rl.update); rank 0's weights
 then go to the workers as version v+1 (`RolloutPool.sync`, called by the driver).
 
-Rewards are weighted per task by the reward service; the batch carries that weighted `total` as its reward
-term, so mixed-task batches need no shared weight table. With `algo.advantage.drop_groups_*`, dropped groups
+Rewards are weighted per task by the reward service, which writes them into the batch (its `rewards` per term
+and the weighted `total` per row), so mixed-task batches need no shared weight table; the learner ranks get
+the kept rows without their text and images (`RolloutBatch.for_learner`). With `algo.advantage.drop_groups_*`, dropped groups
 leave the batch; the learner then needs the kept rows to split evenly over its ranks, which
 `algo.group_size % learner.num_ranks == 0` guarantees.
 """
@@ -30,15 +31,7 @@ from jobs.checkpoint import restore_rng_state
 from jobs.config import TrainConfig
 from jobs.configtree import ConfigError
 from jobs.data import PromptDataset, PromptStream, check_training_prompts
-from jobs.multitask import (
-    check_tasks,
-    image_tasks,
-    reward_actor_roles,
-    reward_samples,
-    reward_scorer,
-    task_metrics,
-    without_images,
-)
+from jobs.multitask import check_tasks, image_tasks, reward_actor_roles, reward_scorer, task_metrics
 from rl.advantages import batch_advantages
 from rl.batch import RolloutBatch
 from rl.losses import reduce_stats, summarize_stats
@@ -132,11 +125,10 @@ def _ray_was_external() -> bool:
 # -- one step --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class StepResult:
-    """What a step leaves for logging: the scored batch (B rows), each row's dataset task, the kept rows and
-    their advantages ([B'] float32), and the step's metrics."""
+    """What a step leaves for logging: the scored batch (B rows), the kept rows and their advantages
+    ([B'] float32), and the step's metrics."""
 
     batch: Any
-    row_tasks: list[str]
     kept: Any
     advantages: Any
     metrics: dict[str, float]
@@ -154,34 +146,25 @@ def collect(pool, pending, step: int, version: int, max_policy_lag: int) -> tupl
     return batch, metrics
 
 
-def score(batch: RolloutBatch, records_by_uid, load_image, scorer) -> tuple[RolloutBatch, list, dict]:
-    """`batch` with its rewards (a new batch: the per-task weighted `total` and the terms every row has), the
-    reward samples, and the reward metrics (with the reward actors' health counters when the scorer is the
-    Ray router) and `perf/reward_s`."""
+def score(batch: RolloutBatch, scorer) -> tuple[RolloutBatch, dict]:
+    """`batch` with its reward columns filled by the scorer (a new batch: every term of the rows' tasks, the
+    per-task weighted `total`, and why a value is None), and the reward metrics (with the reward actors'
+    health counters when the scorer is the Ray router) and `perf/reward_s`."""
     started = time.perf_counter()
-    samples = reward_samples(batch, records_by_uid, load_image)
-    scored = scorer.score(samples)
-    rewards = {"total": scored.total}
-    for term, values in scored.terms.items():  # terms every row has (mixed tasks: some are absent)
-        if all(reason != "absent" for reason in scored.reasons[term]):
-            rewards[term] = values
-    metrics = dict(scored.metrics)
+    batch, metrics = scorer.score(batch)
     if hasattr(scorer, "health_metrics"):
         metrics.update(scorer.health_metrics())
-    batch = dataclasses.replace(batch, rewards=rewards)
     metrics["perf/reward_s"] = time.perf_counter() - started
-    return batch, samples, metrics
+    return batch, metrics
 
 
-def compute_advantages(batch: RolloutBatch, samples: list, records_by_uid, cfg: TrainConfig
-                       ) -> tuple[RolloutBatch, torch.Tensor, list[str], dict[str, float]]:
-    """The kept rows (`algo.advantage.drop_groups_*` may drop groups), their advantages [B'] float32, each
-    batch row's dataset task (the batch holds sampler kinds), and the `health/*` and per-task metrics."""
-    kept, values, stats = batch_advantages(batch, cfg.algo.advantage, {"total": 1.0})  # the weighted total
+def compute_advantages(batch: RolloutBatch, cfg: TrainConfig) -> tuple[RolloutBatch, torch.Tensor, dict[str, float]]:
+    """The kept rows (`algo.advantage.drop_groups_*` may drop groups), their advantages [B'] float32 (from the
+    rows' weighted totals), and the `health/*` and per-task metrics."""
+    kept, values, stats = batch_advantages(batch, cfg.algo.advantage)
     metrics = {f"health/{k}": v for k, v in stats.items()}
-    row_tasks = [sample.task for sample in samples]
-    metrics.update(task_metrics(batch, row_tasks, [records_by_uid[u].task for u in kept.uid], values))
-    return kept, values, row_tasks, metrics
+    metrics.update(task_metrics(batch, kept, values))
+    return kept, values, metrics
 
 
 def shard_rows(num_rows: int, num_ranks: int) -> list[list[int]]:
@@ -191,14 +174,15 @@ def shard_rows(num_rows: int, num_ranks: int) -> list[list[int]]:
 
 
 def update(learners, kept: RolloutBatch, advantages: torch.Tensor, cfg: TrainConfig, step: int) -> dict[str, float]:
-    """One UniGRPO update of every learner rank on its shard of the kept rows (advantages: [B'] float32);
-    returns the `loss/*` metrics reduced over the ranks, and `perf/update_s`."""
+    """One UniGRPO update of every learner rank on its shard of the kept rows (advantages: [B'] float32), each
+    shard without its text and images (`RolloutBatch.for_learner`); returns the `loss/*` metrics reduced over
+    the ranks, and `perf/update_s`."""
     from actors.learner import unigrpo_step  # actors import Ray: loaded once a run starts, not by the CLI
 
     started = time.perf_counter()
     rows = shard_rows(kept.num_rows, cfg.learner.num_ranks)
     rank_stats = learners.train_step(
-        unigrpo_step, [{"batch": without_images(kept.select(r)), "advantages": advantages[r]} for r in rows],
+        unigrpo_step, [{"batch": kept.select(r).for_learner(), "advantages": advantages[r]} for r in rows],
         rl_step=step, algo=cfg.algo, step=step, run_seed=cfg.run.seed, num_sequences_global=kept.num_rows)
     stats = summarize_stats(reduce_stats(rank_stats), num_steps=1)
     metrics = {f"loss/{k}": v for k, v in stats.items() if not k.endswith(("_sum", "_count"))}
@@ -206,13 +190,15 @@ def update(learners, kept: RolloutBatch, advantages: torch.Tensor, cfg: TrainCon
     return metrics
 
 
-def sampler_metrics(metadata: list[dict]) -> dict[str, float]:
+def sampler_metrics(batch: RolloutBatch) -> dict[str, float]:
     """`rollout/forwards_per_token` (NFE ÷ generated tokens) and `rollout/tokens_per_forward` over the text and
-    mmu rows (their metadata carries `sampler_forwards`, `sampler_tokens`); {} for a batch without them.
-    With a confidence threshold a rising tokens_per_forward means the policy reveals more tokens per step."""
-    rows = [m for m in metadata if "sampler_forwards" in m]
-    forwards = sum(m["sampler_forwards"] for m in rows)
-    tokens = sum(m["sampler_tokens"] for m in rows)
+    mmu rows (those with `forwards`; their generated tokens are the response span, gen_length); {} for a batch
+    without them. With a confidence threshold a rising tokens_per_forward means the policy reveals more
+    tokens per step."""
+    rows = [row for row, forwards in enumerate(batch.forwards) if forwards is not None]
+    widths = (batch.response_end - batch.response_start).tolist()  # [B] generated tokens per row
+    forwards = sum(batch.forwards[row] for row in rows)
+    tokens = sum(widths[row] for row in rows)
     if not rows or not forwards:
         return {}
     return {"rollout/forwards_per_token": forwards / tokens, "rollout/tokens_per_forward": tokens / forwards}
@@ -227,14 +213,14 @@ def rollout_metrics(batch: RolloutBatch, collect_s: float, version: int, step_st
         "rollout/response_tokens_max": float(lengths.max()),
         "rollout/tokens_per_s": float(lengths.sum()) / max(collect_s, 1e-9),
         "rollout/policy_version": float(version),
-        **sampler_metrics(batch.metadata),
+        **sampler_metrics(batch),
         "perf/step_s": time.perf_counter() - step_started,
     }
 
 
-def rollout_rows(batch: RolloutBatch, row_tasks: list[str]) -> list[dict[str, Any]]:
+def rollout_rows(batch: RolloutBatch) -> list[dict[str, Any]]:
     """One `rollouts.jsonl` entry per row: what the step consumed, and from which policy version."""
-    columns = zip(batch.uid, batch.sample_index, row_tasks, batch.policy_version, batch.rewards["total"])
+    columns = zip(batch.uid, batch.sample_index, batch.task, batch.policy_version, batch.total)
     return [{"uid": uid, "sample": index, "task": task, "version": v, "reward": reward}
             for uid, index, task, v, reward in columns]
 
@@ -246,17 +232,15 @@ def sample_rows(batch: RolloutBatch, kept: RolloutBatch, advantages: torch.Tenso
         kept, advantages = batch, torch.zeros(batch.num_rows)
     rows = []
     for row in range(min(limit, kept.num_rows)):
-        meta = kept.metadata[row]
-        rows.append({"uid": kept.uid[row], "sample": kept.sample_index[row],
-                     "task": meta.get("task", kept.task[row]), "prompt": meta.get("prompt"),
-                     "response": meta.get("response"), "reward": kept.rewards["total"][row],
+        rows.append({"uid": kept.uid[row], "sample": kept.sample_index[row], "task": kept.task[row],
+                     "prompt": kept.prompt[row], "response": kept.response[row], "reward": kept.total[row],
                      "advantage": round(float(advantages[row]), 4)})
     return rows
 
 
 def mean_reward(batch: RolloutBatch) -> str:
     """The mean total reward of the scorable rows, for the progress bar ("n/a" when none is)."""
-    scored = [r for r in batch.rewards["total"] if r is not None]
+    scored = [r for r in batch.total if r is not None]
     return f"{sum(scored) / len(scored):.3f}" if scored else "n/a"
 
 

@@ -7,6 +7,8 @@ mean/std and gives it advantage 0 (docs/algorithm.md §2.4), and counts it in th
 
 Rewards must be picklable (they travel to worker processes and Ray actors) and must ignore fields they do
 not use: everything a dataset row carries beyond task/prompt/answer/image goes into `Sample.meta`.
+In training a `Sample` is a read-only view of one row of the rollout batch, built by `samples_of`; the
+service writes the scores back into the batch (rewards/service.py, docs/architecture.md §2).
 
 Built-ins also implement `score_detailed(samples, *, timeout_s=None) -> list[Scored]`, which says *why* a
 value is `None`; `RewardService` uses it for its counted reasons. Plain plugins don't need it: a `None`
@@ -16,8 +18,11 @@ from them is counted as reason `unscorable`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from rl.batch import RolloutBatch
 
 Isolation = Literal["process", "thread"]
 """How `RewardService` runs a term: in a killable worker process, or in a thread of the caller's process
@@ -30,7 +35,7 @@ class Sample:
     identity."""
 
     task: str
-    """Task kind the sample belongs to; selects the reward terms (e.g. "text", "mmu", "captioning", "t2i")."""
+    """The dataset task the sample belongs to; selects the reward terms (e.g. "text", "captioning", "t2i")."""
     prompt: str
     """The prompt text the policy saw (for image tasks, the text part)."""
     response: str
@@ -62,6 +67,14 @@ class Sample:
                 )
         if self.meta is not None and not isinstance(self.meta, Mapping):
             raise ValueError(f"Sample.meta: got {type(self.meta).__name__}; expected a dict or None")
+
+
+def samples_of(batch: RolloutBatch) -> list[Sample]:
+    """One `Sample` per row of a rollout batch, from its columns: what the reward plugins read. The image is
+    the row's (t2i: the generated one, mmu: the input one); `meta` the dataset row's extra fields."""
+    return [Sample(task=task, prompt=prompt, response=response, answer=answer, image=image, meta=meta)
+            for task, prompt, response, answer, image, meta
+            in zip(batch.task, batch.prompt, batch.response, batch.answer, batch.image, batch.meta)]
 
 
 @dataclass(frozen=True)
@@ -97,23 +110,3 @@ class DetailedReward(Protocol):
     def __call__(self, samples: list[Sample]) -> list[float | None]: ...
 
     def score_detailed(self, samples: Sequence[Sample], *, timeout_s: float | None = None) -> list[Scored]: ...
-
-
-@dataclass(frozen=True)
-class ScoredBatch:
-    """What `RewardService.score` returns; every list is aligned with the input samples."""
-
-    total: list[float | None]
-    """Weighted sum of the sample's task terms; None when any of its terms is None or the sum is not a
-    finite float (the sample is unscorable, docs/algorithm.md §2.4); `total_reasons` says which."""
-    terms: dict[str, list[float | None]]
-    """Term name -> raw (unweighted) score per sample. None where unscorable or where the sample's task has
-    no such term (see `reasons`)."""
-    reasons: dict[str, list[str | None]]
-    """Term name -> why the score is None (`absent` when the sample's task has no such term); None where
-    the sample was scored."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    """`reward/<task>/<term>/<stat>` and `reward/<task>/total/<stat>`, see `rewards.service`."""
-    total_reasons: list[str | None] = field(default_factory=list)
-    """Why `total` is None per sample (`unscored: ...` a term is None, `overflow: ...` the weighted sum is
-    not finite); None where the total is a number. From `rewards.service.weighted_totals`."""

@@ -1,7 +1,10 @@
 """`RewardService`: scores mixed-task batches with the configured weighted terms (plain class; the Ray actor
 wrapper lives in actors/).
 
-For one `score(samples)` call:
+`score(batch)` reads a rollout batch and writes into it: each row becomes a `Sample` (rewards/base.py:
+`samples_of`), and the batch comes back (a new one, `dataclasses.replace`) with its reward columns filled:
+`rewards` (term -> raw value per row), `reward_reasons`, `total` and `total_reason` (`write_scores`, which
+the Ray router shares). For one call:
 1. Samples are grouped per *term unit*: tasks whose terms have the same (name, options, timeout,
    isolation) share one reward instance and one batched call.
 2. All units run concurrently, each under its term's `timeout_s`:
@@ -16,7 +19,7 @@ For one `score(samples)` call:
    (docs/algorithm.md §2.4) or if the sum overflows (finite terms, e.g. 2 × 1e308); `weighted_totals` is
    the one function that sums them, here and in the Ray router, and says why a total is None.
 
-Metrics (`ScoredBatch.metrics`), per task and term, `reward/<task>/<term>/`: `mean` (over scorable samples;
+Metrics (returned next to the batch), per task and term, `reward/<task>/<term>/`: `mean` (over scorable samples;
 absent when none is), `count`, `none`, `timeouts`, `errors` (error + crash + invalid), `latency_s` (wall time
 of the batched call that scored it), `none/<reason>` (counted reasons); and `reward/<task>/total/{mean,none,count}`
 with `reward/<task>/total/none/<category>` (`unscored`, `overflow`) for the None totals.
@@ -24,6 +27,7 @@ with `reward/<task>/total/none/<category>` (`unscored`, `overflow`) for the None
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,12 +37,15 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rewards import registry
-from rewards.base import Sample, Scored, ScoredBatch, unscorable
+from rewards.base import Sample, Scored, samples_of, unscorable
 from rewards.config import RewardsConfig, RewardTermConfig
 from rewards.deadline import DeadlinePool, short_exception
+
+if TYPE_CHECKING:
+    from rl.batch import RolloutBatch
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +175,17 @@ class RewardService:
         return unit
 
     # ------------------------------------------------------------------------------------------ scoring
-    def score(self, samples: Sequence[Sample]) -> ScoredBatch:
-        """Score every sample with its task's terms; see the module docstring."""
+    def score(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
+        """`batch` with its reward columns filled (a new batch) and the reward metrics; see the module docstring."""
+        terms, reasons, latency = self.score_terms(samples_of(batch))
+        task_terms = {task: [term for term, _ in pairs] for task, pairs in self._task_terms.items()}
+        return write_scores(batch, task_terms, terms, reasons, lambda task, name: latency.get((task, name), 0.0))
+
+    def score_terms(self, samples: Sequence[Sample]) -> tuple[dict[str, list[float | None]], dict[str, list[str | None]],
+                                                               dict[tuple[str, str], float]]:
+        """Every sample's terms, unweighted: term -> value per sample (None where unscorable, or where the
+        sample's task has no such term), term -> why it is None (`absent` for the latter), and
+        (task, term) -> seconds its batched call took. What a reward actor answers (actors/rewards.py)."""
         samples = check_samples(samples, self._task_terms)
         members: dict[int, list[int]] = defaultdict(list)  # id(unit) -> sample indices
         units = {}
@@ -187,10 +203,9 @@ class RewardService:
                 scored = results[id(unit)][index]
                 terms[term.name][index] = scored.value
                 reasons[term.name][index] = scored.reason if scored.value is None else None
-        total, total_reasons = weighted_totals(
-            samples, {task: [term for term, _ in pairs] for task, pairs in self._task_terms.items()}, terms, reasons)
-        metrics = self._metrics(samples, terms, reasons, total, total_reasons, latency)
-        return ScoredBatch(total=total, terms=terms, reasons=reasons, metrics=metrics, total_reasons=total_reasons)
+        seconds = {(task, term.name): latency.get(id(unit), 0.0)
+                   for task, pairs in self._task_terms.items() for term, unit in pairs}
+        return terms, reasons, seconds
 
     def _run_units(self, units, members, samples) -> tuple[dict[int, dict[int, Scored]], dict[int, float]]:
         """Run every unit on its samples concurrently; (unit id -> sample index -> Scored, unit id -> seconds)."""
@@ -227,12 +242,6 @@ class RewardService:
         latency.setdefault(unit_id, time.monotonic() - started)
         outputs.setdefault(unit_id, result)
 
-    def _metrics(self, samples, terms, reasons, total, total_reasons, latency) -> dict[str, float]:
-        units = {(task, term.name): unit for task, pairs in self._task_terms.items() for term, unit in pairs}
-        return reward_metrics(samples, {task: [term.name for term, _ in pairs] for task, pairs in self._task_terms.items()},
-                              terms, reasons, total, lambda task, name: latency.get(id(units[(task, name)]), 0.0),
-                              total_reasons)
-
     # ------------------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Stop worker processes and close rewards that have a `close()`."""
@@ -259,19 +268,33 @@ def metric_term(name: str) -> str:
     return name.strip("/").replace("/", ".")
 
 
-def weighted_totals(samples: Sequence[Sample], task_terms: Mapping[str, Sequence[RewardTermConfig]],
+def write_scores(batch: RolloutBatch, task_terms: Mapping[str, Sequence[RewardTermConfig]],
+                 terms: dict[str, list[float | None]], reasons: dict[str, list[str | None]],
+                 latency_of: Callable[[str, str], float]) -> tuple[RolloutBatch, dict[str, float]]:
+    """`batch` with its reward columns written (a new batch) and the reward metrics, from its rows' unweighted
+    `terms` and `reasons` (`RewardService.score_terms`): the one place scores enter a batch, shared by the
+    service and the Ray router, so both answer the same batch. `latency_of(task, term)`: seconds of the call."""
+    total, total_reasons = weighted_totals(batch.task, task_terms, terms, reasons)
+    metrics = reward_metrics(batch.task, {task: [term.name for term in ts] for task, ts in task_terms.items()}, terms,
+                             reasons, total, latency_of, total_reasons)
+    return dataclasses.replace(batch, rewards=terms, reward_reasons=reasons, total=total,
+                               total_reason=total_reasons), metrics
+
+
+def weighted_totals(tasks: Sequence[str], task_terms: Mapping[str, Sequence[RewardTermConfig]],
                     terms: Mapping[str, list], reasons: Mapping[str, list]) -> tuple[list[float | None], list[str | None]]:
-    """Each sample's total, Σ weight × term over its task's terms in config order, and why it is None.
+    """Each row's total, Σ weight × term over its task's terms in config order, and why it is None (`tasks`:
+    the dataset task of each row).
 
     The ONE place totals are summed (the service and the Ray router both call it, so their floats match).
     None with reason `unscored: term 'x' is None (<its reason>)` when a term is None, and `overflow: ...`
-    when finite terms sum to ±inf (a reward of 1e308 with weight 2): such a sample cannot be scored, and an
+    when finite terms sum to ±inf (a reward of 1e308 with weight 2): such a row cannot be scored, and an
     inf total would make its group's advantages NaN. Never 0 in its place (rewards/base.py)."""
     totals: list[float | None] = []
     total_reasons: list[str | None] = []
-    for index, sample in enumerate(samples):
+    for index, task in enumerate(tasks):
         total, reason = 0.0, None
-        for term in task_terms[sample.task]:
+        for term in task_terms[task]:
             value = terms[term.name][index]
             if value is None:
                 total, reason = None, f"unscored: term {term.name!r} is None ({reasons[term.name][index]})"
@@ -279,7 +302,7 @@ def weighted_totals(samples: Sequence[Sample], task_terms: Mapping[str, Sequence
             total += term.weight * value
         if total is not None and not math.isfinite(total):
             parts = " + ".join(f"{term.weight:g} × {terms[term.name][index]:g} ({term.name})"
-                               for term in task_terms[sample.task])
+                               for term in task_terms[task])
             total, reason = None, f"overflow: the weighted total {parts} is not a finite float"
         totals.append(total)
         total_reasons.append(reason)
@@ -292,17 +315,18 @@ def _mean(values: list[float]) -> float:
     return total / len(values) if math.isfinite(total) else sum(v / len(values) for v in values)
 
 
-def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]], terms: Mapping[str, list],
+def reward_metrics(tasks: Sequence[str], task_terms: Mapping[str, list[str]], terms: Mapping[str, list],
                    reasons: Mapping[str, list], total: list, latency_of: Callable[[str, str], float],
-                   total_reasons: Sequence[str | None] = ()) -> dict[str, float]:
+                   total_reasons: Sequence[str | None]) -> dict[str, float]:
     """`reward/<task>/<term>/{count,mean,none,timeouts,errors,latency_s,none/<reason>}` and
-    `reward/<task>/total/{count,none,mean,none/<category>}` of one scored batch (shared by the service and the
-    Ray router, so both report exactly the same keys). `latency_of(task, term)` is the seconds that term's
-    batch took; `total_reasons` (from `weighted_totals`) gives the categories of the None totals."""
+    `reward/<task>/total/{count,none,mean,none/<category>}` of one scored batch (`tasks`: each row's dataset
+    task), computed in `write_scores` for the service and the Ray router alike. `latency_of(task, term)` is the
+    seconds that term's batch took; `total_reasons` (from `weighted_totals`) gives the categories of the None
+    totals."""
     metrics: dict[str, float] = {}
     by_task: dict[str, list[int]] = defaultdict(list)
-    for index, sample in enumerate(samples):
-        by_task[sample.task].append(index)
+    for index, task in enumerate(tasks):
+        by_task[task].append(index)
     for task, indices in by_task.items():
         for name in task_terms[task]:
             prefix = f"reward/{task}/{metric_term(name)}"
@@ -324,20 +348,19 @@ def reward_metrics(samples: Sequence[Sample], task_terms: Mapping[str, list[str]
         metrics[f"reward/{task}/total/none"] = float(len(totals) - len(scored_totals))
         if scored_totals:
             metrics[f"reward/{task}/total/mean"] = _mean(scored_totals)
-        if total_reasons:
-            for category, count in Counter(total_reasons[i].split(":", 1)[0] for i in indices
-                                           if total[i] is None).items():
-                metrics[f"reward/{task}/total/none/{category}"] = float(count)
+        for category, count in Counter(total_reasons[i].split(":", 1)[0] for i in indices if total[i] is None).items():
+            metrics[f"reward/{task}/total/none/{category}"] = float(count)
     return metrics
 
 
 def check_samples(samples: Iterable[Sample], tasks: Iterable[str]) -> list[Sample]:
-    """`samples` as a list; ValueError naming the first item that is not a Sample or whose task has no terms."""
+    """`samples` as a list; ValueError naming the first item that is not a Sample or whose task has no terms
+    (samples[i] is row i of the batch they were made from)."""
     samples, tasks = list(samples), list(tasks)
     for index, sample in enumerate(samples):
         if not isinstance(sample, Sample):
             raise ValueError(f"samples[{index}]: got {type(sample).__name__}; expected rewards.Sample")
         if sample.task not in tasks:
-            raise ValueError(f"samples[{index}].task={sample.task!r} has no reward terms in this service; "
+            raise ValueError(f"row {index}: task {sample.task!r} has no reward terms in this service; "
                              f"built tasks: {', '.join(tasks)}")
     return samples

@@ -24,7 +24,7 @@ The result is float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -109,13 +109,10 @@ def groups_to_keep(
     return kept
 
 
-def batch_advantages(
-    batch: RolloutBatch, cfg: AdvantageConfig, weights: Mapping[str, float]
-) -> tuple[RolloutBatch, torch.Tensor, dict[str, float]]:
-    """Filter groups (when thresholds are set), then Â [B'] of the kept rows; plus counts for the metrics.
-
-    `weights` maps reward term -> weight (from the rewards config); a row whose weighted terms include a
-    None is unscorable. Returns (kept batch, advantages [B'] float32, stats).
+def batch_advantages(batch: RolloutBatch, cfg: AdvantageConfig) -> tuple[RolloutBatch, torch.Tensor, dict[str, float]]:
+    """Filter groups (when thresholds are set), then Â [B'] of the kept rows from their `total` (the weighted
+    total the reward service wrote; None = unscorable); plus counts for the metrics.
+    Returns (kept batch, advantages [B'] float32, stats).
     """
     filtering = cfg.drop_groups_above is not None or cfg.drop_groups_below is not None
     if filtering and cfg.correctness_term not in batch.rewards:
@@ -126,7 +123,7 @@ def batch_advantages(
         keep = set(groups_to_keep(batch.rewards[cfg.correctness_term], batch.uid,
                                   drop_above=cfg.drop_groups_above, drop_below=cfg.drop_groups_below))
         batch = batch.select([row for row, key in enumerate(batch.uid) if key in keep])
-    totals = batch.total_rewards(weights)
+    totals = batch.total
     advantages = group_advantages(totals, batch.uid, cfg.scale, cfg.eps)  # [B']
     stats = {
         "groups_total": float(num_groups),

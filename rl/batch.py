@@ -1,4 +1,4 @@
-"""`RolloutBatch`: the unit of rollout data that flows from rollout workers to the learner.
+"""`RolloutBatch`: one row per sampled response, the same object from the rollout worker to the learner.
 
 One row is one sampled response to one prompt, laid out as the model sees it:
 
@@ -15,21 +15,41 @@ and including the first EOS / end-of-turn (docs/algorithm.md §3.1); later posit
 Rows from different workers may have different widths; `concat` re-pads on the left, which leaves the
 logits of real tokens unchanged (RoPE sees relative offsets only, padding is a key mask).
 
-The batch is plain tensors + Python lists, so it pickles (Ray) and round-trips through `to_dict`.
+Besides the tensors every row has typed columns: its `kind` (rl/kinds.py: the layout and sampler) and its
+dataset `task` (the reward terms), the prompt text, gold answer, decoded response, image and extra dataset
+fields (`meta`) that the rewards read (rewards/base.py: `samples_of`), and the reward columns the reward
+service writes (`rewards`, `reward_reasons`, `total`, `total_reason`). The flow of a row through one step:
+docs/architecture.md §2. Deviations from a plain "bag of columns":
+- the rewards are columns of the batch, not a second object: `total` is the one number advantages and the
+  loss read (None = unscorable), written by rewards/service.py `weighted_totals` and never recomputed here;
+- a learner rank gets `for_learner()`: the text, image and per-term columns emptied (None in every row, or
+  no terms), so no prompt, response or image is pickled to it (what it needs: tensors, uid and sample index
+  (mask seeds), kind, score_vocab, total). `validate` accepts that form: `prompt` and `response` are a str in
+  every row, or None in every row, never a mix.
+
+The batch is plain tensors + Python lists (images: numpy arrays), so it pickles (Ray) and round-trips through
+`to_dict`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
-TASK_KINDS = ("text", "mmu", "t2i")
+from rl.kinds import KINDS
+
 _TENSOR_FIELDS = ("input_ids", "attention_mask", "response_start", "response_end", "scored_mask",
                   "protected_mask", "reveal_step")
-_ROW_LIST_FIELDS = ("task", "score_vocab", "uid", "sample_index", "policy_version", "metadata")
+_ROW_FIELDS = ("kind", "score_vocab", "uid", "sample_index", "policy_version", "task", "prompt", "answer",
+               "response", "image", "meta", "forwards", "total", "total_reason")
+"""The per-row list columns (one entry per row)."""
+_TERM_FIELDS = ("rewards", "reward_reasons")
+"""The per-term columns: reward term -> one entry per row."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,13 +61,22 @@ class RolloutBatch:
     scored_mask: torch.Tensor  # [B, T] bool: response tokens through the first EOS, inclusive
     protected_mask: torch.Tensor  # [B, T] bool: prompt positions never masked (special tokens, image codes)
     reveal_step: torch.Tensor  # [B, T] long: sampler step that revealed the token, -1 outside responses
-    task: list[str]  # per row, one of TASK_KINDS
+    kind: list[str]  # per row, one of rl.kinds.KINDS: the prompt layout and the sampler
     score_vocab: list[tuple[int, int] | None]  # per row: None = full vocabulary, (lo, hi) = column range
     uid: list[str]  # per row: prompt uid (the group key)
     sample_index: list[int]  # per row: index of the response within its group
     policy_version: list[int]  # per row: version of the weights that sampled it
-    rewards: dict[str, list[float | None]]  # reward term -> per-row value (None = unscorable)
-    metadata: list[dict]  # per row: free-form JSON-able data (gold answer, timings, ...)
+    task: list[str]  # per row: the dataset task (selects the reward terms, names the per-task metrics)
+    prompt: list[str | None]  # per row: the prompt text (t2i: the text the image is drawn from); None: for_learner
+    answer: list[str | None]  # per row: the gold answer, if the dataset row has one
+    response: list[str | None]  # per row: decoded response text up to the first EOS ("" for t2i); None: for_learner
+    image: list[Any]  # per row: H x W x 3 uint8 array: t2i the generated image, mmu the input image; text None
+    meta: list[dict | None]  # per row: the dataset row's extra fields (what rewards read as Sample.meta)
+    forwards: list[int | None]  # per row: forward passes of the sampler call that made it (None: t2i)
+    rewards: dict[str, list[float | None]]  # reward term -> raw value per row (None: unscorable or absent)
+    reward_reasons: dict[str, list[str | None]]  # reward term -> why the value is None ("absent": not its task's)
+    total: list[float | None]  # per row: the task's weighted total; None = unscorable (or not scored yet)
+    total_reason: list[str | None]  # per row: why the total is None once scored (None: a number, or not scored)
     pad_token_id: int = 0  # id written into left padding (never attended)
 
     # ---- shape -------------------------------------------------------------------------------------
@@ -73,21 +102,19 @@ class RolloutBatch:
         return self.attention_mask & (cols < self.response_start[:, None])
 
     def scorable(self) -> torch.Tensor:
-        """[B] bool: rows where no reward term is None (an unscorable row trains on nothing)."""
-        ok = [all(values[row] is not None for values in self.rewards.values()) for row in range(self.num_rows)]
-        return torch.tensor(ok, dtype=torch.bool)
+        """[B] bool: rows with a total (an unscorable row trains on nothing). The total is None exactly when
+        a term of the row's task is None or the weighted sum overflows (rewards/service.py)."""
+        return torch.tensor([total is not None for total in self.total], dtype=torch.bool)
 
-    def total_rewards(self, weights: Mapping[str, float]) -> list[float | None]:
-        """Weighted sum of the reward terms per row; None where any weighted term is None."""
-        missing = sorted(set(weights) - set(self.rewards))
-        if missing:
-            raise KeyError(f"reward terms {missing} are weighted but absent; batch has {sorted(self.rewards)}")
-        totals: list[float | None] = []
-        for row in range(self.num_rows):
-            values = [self.rewards[name][row] for name in weights]
-            totals.append(None if any(v is None for v in values)
-                          else float(sum(w * v for w, v in zip(weights.values(), values))))
-        return totals
+    def for_learner(self) -> RolloutBatch:
+        """This batch as a learner rank receives it: `prompt`, `response`, `answer`, `image`, `meta` and
+        `total_reason` None in every row, no per-term `rewards` / `reward_reasons`. The learner reads only the
+        tensors, uid and sample index (mask seeds), kind, score_vocab and total; the text and the 512 px images
+        would be most of what is pickled to every rank. The result is a valid batch (`validate` accepts it), and
+        one that cannot be scored by mistake (`rewards.samples_of` refuses a None prompt)."""
+        B = self.num_rows
+        return dataclasses.replace(self, prompt=[None] * B, answer=[None] * B, response=[None] * B, image=[None] * B,
+                                   meta=[None] * B, rewards={}, reward_reasons={}, total_reason=[None] * B)
 
     # ---- checks ------------------------------------------------------------------------------------
     def validate(self) -> RolloutBatch:
@@ -105,9 +132,18 @@ class RolloutBatch:
             value = getattr(self, name)
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != (B,) or value.dtype != torch.long:
                 raise ValueError(f"{name}: need a [{B}] long tensor, got {_describe(value)}")
-        for name in _ROW_LIST_FIELDS:
+        for name in _ROW_FIELDS:
             if not isinstance(getattr(self, name), list) or len(getattr(self, name)) != B:
                 raise ValueError(f"{name}: need a list with one entry per row ({B}), got {getattr(self, name)!r:.80}")
+        for name in _TERM_FIELDS:
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name}: need a dict of reward term -> per-row list, got {getattr(self, name)!r:.80}")
+            for term, values in getattr(self, name).items():
+                if not isinstance(values, list) or len(values) != B:
+                    raise ValueError(f"{name}[{term!r}]: need a list with one value per row ({B}), got {values!r:.80}")
+        if set(self.reward_reasons) != set(self.rewards):
+            raise ValueError(f"reward_reasons has the terms {sorted(self.reward_reasons)}, rewards has "
+                             f"{sorted(self.rewards)}; each term needs its values and its reasons")
         for row in range(B):
             start, end = int(self.response_start[row]), int(self.response_end[row])
             if not 0 <= start <= end <= T:
@@ -117,25 +153,27 @@ class RolloutBatch:
         _first_violation(response & ~self.attention_mask, "attention_mask is False inside the response span")
         _first_violation(self.protected_mask & response, "protected_mask is True inside the response span")
         _first_violation(self.scored_mask & (self.reveal_step < 0), "scored token has reveal_step < 0")
+        dropped = {name for name in ("prompt", "response") if all(v is None for v in getattr(self, name))}
         for row in range(B):
-            self._validate_row(row)
+            self._validate_row(row, dropped)
         keys = list(zip(self.uid, self.sample_index))
         if len(set(keys)) != B:
             dup = next(k for k in keys if keys.count(k) > 1)
             raise ValueError(f"(uid, sample_index) {dup} appears more than once; each response needs its own key")
         for term, values in self.rewards.items():
-            if not isinstance(values, list) or len(values) != B:
-                raise ValueError(f"rewards[{term!r}]: need a list with one value per row ({B}), got {values!r:.80}")
             for row, value in enumerate(values):
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                          or not math.isfinite(value)):
-                    raise ValueError(f"rewards[{term!r}][{row}] = {value!r}: need a finite number or None")
+                _check_reward(f"rewards[{term!r}][{row}]", value)
+                reason = self.reward_reasons[term][row]
+                if (value is None) != isinstance(reason, str):
+                    raise ValueError(f"reward_reasons[{term!r}][{row}] = {reason!r:.80} with rewards[{term!r}][{row}] "
+                                     f"= {value!r}: need a str (why) exactly where the value is None")
         return self
 
-    def _validate_row(self, row: int) -> None:
-        task = self.task[row]
-        if task not in TASK_KINDS:
-            raise ValueError(f"task[{row}] = {task!r}: need one of {TASK_KINDS}")
+    def _validate_row(self, row: int, dropped: set[str]) -> None:
+        """`dropped`: the text columns that are None in every row (a learner's batch, `for_learner`)."""
+        kind = self.kind[row]
+        if kind not in KINDS:
+            raise ValueError(f"kind[{row}] = {kind!r}: need one of {KINDS}")
         vocab = self.score_vocab[row]
         if vocab is not None:
             if (not isinstance(vocab, (tuple, list)) or len(vocab) != 2
@@ -152,8 +190,33 @@ class RolloutBatch:
             value = getattr(self, name)[row]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}[{row}] = {value!r}: need a non-negative int")
-        if not isinstance(self.metadata[row], dict):
-            raise ValueError(f"metadata[{row}] = {self.metadata[row]!r:.80}: need a dict")
+        if not isinstance(self.task[row], str) or not self.task[row]:
+            raise ValueError(f"task[{row}] = {self.task[row]!r:.80}: need a non-empty str (the dataset task)")
+        for name in ("prompt", "response"):
+            if name not in dropped and not isinstance(getattr(self, name)[row], str):
+                raise ValueError(f"{name}[{row}] = {getattr(self, name)[row]!r:.80}: need a str (or None in every "
+                                 "row: a learner's batch, for_learner)")
+        if self.answer[row] is not None and not isinstance(self.answer[row], str):
+            raise ValueError(f"answer[{row}] = {self.answer[row]!r:.80}: need a str or None")
+        image = self.image[row]
+        if image is not None:
+            shape, dtype = getattr(image, "shape", None), str(getattr(image, "dtype", ""))
+            if kind == "text":
+                raise ValueError(f"image[{row}]: a text row has no image, got {type(image).__name__}; only mmu "
+                                 "(the input image) and t2i (the generated one) rows carry one")
+            if shape is None or len(shape) != 3 or shape[2] != 3 or dtype != "uint8":
+                raise ValueError(f"image[{row}]: need None or an H x W x 3 uint8 array, got {type(image).__name__} "
+                                 f"shape={shape} dtype={dtype or None}")
+        if self.meta[row] is not None and not isinstance(self.meta[row], dict):
+            raise ValueError(f"meta[{row}] = {self.meta[row]!r:.80}: need a dict or None")
+        forwards = self.forwards[row]
+        if forwards is not None and (isinstance(forwards, bool) or not isinstance(forwards, int) or forwards < 1):
+            raise ValueError(f"forwards[{row}] = {forwards!r}: need None or a positive int")
+        _check_reward(f"total[{row}]", self.total[row])
+        reason = self.total_reason[row]
+        if reason is not None and (not isinstance(reason, str) or self.total[row] is not None):
+            raise ValueError(f"total_reason[{row}] = {reason!r:.80} with total[{row}] = {self.total[row]!r}: need None, "
+                             "or a str (why) where the total is None")
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
@@ -164,7 +227,7 @@ class RolloutBatch:
         prompt_lengths: Sequence[int],  # real (unpadded) prompt length per row, <= P
         *,
         eos_ids: Collection[int],
-        task: str | Sequence[str],
+        kind: str | Sequence[str],
         uid: Sequence[str],
         sample_index: Sequence[int],
         policy_version: int | Sequence[int],
@@ -172,8 +235,13 @@ class RolloutBatch:
         score_vocab: tuple[int, int] | None | Sequence[tuple[int, int] | None] = None,
         protected_ids: Collection[int] = (),
         protected_id_range: tuple[int, int] | None = None,
-        rewards: Mapping[str, Sequence[float | None]] | None = None,
-        metadata: Sequence[dict] | None = None,
+        task: Sequence[str] | None = None,
+        prompt: Sequence[str] | None = None,
+        answer: Sequence[str | None] | None = None,
+        response: Sequence[str] | None = None,
+        image: Sequence[Any] | None = None,
+        meta: Sequence[dict | None] | None = None,
+        forwards: int | Sequence[int | None] | None = None,
         pad_token_id: int = 0,
     ) -> RolloutBatch:
         """Build a batch from a sampler's output and compute the scored and protected masks.
@@ -182,8 +250,11 @@ class RolloutBatch:
         L = reveal_step.shape[1]. A row's scored tokens run from P through the first token in `eos_ids`
         (inclusive), or to P + L when there is none (t2i: pass `eos_ids=()`). Prompt tokens whose id is in
         `protected_ids` or in `protected_id_range` = [lo, hi) (image codes) are protected.
-        `task`, `policy_version`: one value for every row or a sequence with one per row. `score_vocab`:
-        None (full vocabulary) or one (lo, hi) tuple for every row, or a *list* with one entry per row.
+        `kind`, `policy_version`, `forwards`: one value for every row or a sequence with one per row.
+        `score_vocab`: None (full vocabulary) or one (lo, hi) tuple for every row, or a *list* with one entry
+        per row. The row columns `task` (default: the kind), `prompt`, `response` (default ""), `answer`,
+        `image`, `meta` (default None): a sequence with one entry per row. No row is scored yet: no reward
+        terms, every total None (the reward service fills them).
         """
         if sequences.dim() != 2 or reveal_step.dim() != 2 or reveal_step.shape[0] != sequences.shape[0]:
             raise ValueError(f"sequences {tuple(sequences.shape)} and reveal_step {tuple(reveal_step.shape)} "
@@ -198,10 +269,10 @@ class RolloutBatch:
         cols = torch.arange(T)  # [T]
         prompt_begin = P - torch.tensor([int(n) for n in prompt_lengths], dtype=torch.long)  # [B]
         attention_mask = cols >= prompt_begin[:, None]  # [B, T]
-        response = sequences[:, P:P + L]  # [B, L]
-        is_eos = torch.zeros_like(response, dtype=torch.bool)  # [B, L]
+        generated = sequences[:, P:P + L]  # [B, L]
+        is_eos = torch.zeros_like(generated, dtype=torch.bool)  # [B, L]
         for eos in eos_ids:
-            is_eos |= response == int(eos)
+            is_eos |= generated == int(eos)
         # tokens strictly after the first EOS: at least one EOS among the earlier positions
         after_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0  # [B, L]
         scored_mask = torch.zeros(B, T, dtype=torch.bool)
@@ -214,7 +285,7 @@ class RolloutBatch:
         protected_mask = is_protected & attention_mask & (cols < P)  # [B, T]
         full_reveal = torch.full((B, T), -1, dtype=torch.long)
         full_reveal[:, P:P + L] = reveal_step.long()
-        tasks = [task] * B if isinstance(task, str) else list(task)
+        kinds = [kind] * B if isinstance(kind, str) else list(kind)
         versions = [int(policy_version)] * B if isinstance(policy_version, int) else [int(v) for v in policy_version]
         vocabs = (list(score_vocab) if isinstance(score_vocab, list)
                   else [tuple(score_vocab) if score_vocab is not None else None] * B)
@@ -223,9 +294,13 @@ class RolloutBatch:
             response_start=torch.full((B,), P, dtype=torch.long),
             response_end=torch.full((B,), P + L, dtype=torch.long),
             scored_mask=scored_mask, protected_mask=protected_mask, reveal_step=full_reveal,
-            task=tasks, score_vocab=vocabs, uid=[str(u) for u in uid], sample_index=[int(i) for i in sample_index],
-            policy_version=versions, rewards={k: list(v) for k, v in (rewards or {}).items()},
-            metadata=[dict(m) for m in metadata] if metadata is not None else [{} for _ in range(B)],
+            kind=kinds, score_vocab=vocabs, uid=[str(u) for u in uid], sample_index=[int(i) for i in sample_index],
+            policy_version=versions, task=list(kinds if task is None else task),
+            prompt=[""] * B if prompt is None else list(prompt), answer=[None] * B if answer is None else list(answer),
+            response=[""] * B if response is None else list(response),
+            image=[None] * B if image is None else list(image), meta=[None] * B if meta is None else list(meta),
+            forwards=[forwards] * B if forwards is None or isinstance(forwards, int) else list(forwards),
+            rewards={}, reward_reasons={}, total=[None] * B, total_reason=[None] * B,
             pad_token_id=int(pad_token_id),
         )
         return batch.validate()
@@ -240,8 +315,8 @@ class RolloutBatch:
             raise IndexError(f"rows {bad} are out of range for a batch of {self.num_rows} rows")
         picked = torch.tensor(index, dtype=torch.long)  # [b]
         data = {name: getattr(self, name)[picked] for name in _TENSOR_FIELDS}
-        data.update({name: [getattr(self, name)[r] for r in index] for name in _ROW_LIST_FIELDS})
-        data["rewards"] = {k: [v[r] for r in index] for k, v in self.rewards.items()}
+        data.update({name: [getattr(self, name)[r] for r in index] for name in _ROW_FIELDS})
+        data.update({name: {k: [v[r] for r in index] for k, v in getattr(self, name).items()} for name in _TERM_FIELDS})
         return RolloutBatch(**data, pad_token_id=self.pad_token_id)
 
     def split_by_group(self) -> list[RolloutBatch]:
@@ -262,7 +337,8 @@ class RolloutBatch:
                 raise ValueError(f"concat: batch {k} pads with {other.pad_token_id}, batch 0 with {first.pad_token_id}")
             if set(other.rewards) != set(first.rewards):
                 raise ValueError(f"concat: batch {k} has reward terms {sorted(other.rewards)}, "
-                                 f"batch 0 has {sorted(first.rewards)}; every batch needs the same terms")
+                                 f"batch 0 has {sorted(first.rewards)}; every batch needs the same terms "
+                                 "(concatenate before scoring, or score every batch with the same service)")
         width = max(b.seq_len for b in batches)
         fill = {"input_ids": first.pad_token_id, "attention_mask": False, "scored_mask": False,
                 "protected_mask": False, "reveal_step": -1}
@@ -276,9 +352,10 @@ class RolloutBatch:
             data[name] = torch.cat(parts, dim=0)  # [sum b, width]
         for name in ("response_start", "response_end"):
             data[name] = torch.cat([getattr(b, name) + (width - b.seq_len) for b in batches])  # [sum b]
-        for name in _ROW_LIST_FIELDS:
+        for name in _ROW_FIELDS:
             data[name] = [item for b in batches for item in getattr(b, name)]
-        data["rewards"] = {k: [v for b in batches for v in b.rewards[k]] for k in first.rewards}
+        for name in _TERM_FIELDS:
+            data[name] = {k: [v for b in batches for v in getattr(b, name)[k]] for k in getattr(first, name)}
         return RolloutBatch(**data, pad_token_id=first.pad_token_id).validate()
 
     # ---- serialisation -----------------------------------------------------------------------------
@@ -286,7 +363,8 @@ class RolloutBatch:
         """Plain tensors and Python lists (no custom classes): safe for pickling, Ray and torch.save."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["score_vocab"] = [list(v) if v is not None else None for v in self.score_vocab]
-        out["rewards"] = {k: list(v) for k, v in self.rewards.items()}
+        for name in _TERM_FIELDS:
+            out[name] = {k: list(v) for k, v in getattr(self, name).items()}
         return out
 
     @classmethod
@@ -306,7 +384,7 @@ def drop_repeated_rows(batches: Sequence[RolloutBatch]) -> tuple[list[RolloutBat
     Collection is idempotent by key: a retried Ray task, or a shard delivered twice, brings the same rows
     again (rollouts are pure functions of the run seed, step, uid and sample index), and a row trained twice
     would weigh double in its group's statistics and in the loss. A repeated key whose row differs in
-    anything (tokens, masks, task, version, rewards, metadata) is no retry but two responses claiming one
+    anything (tokens, masks, kind, version, text, image, rewards) is no retry but two responses claiming one
     key, a bug: ValueError naming the key, both places and the field. Batches left empty are omitted."""
     first: dict[tuple[str, int], tuple[int, int]] = {}  # key -> (batch, row) that delivered it first
     kept: list[RolloutBatch] = []
@@ -349,19 +427,20 @@ def _row_difference(a: RolloutBatch, i: int, b: RolloutBatch, j: int) -> str | N
     for name in ("response_start", "response_end"):  # columns counted from the right edge
         if a.seq_len - int(getattr(a, name)[i]) != b.seq_len - int(getattr(b, name)[j]):
             return name
-    for name in _ROW_LIST_FIELDS:
+    for name in _ROW_FIELDS:
         if not _same(getattr(a, name)[i], getattr(b, name)[j]):
             return name
-    if set(a.rewards) != set(b.rewards):
-        return "rewards (terms)"
-    for term in a.rewards:
-        if not _same(a.rewards[term][i], b.rewards[term][j]):
-            return f"rewards[{term!r}]"
+    for name in _TERM_FIELDS:
+        if set(getattr(a, name)) != set(getattr(b, name)):
+            return f"{name} (terms)"
+        for term in getattr(a, name):
+            if not _same(getattr(a, name)[term][i], getattr(b, name)[term][j]):
+                return f"{name}[{term!r}]"
     return None
 
 
 def _same(x: object, y: object) -> bool:
-    """Deep equality of row data that may hold arrays or tensors (images in metadata), where `==` is
+    """Deep equality of row data that may hold arrays or tensors (images, meta), where `==` is
     elementwise; NaN equals NaN."""
     if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
         return (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype
@@ -378,6 +457,12 @@ def _same(x: object, y: object) -> bool:
     if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
         return True
     return type(x) is type(y) and bool(x == y)
+
+
+def _check_reward(where: str, value: object) -> None:
+    """A reward value (a term's or a total) is a finite number or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        raise ValueError(f"{where} = {value!r:.80}: need a finite number or None")
 
 
 def _describe(value: object) -> str:

@@ -151,7 +151,7 @@ def row_ratios(batch: RolloutBatch, cfg: MaskingConfig, mu: int, *, step: int, r
     """The μ clamped ratios of one row; shared by its group when `cfg.share_across_group`."""
     who = (batch.uid[row],) if cfg.share_across_group else (batch.uid[row], batch.sample_index[row])
     generator = generator_for("schedule", run_seed, step, *who)
-    curve = cfg.image_ratio if batch.task[row] == "t2i" else "linear"
+    curve = cfg.image_ratio if batch.kind[row] == "t2i" else "linear"
     return ratio_schedule(cfg.schedule, mu, cfg.timesteps, generator, p_min=cfg.p_min, p_max=cfg.p_max,
                           curve=curve)
 

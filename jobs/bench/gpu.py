@@ -35,6 +35,7 @@ one token per forward here; the forwards a trained policy saves are measured by 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -191,17 +192,20 @@ def bench_sampler(network, *, device, batch, prompt_length, gen_length, steps, b
 
 
 def rollout_batch(config: BackboneConfig, *, groups, samples, prompt_length, gen_length, steps) -> RolloutBatch:
-    """groups × samples random text rows; rewards 1, 0, 1, ... within each group (non-zero advantages)."""
+    """groups × samples random text rows, scored as the reward service would with one term of weight 1:
+    correctness (= total) 1, 0, 1, ... within each group (non-zero advantages)."""
     generator = torch.Generator().manual_seed(0)
     rows = groups * samples
     sequences = torch.randint(0, plain_ids(config), (rows, prompt_length + gen_length), generator=generator)
     reveal_step = torch.randint(0, steps, (rows, gen_length), generator=generator)  # [G, L]
-    return RolloutBatch.from_sampler(
-        sequences, reveal_step, [prompt_length] * rows, eos_ids=[config.eos_token_id], task="text",
+    batch = RolloutBatch.from_sampler(
+        sequences, reveal_step, [prompt_length] * rows, eos_ids=[config.eos_token_id], kind="text",
         uid=[f"prompt-{r // samples}" for r in range(rows)], sample_index=[r % samples for r in range(rows)],
-        policy_version=0, rewards={"correctness": [float(r % 2 == 0) for r in range(rows)]},
-        pad_token_id=config.pad_token_id,
+        policy_version=0, pad_token_id=config.pad_token_id,
     )
+    correctness = [float(r % 2 == 0) for r in range(rows)]
+    return dataclasses.replace(batch, rewards={"correctness": correctness}, reward_reasons={"correctness": [None] * rows},
+                               total=correctness)
 
 
 def bench_update(network, ref_network, batch: RolloutBatch, *, device, mu: int) -> dict:
@@ -211,7 +215,7 @@ def bench_update(network, ref_network, batch: RolloutBatch, *, device, mu: int) 
     optimizer = torch.optim.AdamW(network.parameters(), lr=LR, fused=device.type == "cuda")
     engine = PlainEngine(network, optimizer, grad_clip=1.0)
     cfg = AlgoConfig(mu=mu, beta=BETA)
-    advantages = group_advantages(batch.total_rewards({"correctness": 1.0}), batch.uid)  # [G]
+    advantages = group_advantages(batch.total, batch.uid)  # [G]
 
     def update(step):
         return unigrpo_update(engine, ref_network, batch, advantages, cfg, step=step, run_seed=0,

@@ -83,11 +83,12 @@ def rollout_batch(kit):
 
     worker = RolloutWorker(kit.sampler_source(0))
     tokenizer = worker.tokenizer
-    requests = [PromptRequest(tuple(chat_prompt_ids(tokenizer, f"What is {g} + {g}?", thinking=False)), f"u{g}", s)
+    requests = [PromptRequest(tuple(chat_prompt_ids(tokenizer, f"What is {g} + {g}?", thinking=False)), f"u{g}", s, "text")
                 for g in range(GROUPS) for s in range(SAMPLES)]
     batch = worker.sample(requests, gen_length=8, steps=4, block_length=4, temperature=1.0, seed=0)
     rewards = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 2.0, 0.0]  # group u2 is constant: advantage 0
-    batch = dataclasses.replace(batch, rewards={"correctness": rewards})
+    batch = dataclasses.replace(batch, rewards={"correctness": rewards}, reward_reasons={"correctness": [None] * 8},
+                                total=rewards)  # one term of weight 1: as the reward service would write it
     advantages = group_advantages(rewards, batch.uid)
     return batch, advantages
 

@@ -13,6 +13,7 @@ import ray
 from actors.cluster import check_resources
 from actors.rewards import (
     CPU_GROUP,
+    RewardActor,
     RewardActorError,
     RewardActorsConfig,
     RewardRouter,
@@ -22,6 +23,7 @@ from actors.rewards import (
 )
 from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
 from rewards.service import metric_term
+from tests.rewards.batches import batch_of
 
 PLUGINS = '''
 import os
@@ -74,10 +76,11 @@ def text_samples() -> list[Sample]:
     ]
 
 
-def comparable(batch):
-    """A ScoredBatch without its wall-time metrics."""
-    return batch.total, batch.terms, batch.reasons, {k: v for k, v in batch.metrics.items()
-                                                     if not k.endswith("/latency_s")}
+def comparable(answer):
+    """What `score(batch)` answers (the scored batch, the metrics), without the wall-time metrics."""
+    batch, metrics = answer
+    return (batch.total, batch.total_reason, batch.rewards, batch.reward_reasons,
+            {k: v for k, v in metrics.items() if not k.endswith("/latency_s")})
 
 
 def wait_for(path, timeout_s=30.0):
@@ -100,53 +103,58 @@ def test_router_answers_exactly_what_the_service_answers(ray_session, plugin_dir
         assert sorted(router.groups) == sorted([CPU_GROUP, slow])
         assert router.groups[CPU_GROUP].term_names == ["correctness", "format"]
         assert router.groups[slow].gpus == 0.0  # no GPU in this cluster: the heavy actor runs on CPU
-        routed = router.score(samples)
-        with pytest.raises(ValueError, match=r"samples\[0\].task='t2i' has no reward terms in this service; "
+        batch = batch_of(samples)
+        routed = router.score(batch)
+        with pytest.raises(ValueError, match=r"row 0: task 't2i' has no reward terms in this service; "
                                              "built tasks: text, other"):
-            router.score([Sample("t2i", "p", "")])
-        with pytest.raises(ValueError, match=r"samples\[1\]: got str; expected rewards.Sample"):
-            router.score([samples[0], "not a sample"])
-        assert comparable(router.score([])) == ([], {}, {}, {})
+            router.score(batch_of([Sample("t2i", "p", "")]))
+        assert comparable(router.score(batch_of([]))) == ([], [], {}, {}, {})
     with RewardService(config) as service:
-        local = service.score(samples)
+        local = service.score(batch)
     assert comparable(routed) == comparable(local)
-    assert set(routed.metrics) == set(local.metrics)
+    assert set(routed[1]) == set(local[1])  # the same metric keys, latencies included
+    routed = routed[0]
+    assert routed is not batch and routed.input_ids is batch.input_ids and batch.total == [None] * 7
     # by hand: correct & well formatted -> 2.0 + 0.5 + 0.25 * len(response)
     assert routed.total[0] == 2.0 + 0.5 + 0.25 * len(samples[0].response)
-    assert routed.terms["correctness"][1] is None and routed.reasons["correctness"][1] == "absent"
-    assert routed.terms["correctness"][3] is None and routed.reasons["correctness"][3].startswith("no_gold")
+    assert routed.rewards["correctness"][1] is None and routed.reward_reasons["correctness"][1] == "absent"
+    assert routed.rewards["correctness"][3] is None and routed.reward_reasons["correctness"][3].startswith("no_gold")
     assert routed.total[3] is None  # unscorable, never 0
-    assert routed.terms[slow][5:] == [3.0, 0.0] and routed.total[5:] == [3.0, 0.0]
+    assert routed.rewards[slow][5:] == [3.0, 0.0] and routed.total[5:] == [3.0, 0.0]
+    actor = RewardActor(config)  # the actor itself (in-process) refuses what is not a Sample
+    with pytest.raises(ValueError, match=r"samples\[1\]: got str; expected rewards.Sample"):
+        actor.score([samples[0], "not a sample"])
+    actor.close()
     assert router.health_metrics() == {"health/reward_actor_restarts": 0.0, "health/reward_actor_failures": 0.0}
 
 
 def test_router_and_service_share_one_weighted_total_and_its_overflow(ray_session, plugin_dir):
-    # issue 18 finding 9: one function sums the totals for both (no second copy to drift) ...
+    # issue 18 finding 9: one function writes the scores and sums the totals for both (no second copy to drift) ...
     import actors.rewards
     import rewards.service
 
-    assert actors.rewards.weighted_totals is rewards.service.weighted_totals
+    assert actors.rewards.write_scores is rewards.service.write_scores
     # ... so a finite reward of 1e308 with weight 2 is None with the same reason in an actor as in-process
     slow = plugin(plugin_dir, "slow_length")
     config = RewardsConfig(tasks={"text": [RewardTermConfig("format", 1e308), RewardTermConfig(slow, 2.0)]})
-    samples = [Sample("text", "q", "<think>x</think>y"), Sample("text", "q", "no think tags")]
+    batch = batch_of([Sample("text", "q", "<think>x</think>y"), Sample("text", "q", "no think tags")])
     with RewardRouter(config, RewardActorsConfig(heavy_terms=(slow,)), tasks=["text"]) as router:
-        routed = router.score(samples)
+        routed, _ = router.score(batch)
     with RewardService(config) as service:
-        local = service.score(samples)
+        local, _ = service.score(batch)
     # by hand: 1e308 × format 1 + 2 × 17 characters = 1e308 (34 is below its precision); format 0: 2 × 13 = 26
     assert routed.total == local.total == [1e308, 26.0]
     config = RewardsConfig(tasks={"text": [RewardTermConfig("format", 1.5e308), RewardTermConfig(slow, 1e307)]})
     with RewardRouter(config, RewardActorsConfig(heavy_terms=(slow,)), tasks=["text"]) as router:
-        routed = router.score(samples)
+        routed = router.score(batch)
     with RewardService(config) as service:
-        local = service.score(samples)
+        local = service.score(batch)
     # 1.5e308 × 1 + 1e307 × 17 = 1.5e308 + 1.7e308 > 1.798e308 (the largest float): None; 0 + 1e307 × 13
-    assert routed.total == local.total == [None, 1e307 * 13]
-    assert routed.total_reasons == local.total_reasons
-    assert routed.total_reasons[0] == ("overflow: the weighted total 1.5e+308 × 1 (format) + 1e+307 × 17 "
-                                       f"({slow}) is not a finite float")
-    assert comparable(routed) == comparable(local) and routed.metrics["reward/text/total/none/overflow"] == 1.0
+    assert routed[0].total == local[0].total == [None, 1e307 * 13]
+    assert routed[0].total_reason == local[0].total_reason
+    assert routed[0].total_reason[0] == ("overflow: the weighted total 1.5e+308 × 1 (format) + 1e+307 × 17 "
+                                         f"({slow}) is not a finite float")
+    assert comparable(routed) == comparable(local) and routed[1]["reward/text/total/none/overflow"] == 1.0
 
 
 def test_an_actor_killed_mid_batch_is_restarted_and_the_batch_rescored(ray_session, plugin_dir, tmp_path):
@@ -158,14 +166,15 @@ def test_an_actor_killed_mid_batch_is_restarted_and_the_batch_rescored(ray_sessi
         RewardTermConfig(plugin(plugin_dir, "exit_once"), 1.0, options={"flag": str(flag)}, isolation="thread"),
     ]})
     samples = text_samples()
+    batch = batch_of(samples)
     with RewardRouter(config, tasks=["text"]) as router:
-        undisturbed = router.score(samples)
-        assert undisturbed.total[0] == 0.5 + len(samples[0].response) + 1.0  # by hand: format, length, one 'a'
+        undisturbed = router.score(batch)
+        assert undisturbed[0].total[0] == 0.5 + len(samples[0].response) + 1.0  # by hand: format, length, one 'a'
 
         os.remove(started)  # 1. ray.kill while the batch is in the slow reward's worker process
         victim = router.actor(CPU_GROUP)
         result = {}
-        scoring = threading.Thread(target=lambda: result.update(batch=router.score(samples)))
+        scoring = threading.Thread(target=lambda: result.update(batch=router.score(batch)))
         scoring.start()
         wait_for(started)
         ray.kill(victim)
@@ -176,7 +185,7 @@ def test_an_actor_killed_mid_batch_is_restarted_and_the_batch_rescored(ray_sessi
         assert router.health_metrics() == {"health/reward_actor_restarts": 1.0, "health/reward_actor_failures": 0.0}
 
         flag.touch()  # 2. os._exit inside a thread-isolated reward: the actor's own process dies
-        assert comparable(router.score(samples)) == comparable(undisturbed)
+        assert comparable(router.score(batch)) == comparable(undisturbed)
         assert not flag.exists()
         assert router.health_metrics() == {"health/reward_actor_restarts": 2.0, "health/reward_actor_failures": 0.0}
 
@@ -189,15 +198,15 @@ def test_a_term_that_cannot_be_scored_is_none_with_a_reason_after_bounded_retrie
     samples = text_samples()
     with RewardRouter(config, RewardActorsConfig(heavy_terms=(dying,), max_attempts=2), tasks=["text"]) as router:
         (plugin_dir / "dying.py").unlink()  # so the restart fails too: attempt 1 dies, attempt 2 can't start
-        scored = router.score(samples)
-        assert scored.terms[dying] == [None] * 4 and scored.total == [None] * 4  # never 0
-        reason = scored.reasons[dying][0]
+        scored, metrics = router.score(batch_of(samples))
+        assert scored.rewards[dying] == [None] * 4 and scored.total == [None] * 4  # never 0
+        reason = scored.reward_reasons[dying][0]
         assert reason.startswith(f"crash: reward actor {dying!r} failed 2 time(s) (reward_actors.max_attempts=2)")
         assert "reward file not found" in reason
-        assert scored.terms["format"] == [1.0, 1.0, 0.0, 1.0]  # the CPU actor is untouched
-        assert scored.metrics[f"reward/text/{metric_term(dying)}/none/crash"] == 4.0
-        assert scored.metrics[f"reward/text/{metric_term(dying)}/errors"] == 4.0
-        assert "reward/text/total/mean" not in scored.metrics
+        assert scored.rewards["format"] == [1.0, 1.0, 0.0, 1.0]  # the CPU actor is untouched
+        assert metrics[f"reward/text/{metric_term(dying)}/none/crash"] == 4.0
+        assert metrics[f"reward/text/{metric_term(dying)}/errors"] == 4.0
+        assert "reward/text/total/mean" not in metrics
         assert router.health_metrics() == {"health/reward_actor_restarts": 1.0, "health/reward_actor_failures": 1.0}
         assert router.actor(dying) is None  # replaced at the next call
         with pytest.raises(KeyError, match="no reward actor 'clip'; actors: "):

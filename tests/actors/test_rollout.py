@@ -24,8 +24,8 @@ def requests_for(tokenizer, groups=2, samples=2):
     from model.templates import chat_prompt_ids
 
     prompts = [chat_prompt_ids(tokenizer, text, thinking=False) for text in ("Hi", "What is 12 times 7?")]
-    return [PromptRequest(tuple(prompts[g % 2]), f"g{g}", s, metadata={"answer": str(g)})
-            for g in range(groups) for s in range(samples)]
+    return [PromptRequest(tuple(prompts[g % 2]), f"g{g}", s, "text", task="arithmetic", prompt=f"prompt {g}",
+                          answer=str(g), meta={"row": g}) for g in range(groups) for s in range(samples)]
 
 
 def test_sample_returns_a_valid_batch_tagged_with_the_version(worker):
@@ -36,16 +36,17 @@ def test_sample_returns_a_valid_batch_tagged_with_the_version(worker):
     batch = worker.sample(requests, seed=1, **SAMPLING)
     assert isinstance(batch, RolloutBatch) and batch.validate() is batch
     assert batch.policy_version == [3] * 4 and batch.uid == ["g0", "g0", "g1", "g1"]
-    assert batch.sample_index == [0, 1, 0, 1] and batch.task == ["text"] * 4
+    assert batch.sample_index == [0, 1, 0, 1] and batch.kind == ["text"] * 4 and batch.task == ["arithmetic"] * 4
     widest = max(len(r.prompt_ids) for r in requests)
     assert batch.seq_len == widest + 8 and batch.response_start.tolist() == [widest] * 4
     for row, request in enumerate(requests):  # left padding, then the prompt exactly
         assert batch.input_ids[row, widest - len(request.prompt_ids):widest].tolist() == list(request.prompt_ids)
-        assert batch.metadata[row]["answer"] == request.metadata["answer"]
-        assert batch.metadata[row]["sampler_forwards"] == 4 and batch.metadata[row]["sampler_tokens"] == 8  # 4 steps
+        assert (batch.prompt[row], batch.answer[row], batch.meta[row]) == (request.prompt, request.answer, request.meta)
+        assert batch.meta[row] is request.meta and batch.image[row] is None  # the request's own dict; text: no image
+        assert batch.forwards[row] == 4  # 4 steps, one forward each
         response = batch.input_ids[row, widest:].tolist()  # decoded up to the first EOS / end-of-turn
         cut = next((i for i, t in enumerate(response) if t in (ids.eos, ids.eot)), len(response))
-        assert batch.metadata[row]["response"] == worker.tokenizer.decode(response[:cut])
+        assert batch.response[row] == worker.tokenizer.decode(response[:cut])
         assert batch.scored_mask[row].sum() == min(cut + 1, 8)
     again = worker.sample(requests, seed=1, **SAMPLING)
     assert torch.equal(again.input_ids, batch.input_ids)  # a pure function of weights, prompts and seed
@@ -69,7 +70,7 @@ def test_a_worker_without_valid_weights_refuses_to_sample(kit):
     worker = RolloutWorker(kit.policy_source(0))
     worker.receiver.version = None  # what a sync that failed half-way leaves behind
     with pytest.raises(WeightSyncError, match="holds no valid weights"):
-        worker.sample([PromptRequest((1, 2, 3), "u", 0)], **SAMPLING)
+        worker.sample([PromptRequest((1, 2, 3), "u", 0, "text")], **SAMPLING)
 
 
 def test_worker_from_a_checkpoint_directory(kit, tmp_path):

@@ -60,11 +60,11 @@ def mixed_requests(tokenizer, images):
     chat = lambda text: tuple(chat_prompt_ids(tokenizer, text, thinking=False))  # noqa: E731
     plain = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     return [
-        PromptRequest(plain("a red circle"), "img-0", 0, "t2i", {"answer": "red"}),
-        PromptRequest(chat("What is 2 + 2?"), "txt-0", 0, "text", {"answer": "4"}),
-        PromptRequest(chat("Describe the image."), "cap-0", 0, "captioning", {"answer": "noise"}, kind="mmu",
-                      image=array),
-        PromptRequest(plain("a blue square on a green background"), "img-1", 0, "shapes", kind="t2i"),
+        PromptRequest(plain("a red circle"), "img-0", 0, "t2i", prompt="a red circle", answer="red"),
+        PromptRequest(chat("What is 2 + 2?"), "txt-0", 0, "text", prompt="What is 2 + 2?", answer="4"),
+        PromptRequest(chat("Describe the image."), "cap-0", 0, "mmu", task="captioning", answer="noise", image=array),
+        PromptRequest(plain("a blue square on a green background"), "img-1", 0, "t2i", task="shapes",
+                      meta={"shape": "square"}),
         PromptRequest(chat("What colour dominates?"), "cap-1", 0, "mmu", image=path),
         PromptRequest(chat("What is 3 + 4?"), "txt-1", 1, "text"),
         PromptRequest(plain("a red circle"), "img-0", 1, "t2i"),
@@ -85,11 +85,15 @@ def test_a_mixed_call_returns_one_batch_in_request_order(worker, tokenizer_dir, 
     requests = mixed_requests(worker.tokenizer, images)
     batch = worker.sample(requests, text=TEXT, image=IMAGE, seed=5)
     assert isinstance(batch, RolloutBatch) and batch.validate() is batch
-    assert batch.task == ["t2i", "text", "mmu", "t2i", "mmu", "text", "t2i"]
+    assert batch.kind == ["t2i", "text", "mmu", "t2i", "mmu", "text", "t2i"]
     assert batch.uid == [r.uid for r in requests] and batch.sample_index == [0, 0, 0, 0, 0, 1, 1]
     assert batch.policy_version == [2] * 7
-    assert [m["task"] for m in batch.metadata] == ["t2i", "text", "captioning", "shapes", "mmu", "text", "t2i"]
-    assert [m.get("answer") for m in batch.metadata] == ["red", "4", "noise", None, None, None, None]
+    assert batch.task == ["t2i", "text", "captioning", "shapes", "mmu", "text", "t2i"]
+    assert batch.answer == ["red", "4", "noise", None, None, None, None]
+    assert batch.prompt == ["a red circle", "What is 2 + 2?", "", "", "", "", ""]
+    assert batch.meta == [None, None, None, {"shape": "square"}, None, None, None]
+    assert batch.forwards == [None, 4, 4, None, 4, 4, None]  # text and mmu: 4 steps, one forward each
+    assert batch.image[1] is None and batch.image[5] is None  # text rows have no image
     assert batch.score_vocab == [(600, 664), None, None, (600, 664), None, None, (600, 664)]
     image_tokenizer = load_image_tokenizer(tokenizer_dir)
 
@@ -107,9 +111,9 @@ def test_a_mixed_call_returns_one_batch_in_request_order(worker, tokenizer_dir, 
         assert batch.protected_mask[row].nonzero().flatten().tolist() == [start - 9 + (8 - len(part)) + i for i in
                                                                            (0, 1, len(part) - 1, len(part))]
         expected = to_uint8(image_tokenizer.decode(slots[None] - 600))[0]
-        image = batch.metadata[row]["image"]
+        image = batch.image[row]
         assert image.dtype == np.uint8 and image.shape == (8, 8, 3) and np.array_equal(image, expected)
-        assert batch.metadata[row]["response"] == ""
+        assert batch.response[row] == ""
 
     array, path = images
     for row, image in ((2, array), (4, path)):  # mmu: <|mmu|> <|soi|> codes <|eoi|> chat prompt, image protected
@@ -120,10 +124,13 @@ def test_a_mixed_call_returns_one_batch_in_request_order(worker, tokenizer_dir, 
         assert int(batch.attention_mask[row].sum()) == len(prompt) + 8
         protected = batch.protected_mask[row, start - len(prompt) : start]
         assert protected[:19].all()  # <|mmu|> <|soi|> 16 codes <|eoi|>
-        assert batch.scored_mask[row, start:].any() and "image" not in batch.metadata[row]
+        assert batch.scored_mask[row, start:].any()
         response = batch.input_ids[row, start:].tolist()
         cut = next((i for i, t in enumerate(response) if t in (EOS, 591)), len(response))
-        assert batch.metadata[row]["response"] == worker.tokenizer.decode(response[:cut])
+        assert batch.response[row] == worker.tokenizer.decode(response[:cut])
+    # mmu rows carry their input image (what the rewards score): the request's own array, or the file's pixels
+    assert batch.image[2] is array
+    assert np.array_equal(batch.image[4], np.asarray(Image.open(path).convert("RGB"))) and batch.image[4].shape == (10, 12, 3)
 
 
 def test_each_kind_is_sampled_as_if_alone(worker, images):
@@ -144,19 +151,19 @@ def test_each_kind_is_sampled_as_if_alone(worker, images):
 
 
 def test_prompt_request_errors():
-    with pytest.raises(ValueError, match=r"PromptRequest\(uid='u', sample_index=0\): task 'captioning' is not a "
-                                         r"sampler kind; pass kind= one of \['text', 'mmu', 't2i'\]"):
-        PromptRequest((1,), "u", 0, "captioning", image="x.png")
+    with pytest.raises(ValueError, match=r"PromptRequest\(uid='u', sample_index=0\): kind 'captioning' is not one "
+                                         r"of \['text', 'mmu', 't2i'\]"):
+        PromptRequest((1,), "u", 0, "captioning", image="x.png")  # a task where the kind belongs
     with pytest.raises(ValueError, match="kind 'video' is not one of"):
         PromptRequest((1,), "u", 0, kind="video")
     with pytest.raises(ValueError, match="an mmu request needs image="):
-        PromptRequest((1,), "u", 0, "captioning", kind="mmu")
+        PromptRequest((1,), "u", 0, "mmu", task="captioning")
     with pytest.raises(ValueError, match="a t2i request takes no image; only mmu requests do"):
         PromptRequest((1,), "u", 0, "t2i", image="x.png")
     with pytest.raises(ValueError, match="a text request takes no image"):
-        PromptRequest((1,), "u", 0, image=np.zeros((2, 2, 3), np.uint8))
-    assert PromptRequest((1,), "u", 0, "mmu", image="x.png").kind == "mmu"
-    assert PromptRequest((1,), "u", 0, "text").kind == "text"
+        PromptRequest((1,), "u", 0, "text", image=np.zeros((2, 2, 3), np.uint8))
+    assert PromptRequest((1,), "u", 0, "mmu", image="x.png").task == "mmu"  # the task defaults to the kind
+    assert PromptRequest((1,), "u", 0, "text", task="gsm8k").task == "gsm8k"
 
 
 def test_sample_errors(worker, kit, tokenizer_dir, images):
@@ -186,7 +193,7 @@ def test_sample_errors(worker, kit, tokenizer_dir, images):
         with pytest.raises(ValueError, match=f"sample: {kind} requests need an image tokenizer; start the worker "
                                              r"with image_tokenizer=<directory> \(config: rollout.image_tokenizer\)"):
             text_only.sample([request], text=TEXT, image=IMAGE)
-    assert text_only.sample(requests[1:2], text=TEXT).task == ["text"]
+    assert text_only.sample(requests[1:2], text=TEXT).kind == ["text"]
     llada = RolloutWorker(kit.sampler_source(0))
     with pytest.raises(ValueError, match="t2i requests need an MMaDA network with its tokenizer; this worker holds "
                                          "a llada network"):
@@ -229,12 +236,11 @@ def test_the_pool_passes_the_image_sampler_and_tokenizer_to_its_workers(ray_sess
     assert [len(b) for b in batches] == [4, 3]  # shards [0, 4) and [4, 7)
     for shard, (batch, rows) in enumerate(zip(batches, ([0, 1, 2, 3], [4, 5, 6]))):
         local = worker.sample([requests[i] for i in rows], text=TEXT, image=IMAGE, seed=shard_seed(7, 3, shard))
-        assert batch.task == local.task and batch.uid == local.uid
+        assert (batch.kind, batch.task, batch.uid) == (local.kind, local.task, local.uid)
         assert torch.equal(batch.input_ids, local.input_ids) and torch.equal(batch.reveal_step, local.reveal_step)
-        for got, want in zip(batch.metadata, local.metadata):
-            assert got.keys() == want.keys() and got["response"] == want["response"]
-            if "image" in want:
-                assert np.array_equal(got["image"], want["image"])
+        assert batch.response == local.response and batch.forwards == local.forwards
+        for got, want in zip(batch.image, local.image):
+            assert (got is None) == (want is None) and (want is None or np.array_equal(got, want))
 
 
 @pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
@@ -257,4 +263,5 @@ def test_mmu_rows_with_the_block_kv_cache(worker, images, cfg_scale):
         assert not (fast.input_ids[row, start:] == mask_id).any()  # every position revealed
         steps = fast.reveal_step[row, start:]
         assert steps[:4].max() < steps[4:].min()  # block by block
-        assert 2 <= fast.metadata[row]["sampler_forwards"] <= 8 and fast.metadata[row]["sampler_tokens"] == 8
+        assert 2 <= fast.forwards[row] <= 8
+        assert int(fast.response_end[row] - fast.response_start[row]) == 8  # the tokens the forwards made

@@ -19,9 +19,9 @@ def shard(uids: dict[str, int], seed: int, version: int = 0) -> RolloutBatch:
     rows = sum(uids.values())
     return RolloutBatch.from_sampler(
         torch.randint(10, 50, (rows, 7), generator=g), torch.zeros(rows, 3, dtype=torch.long), [4] * rows,
-        eos_ids=[2], task="text", uid=[u for u, n in uids.items() for _ in range(n)],
+        eos_ids=[2], kind="text", uid=[u for u, n in uids.items() for _ in range(n)],
         sample_index=[i for n in uids.values() for i in range(n)], policy_version=version,
-        metadata=[{"response": f"r{seed}.{i}"} for i in range(rows)])
+        response=[f"r{seed}.{i}" for i in range(rows)])
 
 
 def bare_pool() -> RolloutPool:
@@ -43,7 +43,7 @@ def test_a_shard_delivered_twice_is_collected_once_and_counted(ray_session):
     assert once_stats["health/duplicate_rows"] == 0.0
     assert stats["health/duplicate_rows"] == 4.0  # one per repeated row
     a, b = RolloutBatch.concat(twice), RolloutBatch.concat(once)  # what the driver trains on
-    assert (a.uid, a.sample_index, a.metadata) == (b.uid, b.sample_index, b.metadata)
+    assert (a.uid, a.sample_index, a.response) == (b.uid, b.sample_index, b.response)
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.scored_mask, b.scored_mask)
     # the counter is the run's total, like health/worker_restarts: a second step with one repeat adds 2
     _, stats = pool.collect([pending(0, second), pending(1, second)])

@@ -202,7 +202,7 @@ def test_broadcast_sync_with_gloo(pipeline):
     learners.train_step(nudge_step, [{"amount": 1.0}] * 2)
     assert sync.sync(version=current + 2, bucket_mb=1.0) == [current + 2] * 2  # the group is reusable
     assert worker_state(workers) == ([current + 2] * 2, learners.checksums())
-    requests = [PromptRequest((5, 6, 7), "u0", 0), PromptRequest((8, 9), "u0", 1)]
+    requests = [PromptRequest((5, 6, 7), "u0", 0, "text"), PromptRequest((8, 9), "u0", 1, "text")]
     batch = ray.get(workers[1].sample.remote(requests, gen_length=4, steps=2, block_length=4))
     assert batch.policy_version == [current + 2] * 2 and batch.validate() is batch  # samples carry the new version
 

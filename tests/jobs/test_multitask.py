@@ -1,8 +1,9 @@
-"""The driver's mixed-task plumbing (jobs/multitask.py) without Ray: task -> kind, reward samples with their
+"""The driver's mixed-task plumbing (jobs/multitask.py) without Ray: task -> kind, typed requests with their
 images, per-task metrics worked out by hand, the t2i grid, the scorer choice and the data/config checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 
@@ -18,12 +19,10 @@ from jobs.multitask import (
     image_loader,
     image_tasks,
     record_kinds,
-    reward_samples,
     reward_scorer,
     t2i_grid,
     task_metrics,
     uses_reward_actors,
-    without_images,
 )
 from rl.batch import RolloutBatch
 
@@ -46,45 +45,30 @@ def write_data(tmp_path):
 
 
 def batch_of(rows: list[tuple[str, str, int, list[int], dict]]) -> RolloutBatch:
-    """(kind, uid, sample index, response token ids, metadata) per row -> a RolloutBatch; EOS = 9, prompt [1, 2]."""
+    """(kind, uid, sample index, response token ids, row columns) per row -> a RolloutBatch; EOS = 9, prompt
+    [1, 2]. Row columns: task (default: the kind), prompt, image."""
     width = max(len(r[3]) for r in rows)
     sequences = torch.tensor([[1, 2] + r[3] + [9] * (width - len(r[3])) for r in rows])  # [B, 2 + L]
     return RolloutBatch.from_sampler(
         sequences, torch.zeros(len(rows), width, dtype=torch.long), [2] * len(rows), eos_ids={9},
-        task=[r[0] for r in rows], uid=[r[1] for r in rows], sample_index=[r[2] for r in rows], policy_version=0,
-        metadata=[r[4] for r in rows])
+        kind=[r[0] for r in rows], uid=[r[1] for r in rows], sample_index=[r[2] for r in rows], policy_version=0,
+        task=[r[4].get("task", r[0]) for r in rows], prompt=[r[4].get("prompt", "") for r in rows],
+        image=[r[4].get("image") for r in rows])
 
 
-def test_kinds_image_tasks_and_reward_samples(tmp_path):
+def with_totals(batch: RolloutBatch, totals: list[float | None]) -> RolloutBatch:
+    """`batch` with the totals a reward service would have written (no per-term columns needed here)."""
+    return dataclasses.replace(batch, total=totals).validate()
+
+
+def test_kinds_and_image_tasks(tmp_path):
     cfg = load_config(None, [f"data.train={write_data(tmp_path)}"])
     assert image_tasks(cfg.data) == {"mmu", "captioning"}
     dataset = PromptDataset(cfg.data.train, image_tasks=image_tasks(cfg.data))
     assert record_kinds(dataset.records, cfg.data) == {"q": "text", "c": "mmu", "s": "t2i", "v": "mmu"}
-    generated = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
-    batch = batch_of([
-        ("text", "q", 0, [5, 9], {"response": "4", "task": "text"}),
-        ("mmu", "c", 0, [6, 7, 9], {"response": "grey", "task": "captioning"}),
-        ("t2i", "s", 1, [7, 7], {"response": "", "task": "t2i", "image": generated}),
-        ("mmu", "v", 0, [8], {"response": None, "task": "vqa"}),
-    ])
-    calls = []
-
-    def load(path):
-        calls.append(path)
-        return load_image(path)
-
-    samples = reward_samples(batch, {r.uid: r for r in dataset.records}, load)
-    assert [(s.task, s.prompt, s.response, s.answer) for s in samples] == [
-        ("text", "Compute 2+2.", "4", "4"), ("captioning", "Describe the image.", "grey", None),
-        ("t2i", "a red circle", "", None), ("vqa", "What colour?", "", "grey")]
-    assert samples[0].image is None and samples[2].image is generated  # t2i: the generated image
-    for sample in (samples[1], samples[3]):  # understanding: the row's input image, HxWx3 uint8
-        assert sample.image.shape == (4, 6, 3) and sample.image.dtype == np.uint8 and (sample.image == 200).all()
-    assert calls == [str((tmp_path / "cat.png").resolve())] * 2
-    assert samples[1].meta == {"kw": 1} and samples[2].meta == {"rgb": [255, 0, 0]}
-
+    path = str((tmp_path / "cat.png").resolve())
     cached = image_loader(cache_size=2)
-    assert cached(calls[0]) is cached(calls[0])  # one read per image while it stays in the cache
+    assert cached(path) is cached(path)  # one read per image while it stays in the cache
 
 
 def test_requests_per_kind(tmp_path):
@@ -94,7 +78,14 @@ def test_requests_per_kind(tmp_path):
     cfg = load_config(None, [f"data.train={write_data(tmp_path)}", "algo.group_size=2", "data.thinking=false"])
     records = PromptDataset(cfg.data.train, image_tasks=image_tasks(cfg.data)).records
     tokenizer = tiny_model(0).tokenizer
-    requests = build_requests(records, tokenizer, cfg, image_loader(cache_size=4))
+    calls = []
+
+    def load(path):
+        calls.append(path)
+        return load_image(path)
+
+    requests = build_requests(records, tokenizer, cfg, load)
+    assert calls == [str((tmp_path / "cat.png").resolve())] * 2  # once per mmu record (c, v), not per request
     assert [(r.uid, r.sample_index, r.task, r.kind) for r in requests] == [
         ("q", 0, "text", "text"), ("q", 1, "text", "text"), ("c", 0, "captioning", "mmu"),
         ("c", 1, "captioning", "mmu"), ("s", 0, "t2i", "t2i"), ("s", 1, "t2i", "t2i"),
@@ -104,30 +95,35 @@ def test_requests_per_kind(tmp_path):
     assert list(by_uid["q"].prompt_ids) == chat and by_uid["q"].image is None
     assert list(by_uid["c"].prompt_ids) == list(chat_prompt_ids(tokenizer, "Describe the image.", thinking=False))
     assert list(by_uid["s"].prompt_ids) == tokenizer("a red circle", add_special_tokens=False)["input_ids"]
-    assert by_uid["s"].image is None and by_uid["q"].metadata == {"prompt": "Compute 2+2.", "answer": "4"}
+    assert by_uid["s"].image is None
+    # the row's fields a reward reads (rewards.samples_of, once the worker copied them into the row)
+    assert [(r.prompt, r.answer, r.meta) for r in requests[::2]] == [
+        ("Compute 2+2.", "4", {}), ("Describe the image.", None, {"kw": 1}), ("a red circle", None, {"rgb": [255, 0, 0]}),
+        ("What colour?", "grey", {})]
     understanding = [r for r in requests if r.kind == "mmu"]
-    assert all(r.image.shape == (4, 6, 3) and r.image.dtype == np.uint8 for r in understanding)
+    for request in understanding:  # the row's input image, HxWx3 uint8
+        assert request.image.shape == (4, 6, 3) and request.image.dtype == np.uint8 and (request.image == 200).all()
     assert understanding[0].image is understanding[1].image  # one array per prompt (pickled once)
+    assert requests[2].meta is requests[3].meta  # one meta dict per prompt too
 
 
 def test_task_metrics_per_task_by_hand():
     batch = batch_of([
         ("text", "a", 0, [5, 9, 9, 9], {}),   # 2 scored tokens (through the EOS)
         ("text", "a", 1, [5, 5, 5, 9], {}),   # 4
-        ("mmu", "b", 0, [5, 5, 5, 5], {}),    # 4 (no EOS)
-        ("mmu", "b", 1, [9, 9, 9, 9], {}),    # 1
+        ("mmu", "b", 0, [5, 5, 5, 5], {"task": "captioning"}),    # 4 (no EOS)
+        ("mmu", "b", 1, [9, 9, 9, 9], {"task": "captioning"}),    # 1
     ])
-    batch = RolloutBatch(**{**batch.__dict__, "rewards": {"total": [1.0, 0.0, None, 2.0]}})
-    tasks = ["text", "text", "captioning", "captioning"]
+    batch = with_totals(batch, [1.0, 0.0, None, 2.0])
     advantages = torch.tensor([0.7, -0.7, 0.0, 0.0])  # kept rows = all; the captioning group has one scored row
-    metrics = task_metrics(batch, tasks, tasks, advantages)
+    metrics = task_metrics(batch, batch, advantages)
     assert metrics == {
         "rollout/text/rows": 2.0, "rollout/text/response_tokens_mean": 3.0,
         "health/text/rows_unscorable": 0.0, "health/text/rows_zero_advantage": 0.0,
         "rollout/captioning/rows": 2.0, "rollout/captioning/response_tokens_mean": 2.5,
         "health/captioning/rows_unscorable": 1.0, "health/captioning/rows_zero_advantage": 2.0,
     }
-    dropped = task_metrics(batch, tasks, ["captioning", "captioning"], torch.tensor([0.0, 0.0]))
+    dropped = task_metrics(batch, batch.select([2, 3]), torch.tensor([0.0, 0.0]))
     assert dropped["health/text/rows_zero_advantage"] == 0.0 and dropped["health/captioning/rows_zero_advantage"] == 2.0
 
 
@@ -135,23 +131,23 @@ def test_t2i_grid_one_row_per_prompt_in_sample_order_and_without_images():
     def image(value):
         return np.full((2, 2, 3), value, np.uint8)
 
-    rows = [("t2i", "p", 1, [7], {"prompt": "a red circle", "image": image(11)}),
+    def shapes(prompt, value):
+        return {"task": "shapes", "prompt": prompt, "image": image(value)}
+
+    rows = [("t2i", "p", 1, [7], shapes("a red circle", 11)),
             ("text", "q", 0, [7], {"prompt": "2+2"}),
-            ("t2i", "p", 0, [7], {"prompt": "a red circle", "image": image(10)}),
-            ("t2i", "r", 0, [7], {"prompt": "a blue square", "image": image(20)})]
-    rows += [("t2i", "p", i, [7], {"prompt": "a red circle", "image": image(i)}) for i in range(2, 2 + GRID_SAMPLES)]
-    batch = batch_of(rows)
-    totals = [0.5, 1.0, 0.25, None] + [0.0] * GRID_SAMPLES
-    batch = RolloutBatch(**{**batch.__dict__, "rewards": {"total": totals}})
-    tasks = ["shapes", "text", "shapes", "shapes"] + ["shapes"] * GRID_SAMPLES
-    grid, captions = t2i_grid(batch, tasks)
+            ("t2i", "p", 0, [7], shapes("a red circle", 10)),
+            ("t2i", "r", 0, [7], shapes("a blue square", 20))]
+    rows += [("t2i", "p", i, [7], shapes("a red circle", i)) for i in range(2, 2 + GRID_SAMPLES)]
+    batch = with_totals(batch_of(rows), [0.5, 1.0, 0.25, None] + [0.0] * GRID_SAMPLES)
+    grid, captions = t2i_grid(batch)
     assert [[int(cell[0, 0, 0]) for cell in row] for row in grid] == [[10, 11, *range(2, GRID_SAMPLES)], [20]]
     assert captions == ["[shapes] a red circle | rewards: 0.250 0.500 " + " ".join(["0.000"] * (GRID_SAMPLES - 2)),
                         "[shapes] a blue square | rewards: -"]
-    assert t2i_grid(batch_of([("text", "q", 0, [7], {})]), ["text"]) == ([], [])
-    stripped = without_images(batch)
-    assert all("image" not in m for m in stripped.metadata) and stripped.metadata[0]["prompt"] == "a red circle"
-    assert "image" in batch.metadata[0]  # the original keeps them (the grid is drawn after the update)
+    assert t2i_grid(batch_of([("text", "q", 0, [7], {})])) == ([], [])
+    stripped = batch.for_learner()  # what the update sends to the learner ranks
+    assert stripped.image == [None] * batch.num_rows and stripped.kind == batch.kind
+    assert batch.image[0] is not None  # the original keeps them (the grid is drawn after the update)
 
 
 def test_scorer_is_in_process_without_heavy_terms():

@@ -141,6 +141,7 @@ def test_parquet_output_with_scores_matches_the_jsonl_run(first_run, prompts, tm
     import pyarrow.parquet as pq
 
     from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
+    from tests.rewards.batches import batch_of
 
     out = tmp_path / "parquet"
     assert rollout_main(argv(prompts, out, "--workers", "1", "--format", "parquet", "--score", "format")) == 0
@@ -153,10 +154,10 @@ def test_parquet_output_with_scores_matches_the_jsonl_run(first_run, prompts, tm
     assert [{k: r[k] for k in generated} for r in rows] == [{k: r[k] for k in generated} for r in reference]
     samples = [Sample("text", r["prompt"], r["response"], answer=r["answer"]) for r in rows]
     with RewardService(RewardsConfig(tasks={"text": [RewardTermConfig("format", 0.5)]})) as service:
-        expected = service.score(samples)
+        expected, _ = service.score(batch_of(samples))
     assert [r["reward"] for r in rows] == expected.total
-    assert [r["rewards"] for r in rows] == [{"format": v} for v in expected.terms["format"]]
-    assert [r["reward_reasons"] for r in rows] == [{"format": v} for v in expected.reasons["format"]]
+    assert [r["rewards"] for r in rows] == [{"format": v} for v in expected.rewards["format"]]
+    assert [r["reward_reasons"] for r in rows] == [{"format": v} for v in expected.reward_reasons["format"]]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["health/reward_actor_restarts"] == 0.0
 

@@ -27,7 +27,6 @@ import torch
 
 from jobs.config import load_config
 from jobs.train import main, train
-from jobs.train_parts import sampler_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests/jobs/configs/tiny_lengths.yaml"
@@ -73,13 +72,6 @@ def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_sess
     moved = (before[wte] != after[wte]).any(dim=1)  # [V] embedding rows that changed
     assert all(moved[t] for t in seen), sorted(t for t in seen if not moved[t])
     assert (before[head] != after[head]).any(dim=1).all(), "an LM-head row did not train"
-
-
-def test_sampler_metrics_pool_forwards_and_tokens_over_text_rows():
-    metadata = [{"sampler_forwards": 8, "sampler_tokens": 16}] * 3 + [{"sampler_forwards": 2, "sampler_tokens": 16},
-                                                                     {"image": None}]  # a t2i row has neither
-    assert sampler_metrics(metadata) == {"rollout/forwards_per_token": 26 / 64, "rollout/tokens_per_forward": 64 / 26}
-    assert sampler_metrics([{"image": None}]) == {}
 
 
 PROBE = """

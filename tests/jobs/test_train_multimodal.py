@@ -53,7 +53,7 @@ def mixed_batch(loaded) -> tuple[RolloutBatch, int, int]:
     t2i = torch.tensor(t2i_prompt + image + [ids.eoi])  # [P + N + 1]
     P = len(t2i_prompt)
     t2i_batch = RolloutBatch.from_sampler(
-        t2i[None], torch.arange(NUM_VQ)[None], [P - 2], eos_ids=(), task="t2i", uid=["img"], sample_index=[0],
+        t2i[None], torch.arange(NUM_VQ)[None], [P - 2], eos_ids=(), kind="t2i", uid=["img"], sample_index=[0],
         policy_version=0, prompt_width=P, score_vocab=(lo, hi), protected_ids={ids.t2i, ids.bos, ids.eos, ids.soi},
         protected_id_range=(lo, hi), pad_token_id=ids.pad)
     text_prompt = [ids.bos, ids.start_header, *tok("Compute 2+2.", add_special_tokens=False)["input_ids"], ids.eot]
@@ -61,7 +61,7 @@ def mixed_batch(loaded) -> tuple[RolloutBatch, int, int]:
     response[-3] = ids.eos
     text = torch.tensor(text_prompt + response.tolist())
     text_batch = RolloutBatch.from_sampler(
-        text[None], torch.arange(NUM_VQ)[None], [len(text_prompt)], eos_ids={ids.eos}, task="text", uid=["txt"],
+        text[None], torch.arange(NUM_VQ)[None], [len(text_prompt)], eos_ids={ids.eos}, kind="text", uid=["txt"],
         sample_index=[0], policy_version=0, pad_token_id=ids.pad)
     return RolloutBatch.concat([t2i_batch, text_batch]), lo, hi
 
@@ -75,7 +75,7 @@ def independent_logprobs(network, batch, views, lo, hi) -> dict[tuple[int, int, 
                 logits = network(views.input_ids[k, row][None], batch.attention_mask[row][None])[0]  # [T, V]
                 for col in views.loss_mask[k, row].nonzero().flatten().tolist():
                     target = int(batch.input_ids[row, col])
-                    if batch.task[row] == "t2i":
+                    if batch.kind[row] == "t2i":
                         out[k, row, col] = float(torch.log_softmax(logits[col, lo:hi], dim=-1)[target - lo])
                     else:
                         out[k, row, col] = float(torch.log_softmax(logits[col], dim=-1)[target])
@@ -94,7 +94,7 @@ def learner_logprobs(network, batch, views) -> dict[tuple[int, int, int], float]
 def test_t2i_logprobs_come_from_the_image_columns_only(mmada):
     network = mmada.network
     batch, lo, hi = mixed_batch(mmada)
-    assert batch.task == ["t2i", "text"] and batch.score_vocab == [(lo, hi), None]
+    assert batch.kind == ["t2i", "text"] and batch.score_vocab == [(lo, hi), None]
     cfg = AlgoConfig(mu=2)
     views = build_views(batch, cfg, iteration=1, step=1, run_seed=0, mask_token_id=network.config.mask_token_id)
     image_slots = batch.scored_mask[0].nonzero().flatten()
@@ -139,7 +139,7 @@ def test_an_update_on_a_t2i_batch_leaves_the_text_columns_of_the_head_unchanged(
     batch, lo, hi = mixed_batch(mmada)
     t2i = batch.select([0])
     t2i = RolloutBatch.concat([t2i, dataclasses.replace(t2i, uid=["img2"])])  # the same row as another prompt's
-    t2i = dataclasses.replace(t2i, rewards={"total": [1.0, 0.0]})
+    t2i = dataclasses.replace(t2i, total=[1.0, 0.0])  # scorable rows
     policy = copy.deepcopy(mmada.network).train()
     reference = copy.deepcopy(mmada.network)
     before = dict(policy.named_parameters())[HEAD].detach().clone()  # [V, d]
@@ -207,6 +207,7 @@ def test_tiny_mmada_trains_on_a_mixed_batch_with_per_task_metrics(tmp_path, ray_
     from jobs.train import train
     from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
     from rewards.service import metric_term
+    from tests.rewards.batches import batch_of
 
     monkeypatch.chdir(REPO)  # the length reward is named by a path relative to the repository
     cfg = load_config(None, write_mixed_run(tmp_path))
@@ -249,8 +250,8 @@ def test_tiny_mmada_trains_on_a_mixed_batch_with_per_task_metrics(tmp_path, ray_
                     assert total[row["uid"], row["sample"]] == len(row["response"])
             captions = [r for r in table if r["task"] == "captioning"]
             inputs = [np.asarray(Image.open(tmp_path / records[r["uid"]]["image"]).convert("RGB")) for r in captions]
-            scored = service.score([Sample("captioning", r["prompt"], r["response"], image=image)
-                                    for r, image in zip(captions, inputs)])
+            scored, _ = service.score(batch_of([Sample("captioning", r["prompt"], r["response"], image=image)
+                                                for r, image in zip(captions, inputs)]))
             logged = [total[r["uid"], r["sample"]] for r in captions]
             assert [t is None for t in scored.total] == [t is None for t in logged]
             assert [t for t in scored.total if t is not None] == pytest.approx([t for t in logged if t is not None],
@@ -269,6 +270,6 @@ def test_tiny_mmada_trains_on_a_mixed_batch_with_per_task_metrics(tmp_path, ray_
                     top, left = GRID_GAP + r * side, GRID_GAP + c * side
                     images.append(grid[top:top + 8, left:left + 8].copy())
                     keys.append((uid_of[caption.split(" | ")[0]], c))
-            rescored = service.score([Sample("t2i", records[uid]["prompt"], "", image=image)
-                                      for (uid, _), image in zip(keys, images)])
+            rescored, _ = service.score(batch_of([Sample("t2i", records[uid]["prompt"], "", image=image)
+                                                  for (uid, _), image in zip(keys, images)]))
             assert rescored.total == pytest.approx([total[key] for key in keys], rel=1e-5)

@@ -1,4 +1,5 @@
-"""The contract types: Sample validation, Scored reasons, picklability, the Protocols."""
+"""The contract types: Sample validation, the samples of a rollout batch, Scored reasons, picklability, the
+Protocols."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import rewards
-from rewards import DetailedReward, Reward, Sample, Scored
+from rewards import DetailedReward, Reward, Sample, Scored, samples_of
 from rewards.base import unscorable
 
 
@@ -17,6 +18,27 @@ def test_sample_fields_and_defaults():
     sample = Sample("t2i", "a red square", "", image=image, meta={"row": 3})
     assert (sample.answer, sample.meta["row"], sample.image.shape) == (None, 3, (4, 5, 3))
     assert Sample("text", "q", "r") != Sample("text", "q", "r")  # identity equality (arrays have no truth value)
+
+
+def test_the_samples_of_a_batch_are_its_rows():
+    import torch
+
+    from rl.batch import RolloutBatch
+
+    picture, generated = np.full((4, 6, 3), 200, np.uint8), np.zeros((2, 2, 3), np.uint8)
+    meta = {"kw": 1}
+    batch = RolloutBatch.from_sampler(
+        torch.full((3, 3), 7), torch.zeros(3, 1, dtype=torch.long), [2] * 3, eos_ids=(), kind=["text", "mmu", "t2i"],
+        uid=["q", "c", "s"], sample_index=[0] * 3, policy_version=0, task=["text", "captioning", "shapes"],
+        prompt=["Compute 2+2.", "Describe the image.", "a red circle"], answer=["4", None, None],
+        response=["4", "grey", ""], image=[None, picture, generated], meta=[None, meta, {"rgb": [255, 0, 0]}])
+    samples = samples_of(batch)
+    assert [(s.task, s.prompt, s.response, s.answer) for s in samples] == [
+        ("text", "Compute 2+2.", "4", "4"), ("captioning", "Describe the image.", "grey", None),
+        ("shapes", "a red circle", "", None)]
+    assert samples[0].image is None and samples[1].image is picture and samples[2].image is generated  # not copies
+    assert samples[0].meta is None and samples[1].meta is meta and samples[2].meta == {"rgb": [255, 0, 0]}
+    assert samples_of(batch.select([])) == []
 
 
 def test_samples_pickle_with_images_and_surrogate_escaped_text():

@@ -20,6 +20,7 @@ CHECK = textwrap.dedent(
     """
     import rewards
     from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
+    from tests.rewards.batches import batch_of
 
     samples = [
         Sample("text", "q", "Paris is the capital of France", meta={"keywords": ["paris", "France", "Lyon"]}),
@@ -32,8 +33,8 @@ CHECK = textwrap.dedent(
     config = RewardsConfig(tasks={"text": [RewardTermConfig("keyword_coverage", 3.0), RewardTermConfig("format", 1.0)]})
     with RewardService(config) as service:
         print(service._units[next(iter(service._units))].isolation)
-        batch = service.score(samples)
-    print(batch.total, batch.reasons["keyword_coverage"])
+        batch, _ = service.score(batch_of(samples))
+    print(batch.total, batch.reward_reasons["keyword_coverage"])
     """
 )
 

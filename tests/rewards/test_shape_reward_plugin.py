@@ -112,14 +112,15 @@ def test_bad_options_name_the_option(options, words):
 
 def test_by_file_path_through_the_service(monkeypatch):
     from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
+    from tests.rewards.batches import batch_of
 
     monkeypatch.chdir(REPO)
     config = RewardsConfig(tasks={"t2i": [RewardTermConfig(FILE_NAME, 2.0, {"tolerance": 0.5})]})
     samples = [Sample("t2i", "a red square", "", image=drawn("square", RED), meta={"shape": "square", "rgb": RED}),
                Sample("t2i", "a red square", "", image=None, meta={"shape": "square", "rgb": RED})]
     with RewardService(config) as service:  # a plugin without an `isolation` runs in a worker process
-        batch = service.score(samples)
-    assert batch.total == [pytest.approx(2.0), None] and batch.reasons[FILE_NAME] == [None, "unscorable"]
+        batch, _ = service.score(batch_of(samples))
+    assert batch.total == [pytest.approx(2.0), None] and batch.reward_reasons[FILE_NAME] == [None, "unscorable"]
 
 
 CHECK = textwrap.dedent(

@@ -6,6 +6,7 @@ Vocabulary of 48 ids: 0 pad, 1 EOS, 2 end-of-turn, 3 <|soi|>, 4 <|eoi|>, 5 <|mmu
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -48,11 +49,22 @@ def text_batch(
         seqs[r, prompt_width + pos] = EOS
         seqs[r, prompt_width + pos + 1:] = EOS
     reveal = torch.randint(0, gen_length, (B, gen_length), generator=g)
-    return RolloutBatch.from_sampler(
-        seqs, reveal, lengths, eos_ids=[EOS, EOT], task="text", uid=uids, sample_index=samples,
-        policy_version=0, rewards={"correctness": rewards if rewards is not None else [1.0] * B},
-        protected_ids=SPECIAL, protected_id_range=IMAGE, pad_token_id=PAD,
+    batch = RolloutBatch.from_sampler(
+        seqs, reveal, lengths, eos_ids=[EOS, EOT], kind="text", uid=uids, sample_index=samples,
+        policy_version=0, protected_ids=SPECIAL, protected_id_range=IMAGE, pad_token_id=PAD,
     )
+    return scored(batch, {"correctness": rewards if rewards is not None else [1.0] * B})
+
+
+def scored(batch: RolloutBatch, rewards: dict[str, list[float | None]],
+           total: list[float | None] | None = None) -> RolloutBatch:
+    """`batch` as the reward service leaves it: the terms `rewards` (a None value has the reason
+    "unscorable"), and `total` per row (default: the values of the one term, weight 1)."""
+    if total is None:
+        (total,) = rewards.values()
+    reasons = {term: [None if v is not None else "unscorable" for v in values] for term, values in rewards.items()}
+    return dataclasses.replace(batch, rewards={k: list(v) for k, v in rewards.items()}, reward_reasons=reasons,
+                               total=list(total), total_reason=[None if t is not None else "unscored" for t in total])
 
 
 def mixed_batch(seed: int = 0) -> RolloutBatch:
@@ -63,18 +75,18 @@ def mixed_batch(seed: int = 0) -> RolloutBatch:
     prompt = [MMU, SOI, *torch.randint(*IMAGE, (4,), generator=g).tolist(), EOI, 7, 8, 9]
     mmu_seqs = torch.tensor([prompt + torch.randint(*TEXT, (6,), generator=g).tolist() for _ in range(2)])
     mmu_seqs[1, len(prompt) + 2] = EOT
-    mmu = RolloutBatch.from_sampler(
-        mmu_seqs, torch.zeros(2, 6, dtype=torch.long), [len(prompt)] * 2, eos_ids=[EOS, EOT], task="mmu",
-        uid=["m", "m"], sample_index=[0, 1], policy_version=1, rewards={"correctness": [0.0, 1.0]},
-        protected_ids=SPECIAL, protected_id_range=IMAGE, pad_token_id=PAD)
+    mmu = scored(RolloutBatch.from_sampler(
+        mmu_seqs, torch.zeros(2, 6, dtype=torch.long), [len(prompt)] * 2, eos_ids=[EOS, EOT], kind="mmu",
+        uid=["m", "m"], sample_index=[0, 1], policy_version=1,
+        protected_ids=SPECIAL, protected_id_range=IMAGE, pad_token_id=PAD), {"correctness": [0.0, 1.0]})
     # t2i: pad pad <|t2i|>-ish text EOS <|soi|> | 5 image slots | <|eoi|>
     t2i_prompt = [PAD, PAD, 10, 11, EOS, SOI]
     t2i_seqs = torch.tensor([t2i_prompt + torch.randint(*IMAGE, (5,), generator=g).tolist() + [EOI]
                              for _ in range(2)])
-    t2i = RolloutBatch.from_sampler(
-        t2i_seqs, torch.arange(5).repeat(2, 1), [4, 4], eos_ids=(), task="t2i", uid=["i", "i"],
+    t2i = scored(RolloutBatch.from_sampler(
+        t2i_seqs, torch.arange(5).repeat(2, 1), [4, 4], eos_ids=(), kind="t2i", uid=["i", "i"],
         sample_index=[0, 1], policy_version=1, prompt_width=6, score_vocab=IMAGE,
-        rewards={"correctness": [0.3, 0.7]}, protected_ids=SPECIAL, protected_id_range=IMAGE, pad_token_id=PAD)
+        protected_ids=SPECIAL, protected_id_range=IMAGE, pad_token_id=PAD), {"correctness": [0.3, 0.7]})
     return RolloutBatch.concat([text, mmu, t2i])
 
 
@@ -89,5 +101,5 @@ def kit() -> SimpleNamespace:
     """Constants and builders: kit.MASK, kit.IMAGE, kit.tiny_net(...), kit.text_batch(...), ..."""
     return SimpleNamespace(
         VOCAB=VOCAB, PAD=PAD, EOS=EOS, EOT=EOT, SOI=SOI, EOI=EOI, MMU=MMU, MASK=MASK, TEXT=TEXT, IMAGE=IMAGE,
-        SPECIAL=SPECIAL, tiny_net=tiny_net, text_batch=text_batch, mixed_batch=mixed_batch,
+        SPECIAL=SPECIAL, tiny_net=tiny_net, text_batch=text_batch, mixed_batch=mixed_batch, scored=scored,
     )

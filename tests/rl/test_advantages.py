@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 
@@ -70,19 +69,21 @@ def test_group_filter_on_mean_correctness():
 
 
 def test_batch_advantages_filters_then_scores(kit):
-    batch = kit.text_batch({"a": 2, "b": 2, "c": 2})
-    batch = dataclasses.replace(batch, rewards={"correctness": [1.0, 1.0, 1.0, 0.0, None, 0.0],
-                                                "format": [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]})
+    # totals as the service weights them, correctness 2.0 and format 0.5: 2.5, 2.0 | 2.5, 0.5 | None, 0.5
+    batch = kit.scored(kit.text_batch({"a": 2, "b": 2, "c": 2}),
+                       {"correctness": [1.0, 1.0, 1.0, 0.0, None, 0.0], "format": [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]},
+                       total=[2.5, 2.0, 2.5, 0.5, None, 0.5])
     cfg = AdvantageConfig(drop_groups_above=0.99, eps=0.0)
-    kept, adv, stats = batch_advantages(batch, cfg, {"correctness": 2.0, "format": 0.5})
+    kept, adv, stats = batch_advantages(batch, cfg)
     assert kept.uid == ["b", "b", "c", "c"]  # group a (all correct) dropped
     # b: totals 2.5, 0.5 -> mean 1.5, std 1 -> +1, -1; c: None, 0.5 -> 0 (None), 0 (single scorable)
     assert adv.tolist() == [1.0, -1.0, 0.0, 0.0]
     assert stats == {"groups_total": 3.0, "groups_dropped": 1.0, "rows_unscorable": 1.0, "rows_zero_advantage": 2.0}
-    _, adv_all, _ = batch_advantages(batch, AdvantageConfig(scale="none"), {"correctness": 1.0})
-    assert adv_all.tolist() == [0.0, 0.0, 0.5, -0.5, 0.0, 0.0]
+    # centred totals: a 2.5, 2.0 -> ±0.25; b 2.5, 0.5 -> ±1; c: one scorable -> 0
+    _, adv_all, _ = batch_advantages(batch, AdvantageConfig(scale="none"))
+    assert adv_all.tolist() == [0.25, -0.25, 1.0, -1.0, 0.0, 0.0]
     with pytest.raises(KeyError, match="advantage.correctness_term 'accuracy' is not a reward term"):
-        batch_advantages(batch, AdvantageConfig(drop_groups_below=0.1, correctness_term="accuracy"), {"format": 1.0})
+        batch_advantages(batch, AdvantageConfig(drop_groups_below=0.1, correctness_term="accuracy"))
 
 
 def test_errors_name_the_problem():

@@ -1,4 +1,5 @@
-"""rl.batch.RolloutBatch: scored mask from sampler output, split/concat/select, serialisation, validation."""
+"""rl.batch.RolloutBatch: scored mask from sampler output, the row and reward columns, split/concat/select,
+serialisation, what a learner receives, validation."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_from_sampler_scores_through_first_eos_inclusive(kit):
         [0, 0, 9, 10, 11, 12, 13, 14],
     ])
     batch = RolloutBatch.from_sampler(
-        seqs, torch.arange(5).repeat(3, 1), [2, 3, 1], eos_ids=[kit.EOS, kit.EOT], task="text",
+        seqs, torch.arange(5).repeat(3, 1), [2, 3, 1], eos_ids=[kit.EOS, kit.EOT], kind="text",
         uid=["a", "a", "b"], sample_index=[0, 1, 0], policy_version=[3, 3, 4], pad_token_id=0)
     assert batch.scored_mask.int().tolist() == [
         [0, 0, 0, 1, 1, 1, 0, 0],  # 10, 11, EOS scored; trailing EOS padding not
@@ -32,7 +33,36 @@ def test_from_sampler_scores_through_first_eos_inclusive(kit):
     assert batch.reveal_step.tolist()[0] == [-1, -1, -1, 0, 1, 2, 3, 4]
     assert batch.response_start.tolist() == [3, 3, 3] and batch.response_end.tolist() == [8, 8, 8]
     assert batch.policy_version == [3, 3, 4] and batch.score_vocab == [None] * 3
-    assert batch.metadata == [{}, {}, {}] and batch.rewards == {}
+    # the row columns' defaults (the kind is the task), and nothing scored yet
+    assert batch.kind == batch.task == ["text"] * 3 and batch.prompt == batch.response == [""] * 3
+    assert batch.answer == batch.image == batch.meta == batch.forwards == [None] * 3
+    assert batch.rewards == batch.reward_reasons == {} and batch.total == batch.total_reason == [None] * 3
+    assert batch.scorable().tolist() == [False] * 3
+
+
+def full_batch(kit) -> RolloutBatch:
+    """kit.mixed_batch() (text rows t, mmu rows m, t2i rows i; scored: correctness = total) with every row column
+    filled: the mmu rows share their input image, the t2i rows carry their generated images."""
+    batch = kit.mixed_batch()
+    picture = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    return dataclasses.replace(
+        batch, task=["text", "text", "captioning", "captioning", "shapes", "shapes"],
+        prompt=["2+2?", "2+2?", "Describe it.", "Describe it.", "a red circle", "a red circle"],
+        answer=["4", "4", None, None, None, None], response=["4", "5", "grey", "", "", ""],
+        image=[None, None, picture, picture, picture + 1, picture + 2],
+        meta=[None, None, {"kw": 1}, {"kw": 1}, {"rgb": [255, 0, 0]}, {"rgb": [255, 0, 0]}],
+        forwards=[4, 4, 3, 3, None, None]).validate()
+
+
+ROW_COLUMNS = ("kind", "score_vocab", "uid", "sample_index", "policy_version", "task", "prompt", "answer",
+               "response", "image", "meta", "forwards", "total", "total_reason")
+
+
+def same_columns(x: RolloutBatch, y: RolloutBatch) -> bool:
+    """Every per-row and per-term column equal (images compared as arrays)."""
+    from rl.batch import _same
+
+    return all(_same(getattr(x, name), getattr(y, name)) for name in ROW_COLUMNS + ("rewards", "reward_reasons"))
 
 
 def test_protected_positions_are_prompt_specials_and_image_codes(kit):
@@ -49,7 +79,7 @@ def test_protected_positions_are_prompt_specials_and_image_codes(kit):
 def test_concat_repads_on_the_left_and_split_restores_groups(kit):
     batch = kit.mixed_batch()
     assert batch.seq_len == 16 and batch.num_rows == 6 and len(batch) == 6
-    assert batch.task == ["text", "text", "mmu", "mmu", "t2i", "t2i"]
+    assert batch.kind == ["text", "text", "mmu", "mmu", "t2i", "t2i"]
     # the t2i rows (width 12) were shifted right by 4: their response [6, 11) became [10, 15), eoi suffix at 15
     assert batch.response_start[4:].tolist() == [10, 10] and batch.response_end[4:].tolist() == [15, 15]
     assert batch.input_ids[4, 15] == kit.EOI and not batch.attention_mask[4, :6].any()
@@ -73,22 +103,58 @@ def test_select_by_index_and_by_mask(kit):
         batch.select([0, 7])
 
 
-def test_scorable_and_total_rewards(kit):
-    batch = kit.text_batch({"a": 3}, rewards=[1.0, None, 0.0])
-    batch = dataclasses.replace(batch, rewards={"correctness": [1.0, None, 0.0], "format": [0.5, 1.0, 1.0]})
+def test_scorable_reads_the_total(kit):
+    batch = kit.text_batch({"a": 3})
+    # the service's totals for correctness 2.0 and format 0.5: 2·1 + 0.5·0.5 = 2.25; None; 2·0 + 0.5·1 = 0.5
+    batch = kit.scored(batch, {"correctness": [1.0, None, 0.0], "format": [0.5, 1.0, 1.0]}, total=[2.25, None, 0.5])
     assert batch.scorable().tolist() == [True, False, True]
-    # 2·1 + 0.5·0.5 = 2.25; None; 2·0 + 0.5·1 = 0.5
-    assert batch.total_rewards({"correctness": 2.0, "format": 0.5}) == [2.25, None, 0.5]
-    assert batch.total_rewards({"format": 1.0}) == [0.5, 1.0, 1.0]
-    with pytest.raises(KeyError, match=r"reward terms \['clip'\] are weighted but absent"):
-        batch.total_rewards({"clip": 0.1})
+    overflowed = dataclasses.replace(batch, total=[2.25, None, None], total_reason=[None, "unscored", "overflow"])
+    assert overflowed.validate().scorable().tolist() == [True, False, False]  # every term finite, no total
+
+
+def test_select_concat_and_dict_keep_every_column(kit):
+    batch = full_batch(kit)
+    picked = batch.select([4, 2])
+    for name in ROW_COLUMNS:
+        if name != "image":  # arrays: compared by identity below
+            assert getattr(picked, name) == [getattr(batch, name)[4], getattr(batch, name)[2]], name
+    assert picked.image[0] is batch.image[4] and picked.image[1] is batch.image[2]
+    assert picked.rewards == {"correctness": [0.3, 0.0]} and picked.reward_reasons == {"correctness": [None, None]}
+    again = RolloutBatch.concat(batch.split_by_group())
+    assert same_columns(again, batch) and torch.equal(again.input_ids, batch.input_ids)
+    for copy in (RolloutBatch.from_dict(batch.to_dict()), pickle.loads(pickle.dumps(batch))):
+        assert same_columns(copy, batch)
+    assert not same_columns(batch.select([0, 1, 2, 3, 5, 4]), batch)  # the comparison can fail
+
+
+def test_for_learner_drops_the_driver_columns_and_keeps_what_the_learner_reads(kit):
+    batch = full_batch(kit)
+    learner = batch.for_learner()
+    assert learner.validate() is learner  # what the learner rank validates again
+    for name in ("input_ids", "attention_mask", "response_start", "response_end", "scored_mask", "protected_mask",
+                 "reveal_step"):
+        assert getattr(learner, name) is getattr(batch, name), name  # the same tensors, not copies
+    for name in ("kind", "score_vocab", "uid", "sample_index", "policy_version", "task", "forwards", "total"):
+        assert getattr(learner, name) == getattr(batch, name), name
+    assert learner.prompt == learner.response == learner.answer == learner.image == learner.meta == [None] * 6
+    assert learner.total_reason == [None] * 6
+    assert learner.rewards == learner.reward_reasons == {}
+    assert learner.scorable().tolist() == batch.scorable().tolist() == [True] * 6
+    payload = pickle.dumps(learner)
+    assert b"Describe it." not in payload and b"grey" not in payload and b"numpy" not in payload
+    assert b"Describe it." in pickle.dumps(batch) and b"numpy" in pickle.dumps(batch)  # (the check can fail)
+    assert batch.prompt[2] == "Describe it." and batch.image[2] is not None  # the driver's batch keeps them
+    from rewards import samples_of
+
+    with pytest.raises(ValueError, match="Sample.prompt: got NoneType"):  # a learner's batch cannot be scored
+        samples_of(learner)
 
 
 def test_round_trips_through_dict_and_pickle(kit):
     batch = kit.mixed_batch()
     data = batch.to_dict()
     assert all(isinstance(v, (torch.Tensor, list, dict, int)) for v in data.values())
-    assert data["score_vocab"][4] == [32, 47]
+    assert data["score_vocab"][4] == [32, 47] and data["kind"][4] == "t2i" and data["total"] == batch.total
     for copy in (RolloutBatch.from_dict(data), pickle.loads(pickle.dumps(batch))):
         assert torch.equal(copy.input_ids, batch.input_ids) and copy.score_vocab == batch.score_vocab
         assert copy.uid == batch.uid and copy.rewards == batch.rewards
@@ -122,14 +188,41 @@ def _edit(tensor: torch.Tensor, index, value) -> torch.Tensor:
         (lambda b: {"protected_mask": _edit(b.protected_mask, (3, 7), True)},
          "row 3, column 7: protected_mask is True inside the response span"),
         (lambda b: {"reveal_step": _edit(b.reveal_step, (1, 6), -1)}, "row 1, column 6: scored token has reveal_step"),
-        (lambda b: {"task": ["text", "audio", "text", "text"]}, "task\\[1\\] = 'audio': need one of"),
+        (lambda b: {"kind": ["text", "audio", "text", "text"]}, "kind\\[1\\] = 'audio': need one of"),
         (lambda b: {"score_vocab": [None, (5, 5), None, None]}, "score_vocab\\[1\\] = \\(5, 5\\)"),
         (lambda b: {"score_vocab": [None, None, (32, 47), None]},
          "row 2: scored token id \\d+ is outside score_vocab \\[32, 47\\)"),
         (lambda b: {"uid": ["a", 7, "b", "b"]}, "uid\\[1\\] = 7: need a str"),
         (lambda b: {"sample_index": [0, -1, 0, 1]}, "sample_index\\[1\\] = -1: need a non-negative int"),
         (lambda b: {"policy_version": [0, 0, True, 0]}, "policy_version\\[2\\] = True"),
-        (lambda b: {"metadata": [{}, {}, [], {}]}, "metadata\\[2\\] = \\[\\]: need a dict"),
+        (lambda b: {"task": ["text", "", "text", "text"]}, "task\\[1\\] = '': need a non-empty str"),
+        (lambda b: {"prompt": ["q", "q", None, "q"]}, "prompt\\[2\\] = None: need a str \\(or None in every row"),
+        (lambda b: {"response": ["r", None, None, None]}, "response\\[1\\] = None: need a str \\(or None in every"),
+        (lambda b: {"response": ["r", b"r", "r", "r"]}, "response\\[1\\] = b'r': need a str"),
+        (lambda b: {"answer": [None, 4, None, None]}, "answer\\[1\\] = 4: need a str or None"),
+        (lambda b: {"image": [None, None, np.zeros((2, 2, 3), np.uint8), None]},
+         "image\\[2\\]: a text row has no image, got ndarray"),
+        (lambda b: {"kind": ["text", "t2i", "text", "text"], "image": [None, np.zeros((2, 2), np.uint8), None, None]},
+         "image\\[1\\]: need None or an H x W x 3 uint8 array, got ndarray shape=\\(2, 2\\) dtype=uint8"),
+        (lambda b: {"kind": ["mmu"] * 4, "image": [None, None, None, np.zeros((2, 2, 3), np.float32)]},
+         "image\\[3\\]: need None or an H x W x 3 uint8 array, got ndarray shape=\\(2, 2, 3\\) dtype=float32"),
+        (lambda b: {"meta": [None, {}, [], None]}, "meta\\[2\\] = \\[\\]: need a dict or None"),
+        (lambda b: {"forwards": [4, 0, None, 4]}, "forwards\\[1\\] = 0: need None or a positive int"),
+        (lambda b: {"forwards": [4, True, None, 4]}, "forwards\\[1\\] = True: need None or a positive int"),
+        (lambda b: {"total": [1.0, float("inf"), 0.0, 0.0]}, "total\\[1\\] = inf: need a finite number or None"),
+        (lambda b: {"total_reason": [None, "overflow", None, None]},
+         "total_reason\\[1\\] = 'overflow' with total\\[1\\] = 1.0: need None, or a str \\(why\\) where the total"),
+        (lambda b: {"total": [1.0, None, 1.0, 1.0], "total_reason": [None, 7, None, None]},
+         "total_reason\\[1\\] = 7 with total\\[1\\] = None"),
+        (lambda b: {"total": [1.0] * 3}, "total: need a list with one entry per row \\(4\\)"),
+        (lambda b: {"reward_reasons": {}}, "reward_reasons has the terms \\[\\], rewards has \\['correctness'\\]"),
+        (lambda b: {"reward_reasons": [None] * 4}, "reward_reasons: need a dict of reward term -> per-row list"),
+        (lambda b: {"reward_reasons": {"correctness": [None] * 3}},
+         "reward_reasons\\['correctness'\\]: need a list with one value per row \\(4\\)"),
+        (lambda b: {"rewards": {"correctness": [1.0, None, 1.0, 1.0]}},
+         "reward_reasons\\['correctness'\\]\\[1\\] = None with rewards\\['correctness'\\]\\[1\\] = None: need a str"),
+        (lambda b: {"reward_reasons": {"correctness": [None, "absent", None, None]}},
+         "reward_reasons\\['correctness'\\]\\[1\\] = 'absent' with rewards\\['correctness'\\]\\[1\\] = 1.0"),
         (lambda b: {"sample_index": [0, 0, 0, 1]}, "\\(uid, sample_index\\) \\('a', 0\\) appears more than once"),
         (lambda b: {"rewards": {"correctness": [1.0]}}, "rewards\\['correctness'\\]: need a list with one value"),
         (lambda b: {"rewards": {"correctness": [1.0, float("nan"), 0.0, 0.0]}},
@@ -145,7 +238,7 @@ def test_validate_names_the_culprit(kit, change, message):
 def test_constructor_and_concat_errors(kit):
     seqs = torch.full((2, 6), 9)
     reveal = torch.zeros(2, 3, dtype=torch.long)
-    common = {"eos_ids": [kit.EOS], "task": "text", "uid": ["a", "a"], "sample_index": [0, 1], "policy_version": 0}
+    common = {"eos_ids": [kit.EOS], "kind": "text", "uid": ["a", "a"], "sample_index": [0, 1], "policy_version": 0}
     with pytest.raises(ValueError, match="need shapes \\[B, T\\] and \\[B, L\\] with the same B"):
         RolloutBatch.from_sampler(seqs, reveal[:1], [3, 3], **common)
     with pytest.raises(ValueError, match="prompt_width 4: the response of length 3 must fit"):
@@ -165,9 +258,7 @@ def test_constructor_and_concat_errors(kit):
 def _same_batch(x: RolloutBatch, y: RolloutBatch) -> bool:
     return all(torch.equal(getattr(x, n), getattr(y, n)) for n in ("input_ids", "attention_mask", "response_start",
                                                                    "response_end", "scored_mask", "protected_mask",
-                                                                   "reveal_step")) \
-        and (x.task, x.score_vocab, x.uid, x.sample_index, x.policy_version, x.rewards, x.metadata) \
-        == (y.task, y.score_vocab, y.uid, y.sample_index, y.policy_version, y.rewards, y.metadata)
+                                                                   "reveal_step")) and same_columns(x, y)
 
 
 def test_a_shard_delivered_twice_gives_the_batch_of_one_delivery(kit):
@@ -203,8 +294,12 @@ def test_left_padding_does_not_make_a_repeat_differ(kit):
         (lambda b: {"reveal_step": _edit(b.reveal_step, (1, -1), 0)}, "reveal_step"),
         (lambda b: {"response_start": _edit(b.response_start, 1, int(b.response_start[1]) - 1)}, "response_start"),
         (lambda b: {"policy_version": [0, 3]}, "policy_version"),
-        (lambda b: {"metadata": [{}, {"image": np.ones((2, 2), dtype=np.uint8)}]}, "metadata"),
+        (lambda b: {"image": [None, np.ones((2, 2, 3), dtype=np.uint8)]}, "image"),
+        (lambda b: {"meta": [None, {"pixels": np.ones((2, 2), dtype=np.uint8)}]}, "meta"),
+        (lambda b: {"response": ["", "another"]}, "response"),
+        (lambda b: {"total": [1.0, 0.5]}, "total"),
         (lambda b: {"rewards": {"correctness": [1.0, 0.0]}}, "rewards['correctness']"),
+        (lambda b: {"reward_reasons": {"correctness": [None, "timeout"]}}, "reward_reasons['correctness']"),
         (lambda b: {"rewards": {"format": [1.0, 1.0]}}, "rewards (terms)"),  # whole-batch changes: row 0 differs
         (lambda b: {"pad_token_id": 7}, "pad_token_id"),
     ],
@@ -214,9 +309,10 @@ def test_a_repeated_key_with_a_different_row_is_an_error(kit, change, field):
     import re
 
     first = kit.text_batch({"a": 2}, seed=0)  # rewards {"correctness": [1.0, 1.0]}
-    first = dataclasses.replace(first, metadata=[{}, {"image": np.zeros((2, 2), dtype=np.uint8)}])
+    first = dataclasses.replace(first, kind=["mmu", "mmu"], image=[None, np.zeros((2, 2, 3), dtype=np.uint8)],
+                                meta=[None, {"pixels": np.zeros((2, 2), dtype=np.uint8)}]).validate()
     retry = dataclasses.replace(first, **change(first))
-    assert drop_repeated_rows([first, pickle.loads(pickle.dumps(first))])[1] == 2  # arrays in metadata compare
+    assert drop_repeated_rows([first, pickle.loads(pickle.dumps(first))])[1] == 2  # arrays in image, meta compare
     with pytest.raises(ValueError, match=re.escape(
             f"(uid, sample_index) ('a', {row}) is delivered twice with different rows (batch 0 row {row}, batch 1 row {row}: "
             f"{field} differs); a repeated delivery must be identical")):

@@ -212,7 +212,7 @@ def random_batches(draw):
         lengths = [draw(st.integers(0, P)) for _ in range(size)]
         parts.append(RolloutBatch.from_sampler(
             torch.tensor(rows), torch.zeros(size, L, dtype=torch.long), lengths,
-            eos_ids=() if task == "t2i" else (k.EOS, k.EOT), task=task, uid=[f"g{g}"] * size,
+            eos_ids=() if task == "t2i" else (k.EOS, k.EOT), kind=task, uid=[f"g{g}"] * size,
             sample_index=list(range(size)), policy_version=0, prompt_width=P,
             score_vocab=k.IMAGE if task == "t2i" else None, protected_ids=k.SPECIAL, protected_id_range=k.IMAGE))
     return RolloutBatch.concat(parts)

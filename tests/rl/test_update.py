@@ -81,7 +81,7 @@ def batch(kit):
 
 
 def advantages_of(batch):
-    return group_advantages(batch.total_rewards({"correctness": 1.0}), batch.uid)
+    return group_advantages(batch.total, batch.uid)
 
 
 def recorded_grads(net, ref, batch, adv, cfg, shards, micro):
@@ -255,7 +255,7 @@ def test_plain_engine_rejects_a_bad_clip(kit):
 
 def test_update_validates_the_batch(kit):
     batch = kit.text_batch({"p": 2})
-    broken = dataclasses.replace(batch, task=["text", "video"])
-    with pytest.raises(ValueError, match="task\\[1\\] = 'video'"):
+    broken = dataclasses.replace(batch, kind=["text", "video"])
+    with pytest.raises(ValueError, match="kind\\[1\\] = 'video'"):
         unigrpo_update(RecordingEngine(kit.tiny_net()), None, broken, torch.zeros(2), AlgoConfig(beta=0.0),
                        step=0, run_seed=0, micro_batch_size=2)

@@ -10,6 +10,7 @@ import rewards.blip.loader as loader
 from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
 from rewards.clip import ClipScore
 from rewards.image_reward import ImageRewardScorer
+from tests.rewards.batches import batch_of
 
 from .conftest import random_image, t2i_samples
 
@@ -36,13 +37,13 @@ def test_t2i_and_captioning_through_the_service(tiny_clip_dir, tiny_image_reward
     )
     image_reward = ImageRewardScorer(str(tiny_image_reward_dir))(samples[:3])
     with RewardService(config) as service:
-        batch = service.score(samples)
-    assert batch.terms["clip"] == pytest.approx(clip, abs=1e-5), batch.reasons
-    assert batch.terms["image_reward"][:3] == pytest.approx(image_reward, abs=1e-5)
+        batch, _ = service.score(batch_of(samples))
+    assert batch.rewards["clip"] == pytest.approx(clip, abs=1e-5), batch.reward_reasons
+    assert batch.rewards["image_reward"][:3] == pytest.approx(image_reward, abs=1e-5)
     expected_total = [0.1 * clip[i] + 0.1 * image_reward[i] for i in range(2)] + [None, 0.1 * clip[3]]
     assert batch.total[:2] == pytest.approx(expected_total[:2], abs=1e-5)
     assert batch.total[2] is None and batch.total[3] == pytest.approx(expected_total[3], abs=1e-5)
-    assert batch.reasons["image_reward"][2].startswith("no_image")
+    assert batch.reward_reasons["image_reward"][2].startswith("no_image")
 
 
 def test_concurrent_first_use_loads_once(tiny_image_reward_dir, monkeypatch):
