@@ -1,17 +1,23 @@
-"""The one config tree of a training run, and its loader.
+"""The one config tree of every job on a policy, its loader, and the command line that reads it.
 
     cfg = load_config("jobs/configs/demo.yaml", ["algo.mu=4", "learner.num_ranks=2"])
 
-Sections (each owned by the package that uses it): `run`, `data`, `model`, `eval` (here), `rollout`,
+Sections (each owned by the package that uses it): `run`, `data`, `model`, `eval`, `sample` (here), `rollout`,
 `learner`, `cluster`, `checkpoint`, `logging`, `reward_actors` (`actors.config`), `algo` (`rl.config`),
-`rewards` (`rewards.config`). Importing this module imports no Ray (tests/jobs/test_config_imports.py): the
-config is read, checked and printed before, and without, any cluster. The whole tree is validated before anything starts: an unknown key or a bad value
-is a `ConfigError` naming the dotted key and what would be right. `write_resolved` stores the resolved
-tree next to the run's outputs, and that file loads back to the same tree.
+`rewards` (`rewards.config`). `jobs.train`, `jobs.eval` and `jobs.sample` read this tree (`--config`, `--set`,
+`--print-config`; `job_parser` and `job_main`). Importing this module imports no Ray
+(tests/jobs/test_config_imports.py): the config is read, checked and printed before, and without, any cluster.
+The whole tree is validated before anything starts: an unknown key or a bad value is a `ConfigError` naming the
+dotted key and what would be right. `write_resolved` stores the resolved tree next to the run's outputs, and
+that file loads back to the same tree.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,12 +30,14 @@ from actors.config import (
     RewardActorsConfig,
     RolloutConfig,
 )
-from jobs.configtree import ConfigError, apply_overrides, build, read_yaml, write_yaml  # noqa: F401 (ConfigError re-exported)
+from jobs.configtree import ConfigError, apply_overrides, build, commented_yaml, read_yaml, write_yaml
 from rewards.config import RewardsConfig
 from rl.config import AlgoConfig
 from rl.kinds import KINDS, Kind
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+"""The config a job reads without `--config`: the demo (docs/demo.md §6)."""
 
 
 class NamedRun:
@@ -117,7 +125,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Held-out evaluation of the policy during training (on `data.eval`; jobs/heldout.py)."""
+    """Held-out evaluation of the policy on `data.eval` (jobs/heldout.py), during training and by `python -m jobs.eval`."""
 
     every: int = 0
     """Steps between evaluations; the starting policy and the final one are always evaluated when
@@ -133,6 +141,15 @@ class EvalConfig:
     """Prompts per sampler call."""
     torch_threads: int = 2
     """CPU threads the driver's evaluation may use (the learner and workers are idle while it runs)."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Weights and activations of the evaluated policy (a checkpoint stored in another dtype is cast), in
+    training and in `python -m jobs.eval` / `jobs.sample`."""
+    pass_at_k: tuple[int, ...] = ()
+    """`python -m jobs.eval`: the k of the pass@k it reports, each in [1, samples] (empty: 1, 2, 4, ... up to
+    `samples`, and `samples`); training logs pass@1."""
+    out: str | None = None
+    """`python -m jobs.eval`: the summary JSON file, every sample going to `<stem>.samples.jsonl` beside it (null:
+    print the summary only). Training writes its evaluations to `<run dir>/eval/`."""
 
     def __post_init__(self):
         if self.every < 0:
@@ -147,6 +164,19 @@ class EvalConfig:
             raise ValueError(f"batch_size: {self.batch_size}; need at least 1")
         if self.torch_threads < 1:
             raise ValueError(f"torch_threads: {self.torch_threads}; need at least 1")
+        if not all(1 <= k <= self.samples for k in self.pass_at_k):
+            raise ValueError(f"pass_at_k: {list(self.pass_at_k)}; every k must be in [1, samples={self.samples}] "
+                             "(pass@k needs at least k samples per problem)")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """`python -m jobs.sample`: what it asks the policy and where it writes; it samples as the evaluation does."""
+
+    prompts: tuple[str, ...] = ()
+    """User messages to answer (empty: the first three problems of `data.eval`, shown with their gold answers)."""
+    out: str | None = None
+    """Output directory of samples.jsonl and the resolved config.yaml (null: runs/sample-<date>-<time>)."""
 
 
 TINY_SIZES = {
@@ -211,7 +241,9 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     """Where Ray runs and how actors are placed."""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    """Held-out evaluation of the policy during training."""
+    """Held-out evaluation of the policy, during training and by `python -m jobs.eval`."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """The prompts and output directory of `python -m jobs.sample`."""
 
     def __post_init__(self):
         # Cross-section checks; each line names the key to change.
@@ -259,3 +291,54 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def write_resolved(cfg: TrainConfig, run_dir: str | Path) -> Path:
     """Write the resolved tree as `<run_dir>/config.yaml`."""
     return write_yaml(cfg, Path(run_dir) / "config.yaml")
+
+
+# ------------------------------------------------------------------------------------------- command line
+_ALIAS = "set:"  # argparse dest prefix of an alias flag: "set:<dotted key>"
+
+
+def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The arguments of a job that reads the tree: `--config`, repeatable `--set`, `--print-config`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(CONFIG_DIR.parent.parent)})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set rollout.sampler.steps=40 (repeatable)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config, each key with its doc as a comment, and exit")
+    return parser
+
+
+def add_alias(parser: argparse.ArgumentParser, flag: str, key: str, *, text: bool = False,
+              repeat: bool = False) -> None:
+    """`flag VALUE` as the short form of `--set key=VALUE`; every `--set` is applied after it (and wins).
+
+    `text`: VALUE is the string itself (a path stays a string even when it reads as a number or `null`); otherwise
+    it is parsed as YAML, as a `--set` value is. `repeat`: each use adds one item to the list `key`."""
+    parser.add_argument(flag, dest=_ALIAS + key, type=json.dumps if text else str, action="append" if repeat else None,
+                        metavar="VALUE", help=f"= --set {key}=VALUE" + (" (repeatable: one item each)" if repeat else ""))
+
+
+def job_overrides(args: argparse.Namespace) -> list[str]:
+    """The aliases given on the command line as `--set` overrides, then the `--set` overrides themselves."""
+    aliases = [f"{dest.removeprefix(_ALIAS)}=" + (f"[{', '.join(value)}]" if isinstance(value, list) else value)
+               for dest, value in vars(args).items() if dest.startswith(_ALIAS) and value is not None]
+    return [*aliases, *args.overrides]
+
+
+def job_main(parser: argparse.ArgumentParser, argv: list[str] | None,
+             job: Callable[[TrainConfig], int], errors: tuple[type[Exception], ...] = ()) -> int:
+    """A job's `main`: read the tree from the command line, print it (`--print-config`) or run `job(cfg)`.
+
+    A ConfigError, or one of `errors` (bad data, an unusable model), is printed as `error: ...` and exits 2."""
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.config or DEFAULT_CONFIG, job_overrides(args))
+        if args.print_config:
+            print(commented_yaml(cfg), end="")
+            return 0
+        return job(cfg)
+    except (ConfigError, *errors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

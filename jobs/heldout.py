@@ -1,19 +1,20 @@
-"""Held-out evaluation during training: pass@1 and format rate of the current policy on `data.eval`.
+"""Held-out evaluation: pass@1 and format rate of a policy on `data.eval`, with the settings of the `eval` section.
 
-The driver calls `HeldoutEvaluator.evaluate(step, state_dict)` before the first step, every `eval.every`
-steps and after the last one. It uses exactly the code of `python -m jobs.eval` (jobs/evaluate.py:
-`evaluate_policy`): the same sampler settings give the same numbers as evaluating an exported
-checkpoint with that command, so the curve's first point is the starting policy's `jobs.eval` score.
+The training driver calls `HeldoutEvaluator.evaluate(step, state_dict)` before the first step, every `eval.every`
+steps and after the last one; `python -m jobs.eval` calls `evaluate_heldout` on a checkpoint. Both read the same
+problems (`heldout_records`), sampler (`eval_sampler`: `rollout.sampler` with `eval.temperature`), dtype, thinking,
+seed, batch size and number of samples from the same config tree, and decode + judge with jobs/evaluate.py, so
+`jobs.eval --config <the run's config.yaml> --model <its export>` repeats the run's last evaluation, and the
+curve's first point is the starting policy's `jobs.eval` score.
 
-Where it runs: in the driver process, on the weights learner rank 0 returns (`state_dict_for_sync`). In
-sync mode the learner and the rollout workers are idle while it runs, so it competes with nothing;
-`eval.torch_threads` bounds its threads. Sampling settings are `rollout.sampler` with the temperature
-replaced by `eval.temperature` (default 0: greedy); with `eval.samples` = K every problem is answered K
-times and `eval/pass@1` is the mean over the K x N responses (the demo: K = 2 at the rollout temperature).
+Where it runs in training: in the driver process, on the weights learner rank 0 returns (`state_dict_for_sync`),
+copied into a policy of `eval.dtype`. In sync mode the learner and the rollout workers are idle while it runs, so
+it competes with nothing; `eval.torch_threads` bounds its threads. With `eval.samples` = K every problem is
+answered K times and `eval/pass@1` is the mean over the K x N responses.
 
 Only text problems can be evaluated this way (a file with image tasks is a DataError naming them).
 
-Outputs: `eval/pass@1`, `eval/format_rate`, `eval/unscorable`, `eval/response_tokens_mean` and
+Outputs in training: `eval/pass@1`, `eval/format_rate`, `eval/unscorable`, `eval/response_tokens_mean` and
 `eval/seconds` in metrics.jsonl (and TensorBoard) at that step, and every sample of the evaluation in
 `<run dir>/eval/step_<N>.jsonl` for inspection.
 """
@@ -29,34 +30,72 @@ from typing import Any
 import torch
 
 
+def eval_sampler(cfg) -> dict[str, Any]:
+    """The text sampler of every evaluation of `cfg` (a TrainConfig): `rollout.sampler` at `eval.temperature`."""
+    return {**dataclasses.asdict(cfg.rollout.sampler), "temperature": cfg.eval.temperature}
+
+
+def heldout_records(cfg) -> tuple[list, list[str]]:
+    """The first `eval.limit` problems of `data.eval` (all when None) and the bad rows skipped at load; a
+    DataError when the file is unreadable or holds problems that are not text."""
+    from jobs.data import DataError, PromptDataset
+
+    try:
+        dataset = PromptDataset(cfg.data.eval, default_task=cfg.data.default_task)
+    except DataError as exc:  # a missing file, or no usable row: say which key names it
+        raise DataError(f"data.eval: {exc}") from exc
+    records = dataset.records[:cfg.eval.limit] if cfg.eval.limit else dataset.records
+    other = sorted({r.task for r in records if cfg.data.kind_of(r.task, r.image is not None) != "text"})
+    if other:
+        raise DataError(f"data.eval {cfg.data.eval}: held-out evaluation scores text answers (correctness and "
+                        f"format of the text sampler's output); rows of task(s) {other} are not text. Give a "
+                        "file of text problems, or no data.eval")
+    return records, dataset.problems
+
+
+def load_eval_policy(cfg):
+    """`model.path` loaded in this process as the evaluation runs it (`eval.dtype`; a tiny twin drawn from `run.seed`
+    at `model.tiny_size`, as training draws it); a ModelSpecError naming `model.path`."""
+    from model.resolve import load_model
+
+    return load_model(cfg.model.path, key="model.path", seed=cfg.run.seed, size=cfg.model.tiny_size,
+                      dtype=cfg.eval.dtype)
+
+
+def evaluate_heldout(cfg, loaded, records, *, ks: list[int] | tuple[int, ...] = (1,)) -> tuple[list[dict], dict]:
+    """jobs/evaluate.py's `evaluate_policy` of `loaded` on `records` with the settings of `cfg`'s `eval` section,
+    under `eval.torch_threads` threads: (scored rows, summary with pass@k for `ks`)."""
+    from jobs.evaluate import evaluate_policy
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.eval.torch_threads)
+    try:
+        return evaluate_policy(loaded, records, samples=cfg.eval.samples, sampler=eval_sampler(cfg),
+                               thinking=cfg.data.thinking, seed=cfg.run.seed, batch_size=cfg.eval.batch_size, ks=ks)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
 class HeldoutEvaluator:
-    """Greedy (by default) pass@1 of a policy's weights on a held-out prompt file."""
+    """Greedy (by default) pass@1 of the learner's weights on a held-out prompt file, during training."""
 
     def __init__(self, cfg, backbone, tokenizer, run_dir: Path):
         """`cfg`: the TrainConfig; `backbone`: the policy's BackboneConfig; `tokenizer`: its tokenizer."""
-        from jobs.data import DataError, PromptDataset
+        from model.checkpoint import resolve_dtype
         from model.network import MaskedDiffusionLM
 
-        dataset = PromptDataset(cfg.data.eval, default_task=cfg.data.default_task)
-        self.records = dataset.records[:cfg.eval.limit] if cfg.eval.limit else dataset.records
-        other = sorted({r.task for r in self.records if cfg.data.kind_of(r.task, r.image is not None) != "text"})
-        if other:
-            raise DataError(f"data.eval {cfg.data.eval}: held-out evaluation scores text answers (correctness and "
-                            f"format of the text sampler's output); rows of task(s) {other} are not text. Give a "
-                            "file of text problems, or no data.eval")
-        self.skipped = dataset.problems
+        self.records, _ = heldout_records(cfg)
         self.cfg = cfg
-        self.sampler = {**dataclasses.asdict(cfg.rollout.sampler), "temperature": cfg.eval.temperature}
         self.tokenizer = tokenizer
         with torch.device("meta"):
             network = MaskedDiffusionLM(backbone)
-        self.network = network.to_empty(device="cpu").eval().requires_grad_(False)
+        dtype = resolve_dtype(cfg.eval.dtype, torch.float32)
+        self.network = network.to_empty(device="cpu").to(dtype).eval().requires_grad_(False)
         self.out_dir = run_dir / "eval"
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def evaluate(self, step: int, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
         """Load `state_dict` into the evaluation copy and score it; returns the `eval/*` metrics."""
-        from jobs.evaluate import evaluate_policy
         from model.checkpoint import LoadedModel
 
         started = time.perf_counter()
@@ -65,15 +104,7 @@ class HeldoutEvaluator:
             raise RuntimeError(f"held-out evaluation at step {step}: the learner's weights do not match the policy "
                                f"config (missing {missing[:4]}, unexpected {unexpected[:4]})")
         loaded = LoadedModel(network=self.network, tokenizer=self.tokenizer, config=self.network.config, path=None)
-        samples = self.cfg.eval.samples
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.eval.torch_threads)
-        try:
-            rows, summary = evaluate_policy(loaded, self.records, samples=samples, sampler=self.sampler,
-                                            thinking=self.cfg.data.thinking, seed=self.cfg.run.seed,
-                                            batch_size=self.cfg.eval.batch_size)
-        finally:
-            torch.set_num_threads(previous_threads)
+        rows, summary = evaluate_heldout(self.cfg, loaded, self.records)
         with (self.out_dir / f"step_{step}.jsonl").open("w") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.config import CONFIG_DIR, TrainConfig, load_config, write_resolved
+from jobs.config import (
+    CONFIG_DIR,
+    DEFAULT_CONFIG,
+    TrainConfig,
+    add_alias,
+    job_main,
+    job_overrides,
+    job_parser,
+    load_config,
+    write_resolved,
+)
 from jobs.configtree import ConfigError, build, read_yaml
 
 TRAIN = "data.train=prompts.jsonl"
@@ -92,3 +102,45 @@ def test_task_kinds_map_dataset_tasks_to_sampler_kinds():
     assert (kind_of("arith", False), kind_of("arith", True)) == ("text", "mmu")  # unlisted: by the row's image
     assert load_config(None, [TRAIN]).data.task_kinds == {"captioning": "mmu"}
     assert load_config(None, [TRAIN]).reward_actors.heavy_terms == ("clip", "image_reward")
+
+
+def alias_parser():
+    parser = job_parser("python -m jobs.x", "a job on the tree")
+    add_alias(parser, "--model", "model.path", text=True)
+    add_alias(parser, "--limit", "eval.limit")
+    add_alias(parser, "--prompt", "sample.prompts", text=True, repeat=True)
+    return parser
+
+
+def test_aliases_are_set_overrides_applied_before_every_set():
+    args = alias_parser().parse_args(["--set", "eval.limit=4", "--prompt", 'b, "c"', "--model", "0.5", "--limit", "3",
+                                      "--prompt", "null"])
+    assert job_overrides(args) == ['model.path="0.5"', "eval.limit=3", 'sample.prompts=["b, \\"c\\"", "null"]',
+                                   "eval.limit=4"]
+    cfg = load_config(DEFAULT_CONFIG, job_overrides(args))
+    # a text alias stays a string (a --set would read 0.5 as a number); the --set given first still wins
+    assert (cfg.model.path, cfg.eval.limit, cfg.sample.prompts) == ("0.5", 4, ('b, "c"', "null"))
+    plain = alias_parser().parse_args(["--limit", "null"])
+    assert job_overrides(plain) == ["eval.limit=null"] and load_config(DEFAULT_CONFIG, job_overrides(plain)).eval.limit is None
+
+
+def test_job_main_runs_prints_or_exits_2(capsys):
+    seen = []
+
+    def job(cfg):
+        seen.append(cfg)
+        if cfg.eval.limit == 13:
+            raise LookupError("row 13 is unlucky")
+        return 7
+
+    assert job_main(alias_parser(), ["--limit", "5"], job) == 7
+    assert seen[-1] == load_config(DEFAULT_CONFIG, ["eval.limit=5"])  # --config defaults to the demo config
+    assert job_main(alias_parser(), ["--limit", "13"], job, errors=(LookupError,)) == 2
+    assert capsys.readouterr().err == "error: row 13 is unlucky\n"
+    with pytest.raises(LookupError):  # an error the job did not declare is not swallowed
+        job_main(alias_parser(), ["--limit", "13"], job)
+    count = len(seen)
+    assert job_main(alias_parser(), ["--set", "eval.limit=-2"], job) == 2
+    assert "eval.limit: -2; use a positive number of problems or null for all" in capsys.readouterr().err
+    assert job_main(alias_parser(), ["--limit", "5", "--print-config"], job) == 0
+    assert "  limit: 5  # " in capsys.readouterr().out and len(seen) == count  # printed, not run
