@@ -1,165 +1,72 @@
 """Held-out evaluation of a checkpoint: pass@1, pass@k and format rate, as a JSON summary.
 
-    python -m jobs.eval                                  # the shipped demo policy on data/arithmetic/heldout.jsonl
-    python -m jobs.eval --model runs/demo/policy --data data/arithmetic/heldout.jsonl --samples 8 \
-        --temperature 0.9 --out runs/demo/eval/summary.json
-    python -m jobs.eval --config jobs/configs/demo.yaml   # sampler, thinking, model and data from a training config
+    python -m jobs.eval                                   # the demo config: its cold-start policy, 256 problems
+    python -m jobs.eval --model demo --limit 32           # the shipped gold-SFT policy on the first 32
+    python -m jobs.eval --config runs/demo/config.yaml --model runs/demo/export   # a run's last evaluation again
+    python -m jobs.eval --model DIR --data FILE.jsonl --samples 8 --set eval.temperature=0.9 --out eval.json
 
-Every problem gets K = `--samples` responses from the LLaDA text sampler, judged by the registered `correctness`
-and `format` rewards: the decode + judge of jobs/evaluate.py (shared with in-training and SFT evaluation). pass@k
-is reported for k = 1, 2, 4, ... up to K, plus K itself (or the `--k` list).
+The evaluation of the training run's held-out curve, on a checkpoint: it reads the same config tree as
+`python -m jobs.train` (`--config`, default jobs/configs/demo.yaml, and `--set KEY=VALUE`; `--print-config` shows
+it) and evaluates `model.path` on `data.eval` with the settings of the `eval` section through jobs/heldout.py,
+the code the driver's evaluation runs: `eval.samples` responses per problem from the text sampler
+(`rollout.sampler` at `eval.temperature`), `data.thinking`, seed `run.seed`, `eval.batch_size`, `eval.limit`,
+`eval.dtype`, `eval.torch_threads`; judged by the `correctness` and `format` rewards (jobs/evaluate.py). So the
+config and export of a run give the numbers its last evaluation logged. pass@k is reported for `eval.pass_at_k`
+(default 1, 2, 4, ... up to K, and K). Short flags, each the same as one `--set`: `--model` (model.path),
+`--data` (data.eval), `--limit` (eval.limit), `--samples` (eval.samples), `--out` (eval.out).
 
-Settings are resolved flag > config (`rollout.sampler`, `data.thinking`, `model.path`, `data.eval`) > the demo
-defaults (gen 40, steps 20, block 8, greedy; docs/demo.md). Thinking defaults off for `--model demo` (the
-shipped policy was trained without the thinking instruction, as in jobs/sample.py) and on otherwise.
-
-Seeds (jobs/evaluate.py): a run is reproducible from (`--seed`, `--batch-size`). Greedy low-confidence decoding
-draws nothing random: with K > 1 all K samples are identical (a warning says so).
-
-Runs in one process, no Ray. With `--out FILE.json` the summary is written there and every sample to
-`FILE.samples.jsonl` next to it. Exit code 2 for bad inputs (missing file, unknown model, bad settings).
+Deviations from the training run's evaluation: none in what is sampled and judged. It runs in one process without
+Ray, on a checkpoint loaded from disk instead of the learner's weights, and reports pass@k (training logs pass@1).
+With `eval.out` the summary is written there and every sample to `<stem>.samples.jsonl` beside it. Exit code 2 for
+bad inputs (a bad config key or value, a missing or bad file, an unusable model), naming the key or file.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from jobs.evaluate import default_ks, evaluate_policy
-from jobs.sample import DEMO_PROBLEMS
-from jobs.sampler_flags import DEMO_DEFAULTS, add_sampler_flags, sampler_knobs
-from model.resolve import DEMO_POLICY
-
-log = logging.getLogger("jobs.eval")
+from jobs.config import ConfigError, TrainConfig, add_alias, job_main, job_parser
+from jobs.data import DataError
+from model.resolve import DEMO_POLICY, ModelSpecError
 
 
-class EvalInputError(ValueError):
-    """A bad command line input (file, model, settings); main() prints it and exits with 2."""
+def parser():
+    """The tree's --config / --set / --print-config, and the short flags of the docstring."""
+    result = job_parser("python -m jobs.eval", __doc__)
+    add_alias(result, "--model", "model.path", text=True)
+    add_alias(result, "--data", "data.eval", text=True)
+    add_alias(result, "--limit", "eval.limit")
+    add_alias(result, "--samples", "eval.samples")
+    add_alias(result, "--out", "eval.out", text=True)
+    return result
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jobs.eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None,
-                        help="checkpoint directory, 'demo' (the shipped policy), 'tiny' or 'tiny-mmada' (random "
-                             "tiny twins); "
-                             "default: the config's model.path, else 'demo'")
-    parser.add_argument("--data", default=None,
-                        help="held-out .jsonl/.parquet; default: the config's data.eval, else " + str(DEMO_PROBLEMS))
-    parser.add_argument("--config", default=None, help="training config YAML to take the sampler and thinking from")
-    parser.add_argument("--samples", type=int, default=1, help="K: responses per problem (pass@k for k <= K)")
-    parser.add_argument("--k", default=None, help="comma-separated k values (default: 1, 2, 4, ... up to K, and K)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
-    parser.add_argument("--out", default=None, help="summary JSON path; samples go to <stem>.samples.jsonl beside it")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weight dtype (default: as stored)")
-    parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
-                        help="prepend the <think> instruction (default: config data.thinking; else off for demo)")
-    add_sampler_flags(parser, None)  # an unset flag falls back to the config, then to DEMO_DEFAULTS
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per sampler call")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's, i.e. all cores; 1 is faster on a busy machine)")
-    return parser.parse_args(argv)
+def evaluate(cfg: TrainConfig) -> dict:
+    """The whole evaluation; returns the summary (and writes the files when `eval.out` is set)."""
+    from jobs.evaluate import default_ks
+    from jobs.heldout import eval_sampler, evaluate_heldout, heldout_records, load_eval_policy
 
-
-def resolve_settings(args: argparse.Namespace) -> dict:
-    """model, data, thinking, sampler (dict), ks: flag > config > demo defaults. Raises EvalInputError."""
-    sampler, thinking, model_arg, data_arg = dict(DEMO_DEFAULTS), None, "demo", str(DEMO_PROBLEMS)
-    if args.config is not None:
-        from dataclasses import asdict
-
-        from jobs.config import load_config
-
-        if not Path(args.config).is_file():
-            raise EvalInputError(f"--config: file {args.config!r} does not exist")
-        try:
-            cfg = load_config(args.config)
-        except ValueError as exc:
-            raise EvalInputError(f"--config {args.config}: {exc}") from exc
-        sampler, thinking, model_arg = asdict(cfg.rollout.sampler), cfg.data.thinking, cfg.model.path
-        data_arg = cfg.data.eval or data_arg
-    model_arg = args.model if args.model is not None else model_arg
-    data_arg = args.data if args.data is not None else data_arg
-    sampler.update(sampler_knobs(args))
-    if args.thinking is not None:
-        thinking = args.thinking
-    elif thinking is None:
-        thinking = model_arg != "demo"
-
-    from model.sampling import TextSamplerConfig
-
-    try:
-        TextSamplerConfig(**sampler)
-    except ValueError as exc:
-        raise EvalInputError(f"sampler setting {exc}") from exc
-    if args.samples < 1:
-        raise EvalInputError(f"--samples: got {args.samples}; expected >= 1")
-    if args.limit is not None and args.limit < 1:
-        raise EvalInputError(f"--limit: got {args.limit}; expected >= 1")
-    if args.torch_threads is not None and args.torch_threads < 1:
-        raise EvalInputError(f"--torch-threads: got {args.torch_threads}; expected >= 1")
-    if args.batch_size < 1:
-        raise EvalInputError(f"--batch-size: got {args.batch_size}; expected >= 1")
-    if args.k is None:
-        ks = default_ks(args.samples)
-    else:
-        try:
-            ks = sorted({int(part) for part in args.k.split(",") if part.strip()})
-        except ValueError:
-            raise EvalInputError(f"--k: {args.k!r} is not a comma-separated list of integers") from None
-        if not ks or not all(1 <= k <= args.samples for k in ks):
-            raise EvalInputError(f"--k: {args.k!r}; every k must be in [1, --samples={args.samples}] "
-                                 "(pass@k needs at least k samples per problem)")
-    from model.resolve import ModelSpecError, checkpoint_dir
-
-    try:
-        checkpoint_dir(model_arg, key="--model")
-    except ModelSpecError as exc:
-        raise EvalInputError(str(exc)) from None
-    return {"model": model_arg, "data": data_arg, "thinking": bool(thinking), "sampler": sampler, "ks": ks}
-
-
-def evaluate(args: argparse.Namespace) -> dict:
-    """The whole evaluation; returns the summary (and writes the files when `args.out` is set)."""
-    from jobs.data import DataError, PromptDataset
-    from model.resolve import ModelSpecError, load_model
-
-    settings = resolve_settings(args)
-    try:
-        dataset = PromptDataset(settings["data"], default_task="text")
-    except DataError as exc:
-        raise EvalInputError(f"--data: {exc}") from exc
-    records = dataset.records[:args.limit] if args.limit else dataset.records
-    sampler = settings["sampler"]
-    if args.samples > 1 and sampler["temperature"] == 0 and sampler["remasking"] == "low_confidence":
-        log.warning("--samples %d with greedy low-confidence decoding (temperature 0): all samples of a problem "
-                    "are identical, so pass@k == pass@1; set --temperature > 0 for pass@k", args.samples)
-    if args.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-    try:
-        loaded = load_model(settings["model"], key="--model", dtype=args.dtype, seed=args.seed)
-    except ModelSpecError as exc:
-        raise EvalInputError(str(exc)) from exc
-
+    if not cfg.data.eval:
+        raise ConfigError(["data.eval: no held-out file to evaluate on; set it (--data FILE.jsonl)"])
+    records, skipped = heldout_records(cfg)  # bad rows are logged by PromptDataset
+    loaded = load_eval_policy(cfg)
+    ks = sorted(set(cfg.eval.pass_at_k)) or default_ks(cfg.eval.samples)
     started = time.perf_counter()
-    rows, scores = evaluate_policy(loaded, records, samples=args.samples, sampler=sampler,
-                                   thinking=settings["thinking"], seed=args.seed, batch_size=args.batch_size,
-                                   ks=settings["ks"])
+    rows, scores = evaluate_heldout(cfg, loaded, records, ks=ks)
     summary = {
-        "model": str(DEMO_POLICY) if settings["model"] == "demo" else settings["model"],
-        "data": str(settings["data"]), "skipped_rows": len(dataset.problems),
-        "samples_per_problem": args.samples, "sampler": sampler, "thinking": settings["thinking"],
-        "seed": args.seed, "batch_size": args.batch_size,
+        "model": str(DEMO_POLICY) if cfg.model.path == "demo" else cfg.model.path,
+        "data": cfg.data.eval, "skipped_rows": len(skipped),
+        "samples_per_problem": cfg.eval.samples, "sampler": eval_sampler(cfg), "thinking": cfg.data.thinking,
+        "seed": cfg.run.seed, "batch_size": cfg.eval.batch_size,
         **scores,
         "wall_seconds": round(time.perf_counter() - started, 3),
     }
-    if args.out:
-        out = Path(args.out)
+    if cfg.eval.out:
+        out = Path(cfg.eval.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         samples_path = out.with_name(out.stem + ".samples.jsonl")
         summary["samples_file"] = str(samples_path)
@@ -170,18 +77,17 @@ def evaluate(args: argparse.Namespace) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = evaluate(args)
-    except EvalInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run(cfg: TrainConfig) -> int:
+    summary = evaluate(cfg)
     print(json.dumps(summary, indent=2))
-    if args.out:
-        print(f"wrote {args.out} and {summary['samples_file']}")
+    if cfg.eval.out:
+        print(f"wrote {cfg.eval.out} and {summary['samples_file']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return job_main(parser(), argv, run, errors=(DataError, ModelSpecError))
 
 
 if __name__ == "__main__":

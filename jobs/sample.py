@@ -1,56 +1,61 @@
-"""Sample responses from a masked-diffusion checkpoint with the text sampler.
+"""Sample responses from a masked-diffusion checkpoint with the text sampler, and show how they were revealed.
 
-    python -m jobs.sample                  # the shipped demo policy on three held-out arithmetic problems
-    python -m jobs.sample --model tiny     # a random-weight tiny twin (noise, but every code path runs)
-    python -m jobs.sample --model /ckpt/LLaDA-8B-Instruct --prompt "What is 17*23?" --gen-length 256 \
-        --steps 128 --block-length 32
+    python -m jobs.sample                                  # the demo config's policy on three held-out problems
+    python -m jobs.sample --model demo                     # the shipped gold-SFT policy (docs/demo.md)
+    python -m jobs.sample --model tiny                     # a random-weight tiny twin (noise, but every path runs)
+    python -m jobs.sample --model /ckpt/LLaDA-8B-Instruct --prompt "What is 17*23?" --set data.thinking=true \
+        --set rollout.sampler.gen_length=256 --set rollout.sampler.steps=128 --set rollout.sampler.block_length=32
 
-Prints every response with the order in which its tokens were revealed (the diffusion trajectory)
-and writes `samples.jsonl` plus the resolved arguments into the output directory. The default model is
-the small policy shipped in `model/assets/demo_policy/` (masked-diffusion SFT on the synthetic
-arithmetic task, docs/demo.md), loaded through the same loader as the published checkpoints.
+It reads the config tree of `python -m jobs.train` (`--config`, default jobs/configs/demo.yaml, `--set KEY=VALUE`,
+`--print-config`) and answers the prompts the way the held-out evaluation would (jobs/heldout.py): the policy
+`model.path` loaded at `eval.dtype`, the sampler `rollout.sampler` at `eval.temperature`, `data.thinking`, seed
+`run.seed`. The prompts are `sample.prompts`, else the first three problems of `data.eval` with their gold
+answers. It prints every response with the order in which its tokens were revealed (the diffusion trajectory)
+and writes `samples.jsonl` and the resolved `config.yaml` into `sample.out`. Short flags, each the same as one
+`--set`: `--model` (model.path), `--prompt` (one item of sample.prompts, repeatable), `--out` (sample.out).
+
+Deviations from the evaluation: all prompts go to the sampler in one batch, under torch's own thread count
+(`eval.batch_size` and `eval.torch_threads` are not read), and nothing is judged.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from jobs.sampler_flags import DEMO_DEFAULTS, add_sampler_flags, sampler_knobs
+from jobs.config import ConfigError, TrainConfig, add_alias, job_main, job_parser, write_resolved
+from jobs.data import DataError
+from model.resolve import ModelSpecError
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_PROBLEMS = REPO / "data" / "arithmetic" / "heldout.jsonl"
-DEFAULT_PROMPTS = (
-    "What is 12 + 7 * 3?",
-    "Compute (8 - 3) * 4.",
-    "If x = 5, what is 2x + 1?",
-)
-
-
-def default_prompts(model_arg: str) -> list[tuple[str, str | None]]:
-    """(prompt, gold answer) pairs: three held-out problems for the demo policy, else generic questions."""
-    if model_arg == "demo" and DEMO_PROBLEMS.is_file():
-        rows = [json.loads(line) for line in DEMO_PROBLEMS.read_text().splitlines()[:3]]
-        return [(row["prompt"], row["answer"]) for row in rows]
-    return [(text, None) for text in DEFAULT_PROMPTS]
+SHOWN_PROBLEMS = 3
+"""How many problems of `data.eval` are answered when `sample.prompts` is empty."""
+DEMO_PROBLEMS = Path(__file__).resolve().parent.parent / "data" / "arithmetic" / "heldout.jsonl"
+"""The demo config's `data.eval`, for jobs/bench/sampler_modes.py (which reads no config yet)."""
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jobs.sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="demo",
-                        help="checkpoint directory, 'demo' (the shipped policy), 'tiny' or 'tiny-mmada' (random tiny twins)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weight dtype (default: as stored)")
-    parser.add_argument("--prompt", action="append", help="a user message (repeatable); default: three arithmetic questions")
-    parser.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
-                        help="prepend the <think> instruction (default: off for the demo policy, which was "
-                             "trained without it; on otherwise)")
-    add_sampler_flags(parser, DEMO_DEFAULTS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="output directory (default: runs/sample-<time>)")
-    return parser.parse_args(argv)
+def parser():
+    """The tree's --config / --set / --print-config, and the short flags of the docstring."""
+    result = job_parser("python -m jobs.sample", __doc__)
+    add_alias(result, "--model", "model.path", text=True)
+    add_alias(result, "--prompt", "sample.prompts", text=True, repeat=True)
+    add_alias(result, "--out", "sample.out", text=True)
+    return result
+
+
+def prompts_of(cfg: TrainConfig) -> list[tuple[str, str | None]]:
+    """(prompt, gold answer) pairs: `sample.prompts` without answers, else the first problems of `data.eval` (read
+    as the evaluation reads them)."""
+    from jobs.heldout import heldout_records
+
+    if cfg.sample.prompts:
+        return [(text, None) for text in cfg.sample.prompts]
+    if not cfg.data.eval:
+        raise ConfigError(["sample.prompts: empty and data.eval is null, so there is nothing to ask; give "
+                           "--prompt TEXT (repeatable) or a held-out file in data.eval"])
+    records, _ = heldout_records(cfg)
+    return [(record.prompt, record.answer) for record in records[:SHOWN_PROBLEMS]]
 
 
 def reveal_order(tokens: list[str], reveal_step: list[int]) -> str:
@@ -59,37 +64,31 @@ def reveal_order(tokens: list[str], reveal_step: list[int]) -> str:
     return " ".join(f"{reveal_step[i]}:{tokens[i]!r}" for i in order)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def run(cfg: TrainConfig) -> int:
     import torch
 
     import model
-    from model.resolve import ModelSpecError, load_model
+    from jobs.heldout import eval_sampler, load_eval_policy
     from model.templates import chat_prompt_ids, special_ids
 
-    torch.manual_seed(args.seed)
-    try:
-        loaded = load_model(args.model, key="--model", seed=args.seed, dtype=args.dtype)
-    except ModelSpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    pairs = prompts_of(cfg)
+    torch.manual_seed(cfg.run.seed)
+    loaded = load_eval_policy(cfg)
     tokenizer, special = loaded.tokenizer, special_ids(loaded.tokenizer)
-    pairs = [(text, None) for text in args.prompt] if args.prompt else default_prompts(args.model)
-    thinking = args.thinking if args.thinking is not None else args.model != "demo"
-    prompts_text = [text for text, _ in pairs]
-    prompts = [chat_prompt_ids(tokenizer, text, thinking=thinking) for text in prompts_text]
+    prompts = [chat_prompt_ids(tokenizer, text, thinking=cfg.data.thinking) for text, _ in pairs]
+    sampler = eval_sampler(cfg)
 
     started = time.perf_counter()
     sequences, reveal_step, forwards = model.generate_text(
-        loaded.network.eval(), prompts, **sampler_knobs(args), mask_id=special.mask, pad_id=special.pad,
-        seed=args.seed,
-    )  # [B, P+L], [B, L], [B]
+        loaded.network.eval(), prompts, **sampler, mask_id=special.mask, pad_id=special.pad, seed=cfg.run.seed,
+    )  # [B, P+L], [B, L], forward passes
     seconds = time.perf_counter() - started
 
-    out_dir = Path(args.out or f"runs/sample-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = Path(cfg.sample.out or f"runs/sample-{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
-    responses = sequences[:, -args.gen_length:]  # [B, L]
+    write_resolved(cfg, out_dir)
+    gen_length = sampler["gen_length"]
+    responses = sequences[:, -gen_length:]  # [B, L]
     with open(out_dir / "samples.jsonl", "w") as fh:
         for (text, gold), ids, steps in zip(pairs, responses.tolist(), reveal_step.tolist()):
             response = tokenizer.decode(ids, skip_special_tokens=True)
@@ -98,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n### {text}" + (f"   (gold answer: {gold})" if gold is not None else "") + f"\n{response}")
             print(f"  reveal order: {reveal_order(tokenizer.convert_ids_to_tokens(ids), steps)[:300]} ...")
     tokens = responses.numel()
-    print(f"\n{len(prompts)} prompts x {args.gen_length} tokens in {seconds:.2f}s "
+    print(f"\n{len(prompts)} prompts x {gen_length} tokens in {seconds:.2f}s "
           f"({tokens / seconds:.0f} tokens/s, {forwards} forward passes); wrote {out_dir / 'samples.jsonl'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main(parser(), argv, run, errors=(DataError, ModelSpecError))
 
 
 if __name__ == "__main__":

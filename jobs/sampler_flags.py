@@ -1,8 +1,8 @@
-"""The text sampler's command-line flags, one definition for `jobs.sample`, `jobs.rollout` and `jobs.eval`.
+"""The text sampler's command-line flags of `jobs.rollout`, which does not read the config tree yet.
 
-Each flag is a `TextSamplerConfig` field (`--gen-length` is `gen_length`, ...); the jobs differ only in their
-defaults. `--threshold` takes a confidence in (0, 1] or `none` (the fixed per-step count). docs/sampling.md
-explains `--cache` and `--threshold`.
+Each flag is a `TextSamplerConfig` field (`--gen-length` is `gen_length`, ...). `--threshold` takes a confidence in
+(0, 1] or `none` (the fixed per-step count). docs/sampling.md explains `--cache` and `--threshold`. The jobs that
+read the tree (`jobs.train`, `jobs.eval`, `jobs.sample`) set the same knobs as `--set rollout.sampler.<field>=...`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ ROLLOUT_DEFAULTS: dict[str, Any] = asdict(TextSamplerConfig())
 """`jobs.rollout`: a typical RL rollout (TextSamplerConfig's defaults)."""
 DEMO_DEFAULTS: dict[str, Any] = {**ROLLOUT_DEFAULTS, "gen_length": 40, "steps": 20, "block_length": 8,
                                  "temperature": 0.0}
-"""`jobs.sample` and `jobs.eval`: the sampler the shipped demo policy is evaluated with (greedy, 40 tokens)."""
+"""The demo config's evaluation sampler (`jobs.heldout.eval_sampler` of jobs/configs/demo.yaml: greedy, 40 tokens),
+for jobs/bench/sampler_modes.py, which reads no config yet."""
 
 
 def threshold_arg(text: str) -> float | None:
@@ -32,12 +33,11 @@ def threshold_arg(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a confidence in (0, 1] nor 'none'") from None
 
 
-def add_sampler_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None) -> None:
-    """Add the eight sampler flags. `defaults` None leaves an unset flag out of the namespace (the caller fills it
-    from a config), else it must name every key of SAMPLER_KEYS."""
-    if defaults is not None and set(defaults) != set(SAMPLER_KEYS):
+def add_sampler_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any]) -> None:
+    """Add the eight sampler flags; `defaults` must name every key of SAMPLER_KEYS."""
+    if set(defaults) != set(SAMPLER_KEYS):
         raise ValueError(f"defaults: got keys {sorted(defaults)}; expected exactly {sorted(SAMPLER_KEYS)}")
-    default = (lambda key: argparse.SUPPRESS) if defaults is None else defaults.__getitem__
+    default = defaults.__getitem__
     group = parser.add_argument_group("text sampler (docs/sampling.md)")
     group.add_argument("--gen-length", type=int, default=default("gen_length"), help="response tokens L")
     group.add_argument("--steps", type=int, default=default("steps"), help="denoising steps over the whole response")
@@ -52,6 +52,6 @@ def add_sampler_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, An
 
 
 def sampler_knobs(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampler settings present in `args`, keyed as TextSamplerConfig fields."""
+    """The sampler settings in `args`, keyed as TextSamplerConfig fields."""
     given = vars(args)
-    return {key: given[key] for key in SAMPLER_KEYS if key in given}
+    return {key: given[key] for key in SAMPLER_KEYS}

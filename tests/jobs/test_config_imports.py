@@ -25,6 +25,19 @@ print(json.dumps({"loaded": loaded, "run_name": cfg.run.name}))
 """
 
 
+JOBS_PROBE = """
+import contextlib, io, json, sys
+import jobs.eval, jobs.sample
+printed = {}
+for job in (jobs.eval, jobs.sample):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = job.main(["--set", "eval.limit=3", "--print-config"])
+    printed[job.__name__] = (code, out.getvalue())
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "deepspeed"))
+print(json.dumps({"loaded": loaded, "printed": printed}))
+"""
+
+
 def test_loading_and_printing_the_demo_config_imports_no_ray():
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -32,3 +45,13 @@ def test_loading_and_printing_the_demo_config_imports_no_ray():
     assert report["run_name"] == "demo"  # the demo config really was loaded, not the defaults
     assert "algo:" in done.stdout and "reward_actors:" in done.stdout  # and printed
     assert report["loaded"] == [], f"loading the config imported {report['loaded']}"
+
+
+def test_jobs_eval_and_jobs_sample_import_and_print_their_config_without_ray():
+    done = subprocess.run([sys.executable, "-c", JOBS_PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for job in ("jobs.eval", "jobs.sample"):
+        code, text = report["printed"][job]
+        assert code == 0 and "  limit: 3  # " in text and "sample:  # " in text  # the tree, with the --set
+    assert report["loaded"] == [], f"importing jobs.eval / jobs.sample or printing their config imported {report['loaded']}"

@@ -1,11 +1,11 @@
 """jobs/eval.py: the pass@k estimator, an end-to-end eval of the shipped demo policy checked against an
-independent loop, config-sourced settings, and the bad-input errors (exit code 2, culprit named)."""
+independent loop, settings from the config tree (`--config`, `--set`, the short flags), and the bad-input errors
+(exit code 2, the key or file named). That it repeats the training run's evaluation: tests/jobs/test_heldout.py."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import logging
 import random
 import re
 from math import comb
@@ -105,24 +105,17 @@ def independent_pass_at_1(limit: int) -> float:
 
 
 def test_demo_policy_eval_matches_an_independent_loop(tmp_path, capsys):
-    import torch
-
-    threads = torch.get_num_threads()
     out = tmp_path / "eval" / "summary.json"
-    try:
-        code = main(["--model", "demo", "--data", str(HELDOUT), "--limit", "16", "--gen-length", "40",
-                     "--steps", "20", "--block-length", "8", "--temperature", "0", "--batch-size", "16",
-                     "--torch-threads", "1", "--out", str(out)])
-        assert code == 0
-        expected = independent_pass_at_1(16)
-    finally:
-        torch.set_num_threads(threads)
+    # the demo config's evaluation settings (gen 40, 20 steps, block 8, eval.temperature 0) on the gold-SFT policy
+    assert main(["--model", "demo", "--limit", "16", "--set", "eval.batch_size=16", "--set", "eval.torch_threads=1",
+                 "--out", str(out)]) == 0
+    expected = independent_pass_at_1(16)
     summary = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out.split("\nwrote ")[0]) == summary
     assert summary["n_problems"] == 16 and summary["samples_per_problem"] == 1
     assert summary["pass_at_k"] == {"1": pytest.approx(expected)}
     assert 0.0 <= summary["format_rate"] <= 1.0
-    assert summary["thinking"] is False  # the demo policy was trained without the thinking instruction
+    assert summary["thinking"] is False  # the demo config: the shipped policies were trained without it
     assert summary["sampler"] == {"gen_length": 40, "steps": 20, "block_length": 8, "temperature": 0.0,
                                   "remasking": "low_confidence", "cfg_scale": 0.0, "cache": "none",
                                   "threshold": None}
@@ -133,47 +126,50 @@ def test_demo_policy_eval_matches_an_independent_loop(tmp_path, capsys):
     assert 0 < summary["mean_response_tokens"] <= 40
 
 
-def test_config_supplies_sampler_thinking_and_model_and_samples_get_distinct_seeds(tmp_path, capsys):
+def test_config_and_set_reach_the_sampler_and_samples_get_distinct_seeds(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(f"data:\n  train: {HELDOUT}\n  eval: {HELDOUT}\n  thinking: false\nmodel:\n  path: tiny\n"
                       "rollout:\n  sampler:\n    gen_length: 16\n    steps: 4\n    block_length: 8\n"
-                      "    temperature: 1.0\n")
+                      "    temperature: 0.3\neval:\n  temperature: 1.0\n  torch_threads: 1\n")
     out = tmp_path / "s.json"
-    assert main(["--config", str(config), "--samples", "2", "--limit", "3", "--steps", "8",
-                 "--out", str(out), "--torch-threads", "1"]) == 0
+    assert main(["--config", str(config), "--samples", "2", "--limit", "3", "--set", "rollout.sampler.steps=8",
+                 "--set", "eval.pass_at_k=[2]", "--out", str(out)]) == 0
     summary = json.loads(out.read_text())
     assert summary["model"] == "tiny" and summary["data"] == str(HELDOUT) and summary["thinking"] is False
-    # steps from the flag, the rest from rollout.sampler
+    # steps from --set, temperature from eval.temperature (not rollout.sampler's 0.3), the rest from rollout.sampler
     assert summary["sampler"] == {"gen_length": 16, "steps": 8, "block_length": 8, "temperature": 1.0,
                                   "remasking": "low_confidence", "cfg_scale": 0.0, "cache": "none",
                                   "threshold": None}
-    assert set(summary["pass_at_k"]) == {"1", "2"}
+    assert set(summary["pass_at_k"]) == {"2"}  # eval.pass_at_k
     rows = [json.loads(line) for line in out.with_name("s.samples.jsonl").read_text().splitlines()]
     assert [(r["uid"], r["sample_index"]) for r in rows] == [
         (f"arith-heldout-0000{i}", k) for i in range(3) for k in range(2)]
+    assert {r["sampler_forwards"] for r in rows} == {8}  # the sampler ran 8 steps: one forward each
     # temperature 1 on a random tiny model: the two samples of a problem come from different seeds
     assert any(rows[2 * i]["response"] != rows[2 * i + 1]["response"] for i in range(3))
 
 
-def test_greedy_with_several_samples_warns(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="jobs.eval"):
-        assert main(["--model", "tiny", "--data", str(HELDOUT), "--limit", "1", "--samples", "2",
-                     "--gen-length", "8", "--steps", "2", "--block-length", "8", "--torch-threads", "1"]) == 0
-    assert "all samples of a problem are identical" in caplog.text
-
-
 @pytest.mark.parametrize(("argv", "culprit"), [
-    (["--data", "/nonexistent/held.jsonl"], "'/nonexistent/held.jsonl' does not exist"),
-    (["--samples", "4", "--k", "1,8"], "--k: '1,8'; every k must be in [1, --samples=4]"),
-    (["--k", "one"], "--k: 'one' is not a comma-separated list"),
-    (["--model", "/nonexistent/ckpt"], "--model: '/nonexistent/ckpt' is neither a checkpoint directory"),
-    (["--gen-length", "40", "--block-length", "7"], "gen_length: 40 is not a multiple of block_length=7"),
-    (["--config", "/nonexistent/train.yaml"], "--config: file '/nonexistent/train.yaml' does not exist"),
-    (["--samples", "0"], "--samples: got 0"),
-    (["--threshold", "1.5"], "threshold: got 1.5; expected a confidence in (0, 1]"),
-    (["--limit", "0"], "--limit: got 0"),
-    (["--batch-size", "0"], "--batch-size: got 0"),
-    (["--torch-threads", "0"], "--torch-threads: got 0"),
+    (["--data", "/nonexistent/held.jsonl"], "data.eval: data file '/nonexistent/held.jsonl' does not exist"),
+    (["--samples", "4", "--set", "eval.temperature=0.5", "--set", "eval.pass_at_k=[1, 8]"],
+     "eval.pass_at_k: [1, 8]; every k must be in [1, samples=4]"),
+    (["--set", "eval.pass_at_k=one"], "eval.pass_at_k: expected a list, got 'one'"),
+    (["--model", "/nonexistent/ckpt"], "model.path: '/nonexistent/ckpt' is neither a checkpoint directory"),
+    (["--set", "rollout.sampler.block_length=7"],
+     "rollout.sampler.gen_length: 40 is not a multiple of block_length=7"),
+    (["--config", "/nonexistent/train.yaml"], "config file '/nonexistent/train.yaml' does not exist"),
+    (["--samples", "0"], "eval.samples: 0; need at least 1"),
+    (["--samples", "2"], "eval.samples: 2 with eval.temperature 0 and low-confidence remasking"),
+    (["--set", "rollout.sampler.threshold=1.5"], "rollout.sampler.threshold: got 1.5; expected a confidence in (0, 1]"),
+    (["--set", "eval.temperature=.inf"], "eval.temperature: got inf; expected a finite number"),
+    (["--limit", "0"], "eval.limit: 0; use a positive number"),
+    (["--limit", "all"], "eval.limit: 'all' is not a valid int | null"),
+    (["--set", "eval.batch_size=0"], "eval.batch_size: 0; need at least 1"),
+    (["--set", "eval.torch_threads=0"], "eval.torch_threads: 0; need at least 1"),
+    (["--set", "eval.dtype=fp16"], "eval.dtype: 'fp16' is not one of the valid choices 'fp32', 'bf16'"),
+    (["--set", "eval.seed=1"], "eval.seed: unknown key; valid keys here: batch_size, dtype, every, limit, out"),
+    (["--set", "data.eval=null"], "eval.every: 10 needs a held-out file"),
+    (["--set", "data.eval=null", "--set", "eval.every=0"], "data.eval: no held-out file to evaluate on"),
 ])
 def test_bad_inputs_exit_2_naming_the_culprit(argv, culprit, capsys):
     assert main(argv) == 2
@@ -183,16 +179,16 @@ def test_bad_inputs_exit_2_naming_the_culprit(argv, culprit, capsys):
 def test_directory_that_is_not_a_checkpoint_exits_2(tmp_path, capsys):
     assert main(["--model", str(tmp_path), "--limit", "1"]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path) in err and "config.json" in err
+    assert f"model.path: {str(tmp_path)!r}" in err and "config.json" in err
 
 
 def test_bad_config_and_data_without_good_rows_exit_2(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("rollout:\n  sampler:\n    remasking: sideways\n")
     assert main(["--config", str(config)]) == 2
-    assert "remasking" in capsys.readouterr().err
+    assert "rollout.sampler.remasking: 'sideways' is not one of the valid choices" in capsys.readouterr().err
     data = tmp_path / "bad.jsonl"
     data.write_text('{"answer": "3"}\n')
     assert main(["--data", str(data), "--model", "tiny"]) == 2
     err = capsys.readouterr().err
-    assert f"{data}:1" in err and "missing 'prompt'" in err
+    assert "data.eval: no usable rows" in err and f"{data}:1" in err and "missing 'prompt'" in err

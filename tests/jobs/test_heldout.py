@@ -1,4 +1,5 @@
-"""Held-out evaluation during training (jobs/heldout.py) and its config section."""
+"""Held-out evaluation (jobs/heldout.py): the driver's evaluator equals `python -m jobs.eval` on the same config and
+weights, and the `eval` section's checks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from jobs.configtree import ConfigError
 from jobs.heldout import HeldoutEvaluator, eval_history, should_evaluate
 
 REPO = Path(__file__).resolve().parents[2]
-HELDOUT = REPO / "data/arithmetic/heldout.jsonl"
+DEMO = REPO / "jobs/configs/demo.yaml"
 
 
 def test_schedule_is_start_every_and_end():
@@ -20,34 +21,61 @@ def test_schedule_is_start_every_and_end():
     assert [s for s in range(0, 11) if should_evaluate(s, every=0, last_step=10)] == [0, 10]
 
 
-@pytest.mark.parametrize("settings, cli", [
-    ([], []),  # greedy, one response per problem
-    (["eval.temperature=0.8", "eval.samples=2"], ["--temperature", "0.8", "--samples", "2"]),  # the demo's
+TINY = ["model.path=tiny", "model.tiny_size={d_model: 32, n_layers: 1, n_heads: 2, n_kv_heads: 2, mlp_hidden_size: 64}",
+        "run.seed=3"]
+
+
+def weights_of(overrides: list[str]):
+    """What the learner would hold at step 0 for the demo config with `overrides`: model.path's weights."""
+    from model import load
+    from model.resolve import tiny_twin
+
+    cfg = load_config(DEMO, overrides)
+    if cfg.model.path == "tiny":
+        return tiny_twin("tiny", cfg.run.seed, **cfg.model.tiny_size)
+    return load(REPO / "model/assets/demo_policy" if cfg.model.path == "demo" else cfg.model.path)
+
+
+@pytest.mark.parametrize("overrides", [
+    [],  # the demo config as it is: its sign-slip cold start, greedy (the demo's step-0 evaluation)
+    ["model.path=demo", "eval.temperature=0.8", "eval.samples=2"],  # two sampled responses per problem
+    ["model.path=demo", "eval.dtype=bf16", "data.thinking=true", "run.seed=1"],
+    TINY,  # a tiny twin: drawn from run.seed at model.tiny_size on both sides
 ])
-def test_evaluator_equals_jobs_eval_on_the_same_weights(tmp_path, settings, cli):
-    """The driver's evaluation of a state dict gives exactly `python -m jobs.eval`'s numbers."""
+def test_evaluator_equals_jobs_eval_with_the_same_config(tmp_path, overrides):
+    """`jobs.eval --config X` repeats the training run's evaluation of the same weights: the same samples, judged
+    the same way, so the same pass@1."""
+    import torch
+
     from jobs.eval import main as eval_main
+
+    policy = weights_of(overrides)
+    settings = ["eval.limit=12", "eval.batch_size=5", *overrides]
+    cfg = load_config(DEMO, settings)
+    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
+    assert next(evaluator.network.parameters()).dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.eval.dtype]
+    metrics = evaluator.evaluate(7, policy.network.state_dict())
+    out = tmp_path / "jobs_eval.json"
+    assert eval_main(["--config", str(DEMO), *[a for o in settings for a in ("--set", o)], "--out", str(out)]) == 0
+    reference = json.loads(out.read_text())
+    assert metrics["eval/pass@1"] == reference["pass_at_k"]["1"]
+    assert metrics["eval/format_rate"] == reference["format_rate"]
+    assert metrics["eval/problems"] == 12
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "step_7.jsonl").read_text().splitlines()]
+    assert rows == [json.loads(line) for line in out.with_name("jobs_eval.samples.jsonl").read_text().splitlines()]
+    samples = cfg.eval.samples
+    assert len(rows) == 12 * samples and {r["sample_index"] for r in rows} == set(range(samples))
+    assert all(r["sampler_forwards"] == cfg.rollout.sampler.steps for r in rows)
+    correct = sum(r["correct"] == 1.0 for r in rows)
+    assert metrics["eval/pass@1"] == pytest.approx(correct / (12 * samples), abs=1e-12)  # pass@1 = mean of samples
+
+
+def test_weights_that_do_not_fit_the_policy_are_refused(tmp_path):
     from model import load
     from model.tiny import tiny_model
 
     policy = load(REPO / "model/assets/demo_policy")
-    cfg = load_config(REPO / "jobs/configs/demo.yaml", ["eval.limit=24", "eval.batch_size=10", *settings])
-    samples = cfg.eval.samples
-    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
-    metrics = evaluator.evaluate(7, policy.network.state_dict())
-    out = tmp_path / "eval.json"
-    assert eval_main(["--model", "demo", "--data", str(HELDOUT), "--limit", "24", "--batch-size", "10",
-                      "--out", str(out), *cli]) == 0
-    reference = json.loads(out.read_text())
-    assert metrics["eval/pass@1"] == reference["pass_at_k"]["1"]
-    assert metrics["eval/format_rate"] == reference["format_rate"]
-    assert metrics["eval/problems"] == 24
-    rows = [json.loads(line) for line in (tmp_path / "eval" / "step_7.jsonl").read_text().splitlines()]
-    assert len(rows) == 24 * samples and {r["sample_index"] for r in rows} == set(range(samples))
-    correct = sum(r["correct"] == 1.0 for r in rows)
-    assert metrics["eval/pass@1"] == pytest.approx(correct / (24 * samples), abs=1e-12)  # pass@1 = mean of samples
-
-    # other weights give other answers: the evaluator really uses the state dict it is given
+    evaluator = HeldoutEvaluator(load_config(DEMO, ["eval.limit=2"]), policy.config, policy.tokenizer, tmp_path)
     random_policy = tiny_model(seed=0, d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=384)
     with pytest.raises(RuntimeError, match="do not match the policy config"):
         evaluator.evaluate(8, {"unexpected.weight": random_policy.network.state_dict()["model.transformer.wte.weight"]})
@@ -69,21 +97,25 @@ def test_eval_history_reads_the_evaluated_steps(tmp_path):
     ("eval.samples=0", "eval.samples: 0; need at least 1"),
     ("eval.samples=4 eval.temperature=0", "eval.samples: 4 with eval.temperature 0 and low-confidence remasking"),
     ("eval.torch_threads=0", "eval.torch_threads: 0"),
+    ("eval.pass_at_k=[1,2]", r"eval.pass_at_k: \[1, 2\]; every k must be in \[1, samples=1\]"),
+    ("eval.dtype=fp16", "eval.dtype: 'fp16' is not one of the valid choices 'fp32', 'bf16'"),
+    ("eval.out=[a]", "eval.out: "),
+    ("sample.prompts=hello", "sample.prompts: expected a list, got 'hello'"),
 ])
 def test_bad_eval_settings_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(REPO / "jobs/configs/demo.yaml", override.split())
+        load_config(DEMO, override.split())
 
 
 def test_several_greedy_samples_are_fine_with_random_remasking():
-    cfg = load_config(REPO / "jobs/configs/demo.yaml",
+    cfg = load_config(DEMO,
                       ["eval.samples=4", "eval.temperature=0", "rollout.sampler.remasking=random"])
     assert cfg.eval.samples == 4
 
 
 def test_periodic_evaluation_needs_a_heldout_file():
     with pytest.raises(ConfigError, match="eval.every: 5 needs a held-out file; set data.eval"):
-        load_config(REPO / "jobs/configs/demo.yaml", ["data.eval=null", "eval.every=5"])
+        load_config(DEMO, ["data.eval=null", "eval.every=5"])
 
 
 def test_a_heldout_file_with_image_tasks_is_refused(tmp_path):
@@ -94,6 +126,6 @@ def test_a_heldout_file_with_image_tasks_is_refused(tmp_path):
     rows.write_text('{"uid": "a", "task": "text", "prompt": "Compute 1 + 1.", "answer": "2"}\n'
                     '{"uid": "b", "task": "t2i", "prompt": "a red circle"}\n')
     policy = load(REPO / "model/assets/demo_policy")
-    cfg = load_config(REPO / "jobs/configs/demo.yaml", [f"data.eval={rows}"])
+    cfg = load_config(DEMO, [f"data.eval={rows}"])
     with pytest.raises(DataError, match=r"rows of task\(s\) \['t2i'\] are not text"):
         HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)

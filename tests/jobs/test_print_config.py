@@ -1,6 +1,7 @@
-"""`python -m jobs.train --print-config`: every field of the resolved tree printed with its doc as a YAML
-comment, read from the dataclasses' source (`jobs.configtree.field_docs`); the text loads back to the same
-config, and no field of any section is left without a doc."""
+"""`python -m jobs.train --print-config` (and `jobs.eval`'s, `jobs.sample`'s: the same tree): every field of the
+resolved tree printed with its doc as a YAML comment, read from the dataclasses' source
+(`jobs.configtree.field_docs`); the text loads back to the same config, and no field of any section is left
+without a doc."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 
 from jobs.config import CONFIG_DIR, TrainConfig, load_config
 from jobs.configtree import commented_yaml, field_docs, to_dict
+from jobs.eval import main as eval_main
+from jobs.sample import main as sample_main
 from jobs.train import main
 
 DEMO = CONFIG_DIR / "demo.yaml"
@@ -57,6 +60,33 @@ def test_known_keys_carry_their_doc(capsys):
     assert mode == ("  mode: sync  # sync: rollouts of step s use the weights after step s-1. async: rollouts for "
                     "step s+1 are made while the learner trains on step s, never from weights older than "
                     "`max_policy_lag` versions.")
+
+
+def test_eval_and_sample_print_the_same_tree_with_their_keys(capsys):
+    argv = ["--set", "eval.pass_at_k=[1, 2]", "--set", "eval.samples=2", "--set", "eval.temperature=0.5"]
+    assert eval_main([*argv, "--model", "demo", "--out", "e.json", "--print-config"]) == 0
+    from_eval = capsys.readouterr().out
+    assert sample_main([*argv, "--model", "demo", "--prompt", "a", "--prompt", "b: c", "--print-config"]) == 0
+    from_sample = capsys.readouterr().out
+    assert printed(capsys, [*argv, "--set", "model.path=demo"]) == from_eval.replace(
+        "  out: e.json  #", "  out: null  #")  # jobs.train's print of the same settings, bar the aliases given
+    lines = from_sample.splitlines()
+    for line in [
+        "eval:  # Held-out evaluation of the policy, during training and by `python -m jobs.eval`.",
+        "  dtype: fp32  # Weights and activations of the evaluated policy (a checkpoint stored in another dtype is "
+        "cast), in training and in `python -m jobs.eval` / `jobs.sample`.",
+        "  pass_at_k: [1, 2]  # `python -m jobs.eval`: the k of the pass@k it reports, each in [1, samples] (empty: 1, "
+        "2, 4, ... up to `samples`, and `samples`); training logs pass@1.",
+        "sample:  # The prompts and output directory of `python -m jobs.sample`.",
+        "  prompts: [a, 'b: c']  # User messages to answer (empty: the first three problems of `data.eval`, shown "
+        "with their gold answers).",
+        "  out: null  # Output directory of samples.jsonl and the resolved config.yaml (null: "
+        "runs/sample-<date>-<time>).",
+    ]:
+        assert line in lines
+    assert ("  out: e.json  # `python -m jobs.eval`: the summary JSON file, every sample going to "
+            "`<stem>.samples.jsonl` beside it (null: print the summary only). Training writes its evaluations to "
+            "`<run dir>/eval/`.") in from_eval.splitlines()
 
 
 def dataclasses_in(tp: object, seen: set) -> None:

@@ -1,8 +1,9 @@
-"""jobs/sampler_flags.py: the sampler flags shared by jobs.sample, jobs.rollout and jobs.eval."""
+"""jobs/sampler_flags.py: the sampler flags of jobs.rollout, and the demo sampler jobs.bench reads from it."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -34,10 +35,15 @@ def test_every_flag_maps_to_its_config_field():
     assert sampler_knobs(parser_with(DEMO_DEFAULTS).parse_args([])) == DEMO_DEFAULTS
 
 
-def test_without_defaults_only_the_given_flags_are_present():
-    args = parser_with(None).parse_args(["--cache", "dual", "--threshold", "0.9"])
-    assert sampler_knobs(args) == {"cache": "dual", "threshold": 0.9}
-    assert sampler_knobs(parser_with(None).parse_args([])) == {}
+def test_demo_defaults_are_the_demo_configs_evaluation_sampler():
+    """The copy jobs/bench/sampler_modes.py reads cannot drift from what jobs.eval samples with by default."""
+    from jobs.config import DEFAULT_CONFIG, load_config
+    from jobs.heldout import eval_sampler
+    from jobs.sample import DEMO_PROBLEMS
+
+    cfg = load_config(DEFAULT_CONFIG)
+    assert eval_sampler(cfg) == DEMO_DEFAULTS
+    assert DEMO_PROBLEMS.resolve() == Path(cfg.data.eval).resolve()
 
 
 def test_threshold_values():
