@@ -229,7 +229,7 @@ class RolloutWorker:
             order += indices
         batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(batches)
         if order != sorted(order):
-            batch = batch.select(sorted(range(len(order)), key=order.__getitem__)).validate()  # request order
+            batch = batch.select(sorted(range(len(order)), key=order.__getitem__))  # request order (rows validated when built)
         return batch
 
     def _sample_text(self, requests: list[PromptRequest], kind: str, cfg: TextSamplerConfig, seed: int,

@@ -156,10 +156,7 @@ class RolloutBatch:
         dropped = {name for name in ("prompt", "response") if all(v is None for v in getattr(self, name))}
         for row in range(B):
             self._validate_row(row, dropped)
-        keys = list(zip(self.uid, self.sample_index))
-        if len(set(keys)) != B:
-            dup = next(k for k in keys if keys.count(k) > 1)
-            raise ValueError(f"(uid, sample_index) {dup} appears more than once; each response needs its own key")
+        _check_unique_keys(self.uid, self.sample_index)
         for term, values in self.rewards.items():
             for row, value in enumerate(values):
                 _check_reward(f"rewards[{term!r}][{row}]", value)
@@ -328,7 +325,8 @@ class RolloutBatch:
 
     @staticmethod
     def concat(batches: Sequence[RolloutBatch]) -> RolloutBatch:
-        """Stack rows of several batches, left-padding narrower ones to the widest T."""
+        """Stack rows of several batches, left-padding narrower ones to the widest T. The parts are trusted
+        (validated when built); what only the union can break is checked: padding id, reward terms, unique keys."""
         if not batches:
             raise ValueError("concat: need at least one batch, got none")
         first = batches[0]
@@ -356,7 +354,8 @@ class RolloutBatch:
             data[name] = [item for b in batches for item in getattr(b, name)]
         for name in _TERM_FIELDS:
             data[name] = {k: [v for b in batches for v in getattr(b, name)[k]] for k in getattr(first, name)}
-        return RolloutBatch(**data, pad_token_id=first.pad_token_id).validate()
+        _check_unique_keys(data["uid"], data["sample_index"])  # each part was validated when it was built
+        return RolloutBatch(**data, pad_token_id=first.pad_token_id)
 
     # ---- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -463,6 +462,15 @@ def _check_reward(where: str, value: object) -> None:
     """A reward value (a term's or a total) is a finite number or None."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
         raise ValueError(f"{where} = {value!r:.80}: need a finite number or None")
+
+
+def _check_unique_keys(uid: Sequence[str], sample_index: Sequence[int]) -> None:
+    """ValueError naming the first (uid, sample_index) that two rows share: each response needs its own key."""
+    seen: set[tuple[str, int]] = set()
+    for key in zip(uid, sample_index):
+        if key in seen:
+            raise ValueError(f"(uid, sample_index) {key} appears more than once; each response needs its own key")
+        seen.add(key)
 
 
 def _describe(value: object) -> str:

@@ -252,6 +252,10 @@ def test_constructor_and_concat_errors(kit):
         RolloutBatch.concat([a, _broken(a, pad_token_id=5)])
     with pytest.raises(ValueError, match="concat: batch 1 has reward terms \\['x'\\], batch 0 has \\[\\]"):
         RolloutBatch.concat([a, _broken(a, rewards={"x": [1.0, 1.0]})])
+    # the parts are valid on their own; only their union repeats a key (concat checks what the union can break)
+    with pytest.raises(ValueError, match="\\(uid, sample_index\\) \\('a', 0\\) appears more than once"):
+        RolloutBatch.concat([a, a.select([0])])
+    assert RolloutBatch.concat([a.select([1]), a.select([0])]).sample_index == [1, 0]
 
 
 # ------------------------------------------------ repeated delivery (issue 18, finding 10)
