@@ -58,7 +58,7 @@ def test_modes_side_by_side_on_the_same_prompts(tmp_path):
     policy = results["policy"]
     assert [row["mode"] for row in policy] == ["none", "dual", "dual@0.9"]
     summary = tmp_path / "eval.json"
-    assert eval_main(["--limit", "4", "--batch-size", "4", "--out", str(summary)]) == 0  # demo policy, greedy
+    assert eval_main(["--model", "demo", "--limit", "4", "--set", "eval.batch_size=4", "--out", str(summary)]) == 0  # demo policy, greedy
     assert policy[0]["pass_at_1"] == json.loads(summary.read_text())["pass_at_k"]["1"]
     assert policy[0]["forwards_per_token"] == policy[1]["forwards_per_token"] == 20 / 40  # 2 tokens a step
     assert 5 / 40 <= policy[2]["forwards_per_token"] <= 1  # >= one forward per block of 8, <= one per token

@@ -190,8 +190,10 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
     best = model.load(tmp_path / "e2e" / "best_policy")
     best_samples = [json.loads(x) for x in (tmp_path / "e2e" / "best_samples.jsonl").read_text().splitlines()]
     assert eval_main(["--model", str(tmp_path / "e2e" / "best_policy"), "--data", str(tmp_path / "heldout.jsonl"),
-                      "--limit", "8", "--gen-length", "48", "--steps", "6", "--block-length", "16",
-                      "--temperature", "0", "--no-thinking", "--seed", "0", "--batch-size", str(cfg.sft.eval_batch_size),
+                      "--limit", "8", "--set", "rollout.sampler.gen_length=48", "--set", "rollout.sampler.steps=6",
+                      "--set", "rollout.sampler.block_length=16", "--set", "eval.temperature=0",
+                      "--set", "data.thinking=false", "--set", "run.seed=0",
+                      "--set", f"eval.batch_size={cfg.sft.eval_batch_size}",
                       "--out", str(tmp_path / "eval" / "best.json")]) == 0
     evaluated = [json.loads(x) for x in (tmp_path / "eval" / "best.samples.jsonl").read_text().splitlines()]
     assert evaluated == best_samples and len(best_samples) == 8
