@@ -113,6 +113,10 @@ class LearnerConfig:
     """Weights and activations dtype; bf16 keeps fp32 master weights in the optimizer."""
     gradient_checkpointing: bool = False
     """Recompute block activations in backward to save memory."""
+    max_nonfinite_steps: int = 3
+    """A step whose loss or gradient is NaN/inf on any rank is skipped on every rank; this many RL steps in a
+    row whose update was skipped entirely stop jobs.train with a checkpoint and exit status 3
+    (docs/reliability.md §12)."""
 
     def __post_init__(self):
         if self.num_ranks < 1:
@@ -133,6 +137,9 @@ class LearnerConfig:
             raise ValueError(f"grad_clip: {self.grad_clip} must be >= 0 (0 disables clipping)")
         if self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size: {self.micro_batch_size}; need at least 1")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps: {self.max_nonfinite_steps}; need at least 1 (the RL steps in a "
+                             "row whose update is skipped for non-finite numbers before the run stops)")
 
 
 @dataclass(frozen=True)

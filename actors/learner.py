@@ -18,6 +18,16 @@ gradient: `sum_r grad(loss_r)` = grad of the global loss, exactly what one proce
 whole batch; clipping then sees the same global norm. Every rank must run the same number of
 micro-batches (ZeRO-2/3 reduce inside backward), so shards must have equal sizes.
 
+Non-finite steps (docs/reliability.md §12): a step whose loss or gradients hold a NaN or inf on ANY rank is
+skipped on EVERY rank, so the replicas never diverge. Each rank notes whether its losses and the gradients its
+own backward produced were finite (a hook on every parameter sees them before DeepSpeed reduces or partitions
+them, the same under every ZeRO stage); `step` all-reduces that flag with MIN over the learner group and, when
+it is 0, runs DeepSpeed's step with the wrapped torch optimizer's `step` left out: DeepSpeed still reduces,
+clips and clears the gradients and advances its counters (`global_steps`, the micro-step; no lr scheduler is
+configured), as for a step it skips on overflow itself, while the weights and the Adam moments and step count
+stay as they were and no gradient is carried into the next step. `LearnerGroup` counts the skipped steps and
+the updates skipped entirely in a row (`learner.max_nonfinite_steps`: the driver's abort, jobs/train.py).
+
 Step functions (`train_step(fn, shards, **common)`) run on every rank with that rank's shard:
 `fn(ctx: LearnerContext, **shard, **common) -> dict[str, float]`. `fn` is the function itself (it travels
 pickled, so a module-level function: `unigrpo_step`, `jobs.sft.sft_step`) or a "module:function" path.
@@ -32,8 +42,10 @@ optimizer's lr: runs without a schedule are bit-identical to before it existed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,8 +71,10 @@ from actors.weight_sync import (
     stream_buckets,
 )
 from rl.lr_schedule import check_schedule, learning_rate, set_learning_rate
+from rl.update import all_finite
 
 CHECKPOINT_TAG = "learner"
+log = logging.getLogger(__name__)
 
 # -- step functions -----------------------------------------------------------------------------
 StepFunction = Callable[..., dict[str, float]]
@@ -92,15 +106,67 @@ def scheduled_lr(cfg: LearnerConfig, rl_step: int, total_steps: int | None) -> f
                          decay=cfg.lr_decay, min_ratio=cfg.min_lr_ratio)
 
 
+@dataclass(frozen=True)
+class StepCounts:
+    """A rank's optimizer steps during one `train_step` call."""
+
+    steps: int  # `step()` calls
+    skipped: int  # of those, skipped on every rank: a loss or gradient was not finite on some rank
+    nonfinite_here: int  # of the skipped ones, those where this rank's own loss or gradients were not finite
+
+    def since(self, before: StepCounts) -> StepCounts:
+        return StepCounts(self.steps - before.steps, self.skipped - before.skipped,
+                          self.nonfinite_here - before.nonfinite_here)
+
+
+class NonFiniteUpdates(RuntimeError):
+    """`learner.max_nonfinite_steps` RL steps in a row had their whole update skipped; raised by jobs.train once
+    the last of them is checkpointed (the weights are those from before the first skipped step)."""
+
+    exit_code = 3  # jobs.train's exit status: neither an input error (2) nor a signal (128 + n)
+
+    def __init__(self, step: int, in_a_row: int, limit: int, checkpoint: Path):
+        self.step, self.in_a_row, self.checkpoint = step, in_a_row, checkpoint
+        super().__init__(
+            f"step {step}: the update of the last {in_a_row} RL steps was skipped entirely (a NaN or inf loss or "
+            f"gradient on a learner rank; learner.max_nonfinite_steps is {limit}); stopped after saving step {step} "
+            f"to {checkpoint}, whose weights are those from before the first skipped step. The warnings above name "
+            "the ranks; once the cause is fixed (learning rate, rewards, a plugin), rerun to resume from it")
+
+
+@contextlib.contextmanager
+def parameter_update_left_out(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Inside the block `optimizer.step()` does nothing (an instance attribute shadows the method)."""
+    optimizer.step = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del optimizer.step
+
+
 class DeepSpeedEngineAdapter:
     """The `rl.update.Engine` protocol (`.module`, `backward(loss)`, `step()`) over a DeepSpeed engine.
 
-    `loss` is this rank's share of a loss normalised by the global batch; see the module docstring.
+    `loss` is this rank's share of a loss normalised by the global batch; see the module docstring, also for
+    how a step with a non-finite loss or gradient on any rank is skipped on all of them (`skipped_steps`).
     """
 
     def __init__(self, engine: Any, world_size: int):
         self.engine, self.world_size = engine, world_size
         self.last_grad_norm: float | None = None
+        self.steps = self.skipped_steps = self.nonfinite_here = 0  # counts since the engine was built
+        self._finite: torch.Tensor | None = None  # 0-d bool: this rank's losses and gradients since the last step
+        for param in engine.module.parameters():
+            if param.requires_grad:
+                param.register_hook(self._watch)
+
+    def _watch(self, value: torch.Tensor) -> None:
+        """A loss, or a gradient as backward produces it (before DeepSpeed reduces or partitions it)."""
+        flag = all_finite(value)
+        self._finite = flag if self._finite is None else self._finite & flag
+
+    def counts(self) -> StepCounts:
+        return StepCounts(self.steps, self.skipped_steps, self.nonfinite_here)
 
     @property
     def module(self) -> nn.Module:
@@ -110,6 +176,7 @@ class DeepSpeedEngineAdapter:
         from deepspeed.runtime.base_optimizer import ZeROOptimizer
         from deepspeed.runtime.utils import register_output_backward_hooks
 
+        self._watch(loss)
         scaled = loss * self.world_size  # undoes DeepSpeed's mean over the data-parallel ranks
         if isinstance(self.engine.optimizer, ZeROOptimizer):
             # `engine(...)` would do both of these, but the rl update calls `engine.module.hidden_states` /
@@ -122,11 +189,24 @@ class DeepSpeedEngineAdapter:
 
     def step(self) -> float | None:
         """Reduce the accumulated gradients, clip, optimizer step, zero the gradients; returns the global
-        gradient norm before clipping when DeepSpeed computed one."""
-        self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        self.last_grad_norm = None if norm is None else float(norm)
-        return self.last_grad_norm
+        gradient norm before clipping when DeepSpeed computed one. Skipped on every rank (None) when a loss or
+        gradient since the last step was not finite on any rank."""
+        local = True if self._finite is None else bool(self._finite)
+        self._finite = None
+        flag = torch.tensor([int(local)], dtype=torch.int32, device=self.engine.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)  # the learner group
+        self.steps += 1
+        if flag.item():
+            self.engine.step()
+            norm = self.engine.get_global_grad_norm()
+            self.last_grad_norm = None if norm is None else float(norm)
+            return self.last_grad_norm
+        with parameter_update_left_out(self.engine.basic_optimizer):
+            self.engine.step()
+        self.skipped_steps += 1
+        self.nonfinite_here += not local
+        self.last_grad_norm = None
+        return None
 
 
 @dataclass
@@ -225,16 +305,18 @@ class LearnerRank:
 
     # -- training -------------------------------------------------------------------------------
     def train_step(self, step_fn: str | StepFunction, shard: Mapping[str, Any], common: Mapping[str, Any],
-                   lr: float | None = None) -> dict[str, float]:
-        """`lr`: set on the optimizer before the step (None: left as it is)."""
+                   lr: float | None = None) -> tuple[dict[str, float], StepCounts]:
+        """The step function's stats and this call's optimizer steps; `lr`: set on the optimizer before the step
+        (None: left as it is)."""
         if lr is not None:
             set_learning_rate(self.engine.optimizer, lr)
         ctx = LearnerContext(self.adapter, self.ref_network, self.rank, self.world_size, self.cfg, self.device)
         self.engine.module.train()
+        before = self.adapter.counts()
         stats = dict(resolve_step(step_fn)(ctx, **shard, **common))
         if self.adapter.last_grad_norm is not None:
             stats.setdefault("grad_norm", self.adapter.last_grad_norm)
-        return stats
+        return stats, self.adapter.counts().since(before)
 
     def learning_rate(self) -> float:
         return float(self.engine.optimizer.param_groups[0]["lr"])
@@ -336,6 +418,8 @@ class LearnerGroup:
         check_schedule(warmup_steps=cfg.lr_warmup_steps, decay=cfg.lr_decay, min_ratio=cfg.min_lr_ratio,
                        total_steps=total_steps)
         self.cfg, self.world_size, self.total_steps = cfg, cfg.num_ranks, total_steps
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient, since the group started
+        self.skipped_updates_in_a_row = 0  # the latest train_step calls whose every optimizer step was skipped
         actor = ray.remote(LearnerRank)
         self.ranks = []
         for rank in range(cfg.num_ranks):
@@ -367,8 +451,24 @@ class LearnerGroup:
                 raise ValueError("learner.lr_warmup_steps / lr_decay schedule the learning rate per RL step; "
                                  "pass train_step(..., rl_step=step)")
             lr = scheduled_lr(self.cfg, rl_step, self.total_steps)
-        return wait_all([r.train_step.remote(step_fn, s, common, lr) for r, s in zip(self.ranks, shards)],
-                        "train_step", "learner rank")
+        results = wait_all([r.train_step.remote(step_fn, s, common, lr) for r, s in zip(self.ranks, shards)],
+                           "train_step", "learner rank")
+        self._count_skips([counts for _, counts in results])
+        return [stats for stats, _ in results]
+
+    def _count_skips(self, counts: list[StepCounts]) -> None:
+        """Update the skip counters from every rank's counts of one train_step call (the ranks agree on the
+        steps taken and skipped: the flag is all-reduced), and warn naming the ranks where it was not finite."""
+        steps, skipped = counts[0].steps, counts[0].skipped
+        self.skipped_steps += skipped
+        if steps and skipped == steps:
+            self.skipped_updates_in_a_row += 1
+        elif skipped < steps:
+            self.skipped_updates_in_a_row = 0
+        if skipped:
+            ranks = [rank for rank, c in enumerate(counts) if c.nonfinite_here]
+            log.warning("skipped %d of %d optimizer step(s) on every learner rank: a non-finite loss or gradient "
+                        "on rank(s) %s; the weights and optimizer state are unchanged by them", skipped, steps, ranks)
 
     def learning_rates(self) -> list[float]:
         """Each rank's current learning rate (that of its optimizer's first param group)."""

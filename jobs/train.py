@@ -190,6 +190,8 @@ def save(run: Run, state: RunState, step: int, *, force: bool = False) -> None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg`; returns a summary of the run."""
+    from actors.learner import NonFiniteUpdates  # actors import Ray: loaded once a run starts
+
     run_dir = cfg.run.run_dir
     with contextlib.ExitStack() as cleanup:  # whatever was started is stopped, in reverse order, on any exit
         run, state = setup(cfg, cleanup)  # a signal here aborts at once: nothing is trained yet
@@ -201,11 +203,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         progress = tqdm(range(state.start + 1, cfg.run.steps + 1), initial=state.start, total=cfg.run.steps,
                         desc="unigrpo", dynamic_ncols=True, disable=None)
         for step in progress:
+            skipped_before = run.learners.skipped_steps
             result = rl_step(run, state, step)
+            in_a_row = run.learners.skipped_updates_in_a_row  # updates skipped entirely (docs/reliability.md §12)
+            result.metrics.update({"health/nonfinite_skips": run.learners.skipped_steps - skipped_before,
+                                   "health/nonfinite_updates_in_a_row": in_a_row})
             result.metrics.update(heldout_metrics(run, step))
             log_step(run, step, result)
             progress.set_postfix(reward=mean_reward(result.batch), v=state.version)
-            save(run, state, step, force=(stopping := stop.signum) is not None)  # a later signal: next step
+            diverged = in_a_row >= cfg.learner.max_nonfinite_steps
+            save(run, state, step, force=(stopping := stop.signum) is not None or diverged)  # a later signal: next step
+            if diverged:
+                raise NonFiniteUpdates(step, in_a_row, cfg.learner.max_nonfinite_steps,
+                                       run.checkpoints.root / f"step_{step}")
             if stopping is not None and step < cfg.run.steps:
                 raise Stopped(stopping, step, run.checkpoints.root / f"step_{step}", cfg.checkpoint.resume)
         summary = {"run_dir": str(run_dir), "config": str(run.config_path), "start_step": state.start,
@@ -232,13 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         print(commented_yaml(cfg), end="")
         return 0
     from actors.cluster import ResourceError  # imports Ray: only once a run starts
+    from actors.learner import NonFiniteUpdates
 
     try:
         summary = train(cfg)
     except (ConfigError, ResourceError, DataError, CheckpointError) as exc:  # config, cluster, data, run dir
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    except Stopped as exc:  # SIGTERM/SIGINT: the last completed step is saved (jobs/stop_signal.py)
+    except (Stopped, NonFiniteUpdates) as exc:  # SIGTERM/SIGINT, or updates skipped: the last step is saved
         print(exc, file=sys.stderr)
         return exc.exit_code
     print_summary(summary)

@@ -18,7 +18,9 @@ also no KL term — while still counting in the normaliser.
 
 Engines: `PlainEngine` drives a plain nn.Module and a torch optimizer. The DeepSpeed learner implements
 the same Protocol; its `backward` must not rescale the loss by the accumulation count (the normaliser
-already does it), and its `step` runs once per inner iteration.
+already does it), and its `step` runs once per inner iteration. Both skip a step whose loss or gradients
+are not finite (no parameter or optimizer-state change, gradients dropped, counted in `skipped_steps`;
+`step` then returns None), so a NaN never reaches the weights (docs/reliability.md §12).
 """
 
 from __future__ import annotations
@@ -46,21 +48,45 @@ class Engine(Protocol):
         """Accumulate d(loss)/d(params) into the gradients."""
 
     def step(self) -> float | None:
-        """Clip, take an optimizer step, zero the gradients; return the pre-clip gradient norm if known."""
+        """Clip, take an optimizer step, zero the gradients; return the pre-clip gradient norm if known.
+
+        An engine may skip the step when the loss or the gradients are not finite (gradients zeroed,
+        nothing else changed); it then returns None."""
+
+
+def all_finite(tensor: torch.Tensor) -> torch.Tensor:
+    """0-d bool tensor on `tensor`'s device, False when any element is NaN or ±inf; no host sync.
+
+    Tests the float32 sum, as DeepSpeed's own overflow check does: a NaN or inf anywhere makes the sum
+    non-finite, and one reduction is cheaper than an elementwise mask (finite values summing past 3e38
+    would count as non-finite, far beyond any usable gradient)."""
+    return torch.isfinite(tensor.detach().sum(dtype=torch.float32))
 
 
 class PlainEngine:
-    """Engine over a plain module and a torch optimizer (single process, no DeepSpeed)."""
+    """Engine over a plain module and a torch optimizer (single process, no DeepSpeed).
+
+    A step whose accumulated loss or gradients hold a NaN or inf is skipped: the gradients are dropped,
+    the optimizer is not called (weights and its state stay as they were), `skipped_steps` counts it."""
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None = 1.0):
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip {grad_clip} must be positive, or None to disable clipping")
         self.module, self.optimizer, self.grad_clip = module, optimizer, grad_clip
+        self.skipped_steps = 0
+        self._loss_flags: list[torch.Tensor] = []  # all_finite of every loss since the last step
 
     def backward(self, loss: torch.Tensor) -> None:
+        self._loss_flags.append(all_finite(loss))
         loss.backward()
 
     def step(self) -> float | None:
+        flags = self._loss_flags + [all_finite(p.grad) for p in self.module.parameters() if p.grad is not None]
+        self._loss_flags = []
+        if flags and not bool(torch.stack(flags).all()):  # one host sync per step
+            self.module.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return None
         norm = None
         if self.grad_clip is not None:
             norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip))
