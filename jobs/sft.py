@@ -97,12 +97,13 @@ def _log(path: Path, record: dict) -> None:
 
 
 def setup(cfg: SFTJobConfig) -> Session:
-    """Run directory and resolved config, the tokenised data, the policy and the learner group."""
+    """Run directory and resolved config, the policy's parts and the tokenised data (a bad `model.path` or data
+    file raises here, before Ray starts), then the learner group."""
     from actors.cluster import create_placement_groups, init_ray, learner_role
     from actors.learner import LearnerGroup
     from actors.network_source import build_network
     from jobs.configtree import write_yaml
-    from jobs.data import PromptDataset, PromptStream
+    from jobs.data import DataError, PromptDataset, PromptStream
     from model.resolve import model_parts
     from model.templates import special_ids
 
@@ -115,8 +116,11 @@ def setup(cfg: SFTJobConfig) -> Session:
     parts = model_parts(cfg.model.path, key="model.path", seed=cfg.model.init_seed, size=tiny_size(cfg.model))
     ids = special_ids(parts.tokenizer)
     train_set = PromptDataset(cfg.data.train, default_task="text")
-    examples = tokenize_examples(train_set.records, parts.tokenizer, response_field=cfg.data.response_field,
-                                 thinking=cfg.data.thinking, gen_length=cfg.sampler.gen_length, eos_id=ids.eos)
+    try:
+        examples = tokenize_examples(train_set.records, parts.tokenizer, response_field=cfg.data.response_field,
+                                     thinking=cfg.data.thinking, gen_length=cfg.sampler.gen_length, eos_id=ids.eos)
+    except ValueError as exc:  # a row without a usable response, named by file:row
+        raise DataError(str(exc)) from exc
     heldout = PromptDataset(cfg.data.heldout, default_task="text").records[:cfg.sft.eval_size]
     stream = PromptStream(train_set, seed=cfg.run.seed, shuffle=True)
     eval_network, _ = build_network(parts.source, cfg.learner.dtype)
@@ -235,12 +239,29 @@ def run(cfg: SFTJobConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line on stderr for an input error: the config, the model (`model.path`, its
+    checkpoint checked before Ray starts), the data, or resources the cluster cannot give."""
+    from jobs.configtree import ConfigError
+    from jobs.data import DataError
+    from model.resolve import ModelSpecError
+
     parser = argparse.ArgumentParser(prog="python -m jobs.sft", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="YAML config (default: all defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, e.g. sft.max_steps=500 (repeatable)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    run(load_sft_config(args.config, args.overrides))
+    try:
+        cfg = load_sft_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"ConfigError: {exc}", file=sys.stderr)
+        return 2
+    from actors.cluster import ResourceError  # imports Ray: only once a run starts
+
+    try:
+        run(cfg)
+    except (ModelSpecError, DataError, ResourceError) as exc:  # model.path, data files and rows, cluster
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

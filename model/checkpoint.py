@@ -5,8 +5,10 @@ A checkpoint directory holds `config.json` (upstream field names, `model_type` "
 with the published key names (`model.transformer.*`, docs/models.md §1.2), and the tokenizer
 files. `load` builds the network on the meta device and assigns the tensors shard by shard, so an
 8B checkpoint needs its own size in memory, not twice that. Everything is checked before a tensor
-is read: a missing file, key or field, an unexpected key, a wrong shape, an unknown model type or a
-config value this backbone does not implement is an error that names it.
+is read, by `check` (which reads config.json, the index and each shard's safetensors header, never the
+tensor data, so every job can run it before it starts anything: model/resolve.py): a missing file, key
+or field, a truncated shard, an unexpected key, a wrong shape, an unknown model type or a config value
+this backbone does not implement is an error that names the file and what is wrong.
 
 Deviations from upstream, on purpose:
 - A config.json that omits an architecture field (`rope`, `weight_tying`, ...) is read with the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 import uuid
 import warnings
@@ -92,6 +95,16 @@ _KNOWN_METADATA = {
     "multi_query_attention",
     "tie_word_embeddings",
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckedCheckpoint:
+    """What `check` read from a checkpoint directory, all from config.json, the index and the headers."""
+
+    config: BackboneConfig
+    raw_config: dict  # config.json as parsed
+    files: dict[str, Path]  # published key -> the safetensors file holding it
+    headers: dict[str, tuple[tuple[int, ...], str, str]]  # key -> (shape, safetensors dtype, file name)
 
 
 @dataclass
@@ -238,11 +251,22 @@ def resolve_dtype(dtype, default: torch.dtype) -> torch.dtype:
 # --------------------------------------------------------------------------------------------- weights
 
 
+def read_json(file: Path) -> dict:
+    """A JSON object from `file`; an error naming the file when it is not one."""
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file} holds a JSON {type(raw).__name__}; expected an object")
+    return raw
+
+
 def weight_files(path: Path) -> dict[str, Path]:
     """Key -> file, through the index when there is one, else from the single model.safetensors."""
     index_path = path / INDEX_NAME
     if index_path.is_file():
-        weight_map = json.loads(index_path.read_text()).get("weight_map")
+        weight_map = read_json(index_path).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index_path} has no weight_map")
         for shard in sorted(set(weight_map.values())):
@@ -251,38 +275,69 @@ def weight_files(path: Path) -> dict[str, Path]:
         return {key: path / shard for key, shard in weight_map.items()}
     single = path / SINGLE_FILE_NAME
     if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(single), framework="pt") as handle:
-            return dict.fromkeys(handle.keys(), single)
+        return dict.fromkeys(read_header(single), single)
     others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
     hint = f"; found {others}: convert them to safetensors" if others else ""
     raise FileNotFoundError(f"no weights in {path}: expected {INDEX_NAME} with its shards or {SINGLE_FILE_NAME}{hint}")
 
 
+def read_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name -> (shape, safetensors dtype) from one safetensors file's header, the only part read.
+
+    The format: an 8-byte little-endian header length, the header (JSON: name -> {dtype, shape,
+    data_offsets [begin, end) into the data after the header}), the data. A file cut short (a copy or a
+    download that stopped) is an error naming it: its header, or some tensor's bytes, would lie past its end.
+    """
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{file} is truncated: {size} bytes, shorter than the 8-byte header length of a "
+                             "safetensors file")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if 8 + header_size > size:
+            raise ValueError(f"{file} is truncated: its header needs bytes 8..{8 + header_size}, the file has {size}")
+        text = handle.read(header_size)
+    try:
+        header = json.loads(text)  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        if not isinstance(header, dict):
+            raise ValueError(f"a JSON {type(header).__name__}")
+    except ValueError as exc:
+        raise ValueError(f"{file} is not a safetensors file: its header is not a JSON object ({exc})") from exc
+    data_size = size - 8 - header_size
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape, dtype, (begin, end) = tuple(int(n) for n in entry["shape"]), str(entry["dtype"]), entry["data_offsets"]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"{file}: the header entry of {name} is not {{dtype, shape, data_offsets}}: "
+                             f"{entry!r}") from exc
+        if end > data_size:
+            raise ValueError(f"{file} is truncated: tensor {name} needs data bytes {begin}..{end}, the file holds "
+                             f"{data_size} after its header")
+        tensors[name] = (shape, dtype)
+    return tensors
+
+
 def read_headers(files: dict[str, Path]) -> dict[str, tuple[tuple[int, ...], str, str]]:
     """Key -> (shape, safetensors dtype, file name), from the headers only (no tensor is read)."""
-    from safetensors import safe_open
-
     found = {}
     for file in sorted(set(files.values())):
-        with safe_open(str(file), framework="pt") as handle:
-            stored = set(handle.keys())
-            for key in (key for key, key_file in files.items() if key_file == file):
-                if key not in stored:
-                    raise KeyError(f"{INDEX_NAME} puts weight {key} in {file.name}, but {file} does not contain it")
-                tensor_slice = handle.get_slice(key)
-                found[key] = (tuple(tensor_slice.get_shape()), tensor_slice.get_dtype(), file.name)
+        stored = read_header(file)
+        for key in (key for key, key_file in files.items() if key_file == file):
+            if key not in stored:
+                raise KeyError(f"{INDEX_NAME} puts weight {key} in {file.name}, but {file} does not contain it")
+            found[key] = (*stored[key], file.name)
     return found
 
 
-def load(path, dtype=None, *, tokenizer: bool = True, device="cpu") -> LoadedModel:
-    """Load a published-layout checkpoint directory.
-
-    dtype: None (as stored: config.json's torch_dtype, else the weights' dtype), torch.float32,
-    torch.bfloat16, or "fp32"/"bf16". tokenizer=False skips the tokenizer (LoadedModel.tokenizer is
-    None). device: where the tensors are materialised (safetensors reads them straight there).
-    """
+def check(path) -> CheckedCheckpoint:
+    """Everything `load` checks before it reads a tensor, reading only config.json, the index and the
+    safetensors headers (milliseconds for any size: docs/reliability.md §13): config.json parses and is
+    implemented, every shard the index names exists, is complete and holds its tensors, and the tensors'
+    names and shapes are those the config implies. Errors name the file and what is wrong."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
@@ -292,28 +347,39 @@ def load(path, dtype=None, *, tokenizer: bool = True, device="cpu") -> LoadedMod
             f"{path} has no {CONFIG_NAME}; a checkpoint directory holds {CONFIG_NAME}, the weights "
             f"({INDEX_NAME} + shards or {SINGLE_FILE_NAME}) and the tokenizer files"
         )
-    raw = json.loads(config_path.read_text())
+    raw = read_json(config_path)
     config = config_from_json(raw, where=str(config_path))
     files = weight_files(path)
     found = read_headers(files)
     config = _resolve_embedding_rows(config, found)
     _check_token_ids(config, raw, str(config_path))
     check_weights(expected_shapes(config), {key: (shape, file) for key, (shape, _, file) in found.items()}, str(path))
+    return CheckedCheckpoint(config, raw, files, found)
 
-    stored_dtype = raw.get("torch_dtype") or raw.get("dtype")
+
+def load(path, dtype=None, *, tokenizer: bool = True, device="cpu") -> LoadedModel:
+    """Load a published-layout checkpoint directory (`check`ed first).
+
+    dtype: None (as stored: config.json's torch_dtype, else the weights' dtype), torch.float32,
+    torch.bfloat16, or "fp32"/"bf16". tokenizer=False skips the tokenizer (LoadedModel.tokenizer is
+    None). device: where the tensors are materialised (safetensors reads them straight there).
+    """
+    path = Path(path)
+    checked = check(path)
+    stored_dtype = checked.raw_config.get("torch_dtype") or checked.raw_config.get("dtype")
     default = DTYPES.get(stored_dtype) if isinstance(stored_dtype, str) else None
     if default is None:
-        wte_dtype = found["model.transformer.wte.weight"][1]
+        wte_dtype = checked.headers["model.transformer.wte.weight"][1]
         default = _SAFETENSORS_DTYPES.get(wte_dtype, torch.float32)
     target_dtype = resolve_dtype(dtype, default)
 
-    network = _assign_weights(config, files, target_dtype, device)
+    network = _assign_weights(checked.config, checked.files, target_dtype, device)
     loaded_tokenizer = None
     if tokenizer:
         from model.tokenizer import load_tokenizer
 
         loaded_tokenizer = load_tokenizer(path)
-    return LoadedModel(network=network, tokenizer=loaded_tokenizer, config=config, path=path)
+    return LoadedModel(network=network, tokenizer=loaded_tokenizer, config=checked.config, path=path)
 
 
 def _resolve_embedding_rows(config: BackboneConfig, found: dict) -> BackboneConfig:

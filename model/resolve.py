@@ -9,8 +9,9 @@ module is the only place that turns it into what the job needs, so every job acc
   sized by `size` (tiny_model / tiny_mmada_model keywords, plus `rope_theta`).
 
 Two entry points: `model_parts` for a driver that hands the policy to other processes (a picklable network
-source, plus the tokenizer and the BackboneConfig, without loading checkpoint weights), and `load_model` for
-a job that samples in its own process. Errors are `ModelSpecError`s whose message starts with the caller's
+source, plus the tokenizer and the BackboneConfig, without loading checkpoint weights, but with the checkpoint
+checked from its headers by `model.checkpoint.check`, so a job refuses a bad one before it starts Ray or any
+process), and `load_model` for a job that samples in its own process (`model.load` runs the same check first). Errors are `ModelSpecError`s whose message starts with the caller's
 key (`key="--model"` or `"model.path"`) and says what would be right.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,16 +94,20 @@ def model_parts(spec: str | Path, *, key: str, seed: int = 0, size: Mapping[str,
         source = functools.partial(tiny_twin, str(spec), seed=seed, **dict(size or {}))
         built = source()
         return ModelParts(source, built.tokenizer, built.config)
-    from model.checkpoint import CONFIG_NAME, config_from_json
+    from model.checkpoint import check
     from model.tokenizer import load_tokenizer
 
-    config_file = path / CONFIG_NAME
     try:
-        config = config_from_json(json.loads(config_file.read_text()), where=str(config_file))
+        config = check(path).config  # config.json, the index and the safetensors headers; no tensor is read
         tokenizer = load_tokenizer(path)
-    except (OSError, ValueError) as exc:
-        raise ModelSpecError(f"{key}: cannot read the checkpoint in {str(path)!r}: {exc}") from exc
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelSpecError(f"{key}: cannot read the checkpoint in {str(path)!r}: {_reason(exc)}") from exc
     return ModelParts(str(path), tokenizer, config)
+
+
+def _reason(exc: Exception) -> str:
+    """The message of a loader error (a KeyError's str() would quote it)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
 def load_model(spec: str | Path, *, key: str, seed: int = 0, size: Mapping[str, Any] | None = None,
@@ -123,4 +127,4 @@ def load_model(spec: str | Path, *, key: str, seed: int = 0, size: Mapping[str, 
     try:
         return model.load(path, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelSpecError(f"{key}: cannot load a checkpoint from {str(path)!r}: {exc}") from exc
+        raise ModelSpecError(f"{key}: cannot load a checkpoint from {str(path)!r}: {_reason(exc)}") from exc
