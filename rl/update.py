@@ -136,8 +136,7 @@ def unigrpo_update(
     learner can all-reduce them across ranks and summarize again) plus `grad_norm` (mean over the μ
     steps) and `grad_norm_max` when the engine reports norms.
     """
-    batch.validate()
-    policy = engine.module
+    policy = engine.module  # `batch` was validated where it was built (RolloutBatch.from_sampler): trusted here
     B = batch.num_rows
     if B == 0:
         raise ValueError("unigrpo_update: the batch has no rows")

@@ -4,7 +4,6 @@ learning on a fixed batch, unscorable groups, errors."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -252,10 +251,3 @@ def test_plain_engine_rejects_a_bad_clip(kit):
     with pytest.raises(ValueError, match="grad_clip 0 must be positive, or None"):
         PlainEngine(net, torch.optim.SGD(net.parameters(), lr=0.1), grad_clip=0)
 
-
-def test_update_validates_the_batch(kit):
-    batch = kit.text_batch({"p": 2})
-    broken = dataclasses.replace(batch, kind=["text", "video"])
-    with pytest.raises(ValueError, match="kind\\[1\\] = 'video'"):
-        unigrpo_update(RecordingEngine(kit.tiny_net()), None, broken, torch.zeros(2), AlgoConfig(beta=0.0),
-                       step=0, run_seed=0, micro_batch_size=2)
