@@ -2,11 +2,11 @@
 
     cfg = load_config("jobs/configs/demo.yaml", ["algo.mu=4", "learner.num_ranks=2"])
 
-Sections (each owned by the package that uses it): `run`, `data`, `model`, `eval`, `sample` (here), `rollout`,
-`learner`, `cluster`, `checkpoint`, `logging`, `reward_actors` (`actors.config`), `algo` (`rl.config`),
-`rewards` (`rewards.config`). `jobs.train`, `jobs.eval` and `jobs.sample` read this tree (`--config`, `--set`,
-`--print-config`; `job_parser` and `job_main`). Importing this module imports no Ray
-(tests/jobs/test_config_imports.py): the config is read, checked and printed before, and without, any cluster.
+Sections (each owned by the package that uses it): `run`, `data`, `model`, `eval`, `sample`, `generate`
+(here), `rollout`, `learner`, `cluster`, `checkpoint`, `logging`, `reward_actors` (`actors.config`), `algo`
+(`rl.config`), `rewards` (`rewards.config`). `jobs.train`, `jobs.eval`, `jobs.sample` and `jobs.rollout` read
+this tree (`--config`, `--set`, `--print-config`; `job_parser` and `job_main`). Importing this module imports no
+Ray (tests/jobs/test_config_imports.py): the config is read, checked and printed before, and without, any cluster.
 The whole tree is validated before anything starts: an unknown key or a bad value is a `ConfigError` naming the
 dotted key and what would be right. `write_resolved` stores the resolved tree next to the run's outputs, and
 that file loads back to the same tree.
@@ -143,7 +143,7 @@ class EvalConfig:
     """CPU threads the driver's evaluation may use (the learner and workers are idle while it runs)."""
     dtype: Literal["fp32", "bf16"] = "fp32"
     """Weights and activations of the evaluated policy (a checkpoint stored in another dtype is cast), in
-    training and in `python -m jobs.eval` / `jobs.sample`."""
+    training and in `python -m jobs.eval` / `jobs.sample`; also the rollout workers' of `jobs.rollout`."""
     pass_at_k: tuple[int, ...] = ()
     """`python -m jobs.eval`: the k of the pass@k it reports, each in [1, samples] (empty: 1, 2, 4, ... up to
     `samples`, and `samples`); training logs pass@1."""
@@ -177,6 +177,43 @@ class SampleConfig:
     """User messages to answer (empty: the first three problems of `data.eval`, shown with their gold answers)."""
     out: str | None = None
     """Output directory of samples.jsonl and the resolved config.yaml (null: runs/sample-<date>-<time>)."""
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """`python -m jobs.rollout`: which prompts it samples, how often, how the rows are cut into shards, and where
+    they go; the policy, samplers, workers and reward terms are those of the rest of the tree."""
+
+    prompts: str | None = None
+    """Prompt file (.jsonl or .parquet, rows as in `data.train`); null: `data.train` itself."""
+    out: str | None = None
+    """Output directory (shards, rollouts.<format>, manifest.json, summary.json); rerun into it to resume.
+    Required: null is refused when the job starts."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt (rows per prompt)."""
+    shard_size: int = 64
+    """Prompts per shard: shard k holds the usable prompts [k*S, (k+1)*S) in file order."""
+    batch_size: int = 64
+    """Rows per sampler call within a shard."""
+    max_attempts: int = 3
+    """Tries per shard, each on a fresh worker, when its worker dies or overruns `rollout.sample_timeout_s`."""
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    """Format of the shard files and of rollouts.<format>."""
+    score: bool = False
+    """Score every row with its task's terms in `rewards.tasks`, as training would (heavy terms on reward
+    actors, `reward_actors`)."""
+
+    def __post_init__(self):
+        problems = []
+        if self.prompts is not None and not self.prompts.endswith((".jsonl", ".parquet")):
+            problems.append(f"prompts: {self.prompts!r} must be a .jsonl or .parquet file (or null: data.train)")
+        if self.out is not None and not self.out.strip():
+            problems.append("out: empty string; give an output directory")
+        for key in ("samples_per_prompt", "shard_size", "batch_size", "max_attempts"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key}: {getattr(self, key)}; need at least 1")
+        if problems:
+            raise ValueError("\n".join(problems))
 
 
 TINY_SIZES = {
@@ -244,6 +281,8 @@ class TrainConfig:
     """Held-out evaluation of the policy, during training and by `python -m jobs.eval`."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """The prompts and output directory of `python -m jobs.sample`."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """The prompt file, samples per prompt, shards and output directory of `python -m jobs.rollout`."""
 
     def __post_init__(self):
         # Cross-section checks; each line names the key to change.

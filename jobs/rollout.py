@@ -1,227 +1,182 @@
-"""Generation at cluster scale: sample N responses per prompt of a file on K Ray rollout workers.
+"""Generation at cluster scale: sample N responses per prompt of a file on K Ray rollout workers, every kind the
+training driver samples (text, mmu, t2i), through its request path.
 
-    python -m jobs.rollout --model PATH|demo|tiny --prompts FILE.jsonl|.parquet --out DIR --workers K \\
-        --samples-per-prompt N [--gen-length L --steps S --block-length B --temperature T ...] \\
-        [--format jsonl|parquet] [--shard-size S] [--seed SEED] [--score TERM ...] [--address auto]
+    python -m jobs.rollout --out DIR                      # the demo config: its policy on its training prompts
+    python -m jobs.rollout --config runs/demo/config.yaml --model runs/demo/export --prompts FILE.jsonl \\
+        --out DIR --workers 4 --samples-per-prompt 8 --set generate.score=true --set rollout.sampler.cache=dual
 
-1. The prompt file is read with `jobs.data.PromptDataset` (task `text` for rows without one). Bad rows are
-   reported with file and row and skipped; so are rows this job cannot sample: a task other than `text`,
-   an image, a prompt that does not fit the model with `--gen-length` tokens after it.
-2. Prompts (chat template, thinking instruction unless `--no-thinking`) are cut, in file order, into
-   shards of `--shard-size` prompts: shard k holds prompts [kS, (k+1)S), a pure function of the file and S.
-3. Shards go to K `RolloutWorker` actors (at most one shard each at a time). Rows of a shard are
-   (prompt, sample_index) in order, sampled in calls of at most `--batch-size` rows; call j of shard k is
-   seeded with `shard_seed(seed, k, j)`, and the sampler seeds row r of a call from (that seed, r)
-   (`model.sampling.row_seed`), so rerunning a shard reproduces it exactly. A shard whose worker died goes
-   to a fresh worker (`--max-attempts` tries in all); any other error in a shard stops the run.
-4. A finished shard (scored first with `--score`, through `actors.rewards.RewardRouter`) is written to
-   `DIR/shards/shard-00042.jsonl|.parquet` atomically: into a hidden temporary file, then renamed. A shard
-   file exists only complete; temporary files left by a killed run are deleted on the next start.
-5. `DIR/manifest.json` records the arguments that shape the output and a fingerprint of the prompts; a
-   rerun with the same ones does only the missing shards, a rerun with others refuses (naming them).
-6. At the end the shards are concatenated in shard order into `DIR/rollouts.jsonl|.parquet`, and
-   throughput (prompts/s, tokens/s) goes to stdout and `DIR/summary.json`. It is measured from the first
-   shard sent to the last one written (scoring and writing included, actor start-up excluded); tokens/s
-   counts all `--gen-length` positions of a row (the sampler reveals every one), response_tokens_per_s
-   only those through the first EOS.
+It reads the config tree of `python -m jobs.train` (`--config`, default jobs/configs/demo.yaml, `--set KEY=VALUE`,
+`--print-config`): the policy `model.path` at `eval.dtype`, the samplers `rollout.sampler` (text, mmu) and
+`rollout.image_sampler` (t2i), the workers `rollout.num_workers`, `cpus_per_worker`, `gpus_per_worker`,
+`image_tokenizer`, `start_timeout_s` and `sample_timeout_s`, the cluster `cluster.*`, the prompts' kinds and template
+`data.task_kinds`, `data.default_task`, `data.thinking`, the run seed `run.seed`, the reward terms
+`rewards.tasks` and `reward_actors.*`; what only this job has is the `generate` section. Short flags, each the
+same as one `--set`: `--model` (model.path), `--prompts` (generate.prompts), `--out` (generate.out),
+`--workers` (rollout.num_workers), `--samples-per-prompt` (generate.samples_per_prompt).
 
-One output row per (uid, sample_index): uid, sample_index, task, prompt (the user text), answer, prompt_ids
-(chat prompt), response (decoded up to the first EOS / end-of-turn), response_ids and reveal_step (all
-`--gen-length` positions), response_length (tokens through the first EOS, inclusive), policy_version,
-seed and seed_row (the sampler call's seed and the row's index in that call), shard; with `--score` also
-reward (weighted total, null when unscorable), rewards and reward_reasons (per term). Other dataset
-columns are not copied: join on uid.
+1. The prompt file is read and checked as the training driver reads `data.train` (`jobs.rollout_plan.make_plan`):
+   bad rows (an mmu row without an image, a prompt the model cannot take, ...) are reported with file and row
+   and skipped; image kinds need an MMaDA model and `rollout.image_tokenizer` (checked before Ray starts).
+2. The usable prompts are cut, in file order, into shards of `generate.shard_size` prompts.
+3. Shards go to the workers of an `actors.group.ActorGroup`, one at a time each. A shard's rows are the training
+   driver's requests (`jobs.multitask.build_requests`, `samples_per_prompt` per prompt), sampled by
+   `RolloutWorker.sample` in calls of at most `generate.batch_size` rows; call j of shard k is seeded with
+   `shard_seed(run.seed, k, j)`, so rerunning a shard reproduces it exactly. A worker that dies or overruns
+   `rollout.sample_timeout_s` is killed and replaced and its shard re-run (`generate.max_attempts` tries in
+   all); a worker that cannot build the model within `rollout.start_timeout_s`, or a shard whose sampler raises,
+   stops the run.
+4. A finished shard (scored first with `generate.score`, by the training scorer `jobs.multitask.reward_scorer`)
+   is written atomically to `DIR/shards/shard-00042.<format>`, after its t2i images
+   (`DIR/images/<uid>-<sample_index>.png`, the uid %-quoted). A shard file exists only complete.
+5. `DIR/manifest.json` records the settings that shape the output and a fingerprint of the prompts; a rerun
+   with the same ones does only the missing shards, a rerun with others refuses (naming the keys).
+6. The shards are concatenated in shard order into `DIR/rollouts.<format>`; throughput (prompts/s, tokens/s:
+   every generated position, response_tokens_per_s: those through the first EOS) and the worker restarts go to
+   stdout and `DIR/summary.json`, measured from the first shard sent to the last one written.
 
-This module reads as those phases; the plan (steps 1, 2, 5) is `jobs.rollout_plan`, running and writing the
-shards (steps 3, 4, 6) is `jobs.rollout_shards`.
+One output row per (uid, sample_index): uid, sample_index, task, kind, prompt (the user text), answer,
+prompt_ids (the request's ids: the chat prompt, mmu without its image, t2i the plain text), response (decoded
+up to the first EOS / end-of-turn; "" for t2i), response_ids and reveal_step (every generated position; t2i: the
+image codes), response_length (scored tokens: through the first EOS, t2i the image slots), policy_version, seed
+and seed_row (the call's seed and the row's index in it), shard, image (t2i: the PNG path relative to DIR, else
+null); with `generate.score` also reward (weighted total, null when unscorable), rewards and reward_reasons (the
+row's task's terms). Other dataset columns are not copied: join on uid.
+
+Deviations from training's sampling: none in what a request is and how it is sampled; the seeds are the job's
+own (per shard and call, not per step), the workers hold `model.path` at `eval.dtype` (training's hold the
+learner's weights at `learner.dtype`), and the rows stay in the job's order. The plan (steps 1, 2, 5) is
+`jobs.rollout_plan`, running and writing the shards (steps 3, 4, 6) is `jobs.rollout_shards`.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from jobs.config import ConfigError, TrainConfig, add_alias, job_main, job_parser
+from jobs.data import DataError
 from jobs.rollout_plan import Plan, RolloutJobError, Shard, make_manifest, make_plan, shard_calls
 from jobs.rollout_shards import (
     ShardScheduler,
-    check_score_terms,
+    await_ready,
     merge,
     prepare_out_dir,
-    rewards_config,
     sampler_submit,
-    shard_path,
+    score_terms,
     shard_rows,
-    start_one_worker,
-    start_rollout_workers,
-    write_rows,
+    start_worker,
+    write_shard,
 )
 from model.atomic_write import write_atomic
+from model.resolve import ModelSpecError
 
 SUMMARY = "summary.json"
 
 
-# ---------------------------------------------------------------------------------------------- parse
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    from jobs.sampler_flags import ROLLOUT_DEFAULTS, add_sampler_flags, sampler_knobs
-    from model.sampling import check_schedule
-
-    parser = argparse.ArgumentParser(prog="python -m jobs.rollout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint directory, 'demo' (the shipped policy), or 'tiny' / 'tiny-mmada' (a random tiny twin)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="weight dtype (default: as stored)")
-    parser.add_argument("--prompts", required=True, help="prompt file (.jsonl or .parquet)")
-    parser.add_argument("--out", required=True, help="output directory (rerun into it to resume)")
-    parser.add_argument("--workers", type=int, default=1, help="rollout worker actors")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs per worker")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0: CPU)")
-    parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' or host:port); default: "
-                                                        "start a local Ray")
-    parser.add_argument("--samples-per-prompt", type=int, default=1, help="responses per prompt (N)")
-    parser.add_argument("--shard-size", type=int, default=64, help="prompts per shard (S)")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per sampler call within a shard")
-    parser.add_argument("--max-attempts", type=int, default=3, help="tries per shard when its worker dies")
-    parser.add_argument("--no-thinking", dest="thinking", action="store_false",
-                        help="leave out the <think> instruction from the chat prompt")
-    add_sampler_flags(parser, ROLLOUT_DEFAULTS)
-    parser.add_argument("--seed", type=int, default=0, help="run seed; shard seeds derive from (seed, shard)")
-    parser.add_argument("--format", default="jsonl", choices=["jsonl", "parquet"], help="output file format")
-    parser.add_argument("--score", nargs="+", default=[], metavar="TERM",
-                        help="reward terms to score each response with (correctness, format, a plugin ...)")
-    parser.add_argument("--reward-cpus", type=float, default=1.0, help="Ray CPUs per reward actor")
-    args = parser.parse_args(list(argv))
-    for flag in ("workers", "samples_per_prompt", "shard_size", "batch_size", "max_attempts"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')}: {getattr(args, flag)}; need at least 1")
-    if args.cpus_per_worker <= 0 and args.gpus_per_worker <= 0:
-        parser.error("--cpus-per-worker and --gpus-per-worker are both 0; a worker must reserve something")
-    try:
-        check_schedule(**sampler_knobs(args))
-    except ValueError as exc:
-        parser.error(f"sampler settings: {exc}")
-    return args
+def parser():
+    """The tree's --config / --set / --print-config, and the short flags of the docstring."""
+    result = job_parser("python -m jobs.rollout", __doc__)
+    add_alias(result, "--model", "model.path", text=True)
+    add_alias(result, "--prompts", "generate.prompts", text=True)
+    add_alias(result, "--out", "generate.out", text=True)
+    add_alias(result, "--workers", "rollout.num_workers")
+    add_alias(result, "--samples-per-prompt", "generate.samples_per_prompt")
+    return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from actors.cluster import ResourceError
-
-    try:
-        return run(args)
-    except (RolloutJobError, ResourceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return job_main(parser(), argv, run, errors=(RolloutJobError, DataError, ModelSpecError))
 
 
 # ---------------------------------------------------------------------------------------------- phases
-def run(args: argparse.Namespace) -> int:
+def run(cfg: TrainConfig) -> int:
     """Plan, resume from DIR, generate the missing shards, then merge them and write the summary."""
-    out = Path(args.out)
-    plan = make_plan(args)
-    manifest = make_manifest(args, plan)
-    if args.score:
-        check_score_terms(args.score)
-    pending = prepare_out_dir(out, manifest, plan, args)
+    if not cfg.generate.out:
+        raise ConfigError(["generate.out: not set; give the output directory (--out DIR; rerun into it to resume)"])
+    out = Path(cfg.generate.out)
+    plan = make_plan(cfg)
+    pending = prepare_out_dir(out, make_manifest(cfg, plan), plan, cfg)
     stats = {"shards": len(plan.shards), "shards_complete_before": len(plan.shards) - len(pending),
-             "shards_generated": [], "rows_generated": 0, "worker_restarts": 0, "bad_rows": plan.bad_rows}
+             "shards_generated": [], "rows_generated": 0, "worker_restarts": 0, "worker_timeouts": 0,
+             "bad_rows": plan.bad_rows}
     if pending:
-        stats.update(generate(args, plan, pending, out))
-    target = merge(out, plan.shards, args.format, args.score)
-    summary = json.dumps(stats, indent=2) + "\n"
-    write_atomic(out / SUMMARY, summary)
+        stats.update(generate(cfg, plan, pending, out))
+    target = merge(out, plan.shards, cfg.generate.format, score_terms(cfg, plan.tasks))
+    write_atomic(out / SUMMARY, json.dumps(stats, indent=2) + "\n")
     print(f"{len(plan.shards)} shard(s), {len(pending)} generated now; "
           f"{stats.get('prompts_per_s', 0.0):.2f} prompts/s, {stats.get('tokens_per_s', 0.0):.1f} tokens/s; "
           f"wrote {target}")
     return 0
 
 
-def generate(args: argparse.Namespace, plan: Plan, pending: list[Shard], out: Path) -> dict[str, Any]:
+def generate(cfg: TrainConfig, plan: Plan, pending: list[Shard], out: Path) -> dict[str, Any]:
     """Start Ray and the actors, run the pending shards, write each as it finishes; returns throughput stats."""
     import ray
 
-    from actors.cluster import init_ray
-    from actors.config import ClusterConfig
-    from actors.rewards import RewardActorsConfig, RewardRouter
+    from actors.cluster import ResourceError, init_ray, rollout_role
+    from actors.group import ActorGroup
+    from jobs.multitask import reward_actor_roles, reward_scorer
 
-    workers_needed = min(args.workers, len(pending))
-    reward_cfg = rewards_config(args.score) if args.score else None
-    actors_cfg = RewardActorsConfig(cpus_per_actor=args.reward_cpus)
-    started_ray = not ray.is_initialized()
-    init_ray(ClusterConfig(address=args.address, num_gpus=0 if args.gpus_per_worker == 0 else None),
-             ray_roles(args, workers_needed, reward_cfg, actors_cfg))
-    router, scheduler = None, None
-    try:
-        scheduler = ShardScheduler(start_rollout_workers(args, plan.network_source, workers_needed),
-                                   functools.partial(start_one_worker, args, plan.network_source),
-                                   max_attempts=args.max_attempts)
-        check_workers_built_the_model(args, scheduler.workers)
-        router = RewardRouter(reward_cfg, actors_cfg) if reward_cfg is not None else None
-        stats = write_shards(args, plan, pending, out, scheduler, router)
-        if router is not None:
-            stats.update(router.health_metrics())
+    rollout = dataclasses.replace(cfg.rollout, num_workers=min(cfg.rollout.num_workers, len(pending)))
+    with contextlib.ExitStack() as cleanup:
+        if not ray.is_initialized():
+            cleanup.callback(ray.shutdown)  # the Ray this job starts or joins
+        try:
+            init_ray(cfg.cluster, [rollout_role(rollout)]
+                     + (reward_actor_roles(cfg, plan.tasks) if cfg.generate.score else []))
+        except ResourceError as exc:
+            raise RolloutJobError(str(exc)) from exc
+        group = ActorGroup("rollout worker", rollout.num_workers,
+                           functools.partial(start_worker, rollout, plan.network_source, cfg.eval.dtype))
+        cleanup.callback(group.shutdown)
+        await_ready(list(group), cfg)
+        scorer = reward_scorer(cfg, plan.tasks) if cfg.generate.score else None
+        if scorer is not None:
+            cleanup.callback(scorer.close)
+        scheduler = ShardScheduler(group, timeout_s=cfg.rollout.sample_timeout_s, max_attempts=cfg.generate.max_attempts,
+                                   ready=functools.partial(await_ready, cfg=cfg))
+        stats = write_shards(cfg, plan, pending, out, scheduler, scorer)
+        stats.update(scorer.health_metrics() if hasattr(scorer, "health_metrics") else {})
         return stats
-    finally:
-        if router is not None:
-            router.close()
-        for worker in scheduler.workers if scheduler is not None else []:
-            ray.kill(worker)
-        if started_ray:
-            ray.shutdown()
 
 
-def ray_roles(args: argparse.Namespace, workers: int, reward_cfg: Any, actors_cfg: Any) -> list[Any]:
-    """The actors init_ray must find room for, each named by the flags that size it (for its error message)."""
-    from actors.cluster import RoleResources
-    from actors.rewards import reward_roles
-
-    roles = [RoleResources("rollout worker", workers, args.cpus_per_worker, args.gpus_per_worker,
-                           "--workers", "--cpus-per-worker", "--gpus-per-worker")]
-    if reward_cfg is not None:
-        roles += [replace(role, count_key="--score", cpus_key="--reward-cpus", gpus_key="--reward-cpus")
-                  for role in reward_roles(reward_cfg, actors_cfg, has_gpus=False)]
-    return roles
-
-
-def check_workers_built_the_model(args: argparse.Namespace, workers: list[Any]) -> None:
-    """A model that cannot load fails here, once, rather than as every shard's error."""
-    import ray
-
-    try:
-        ray.get([w.version.remote() for w in workers])
-    except ray.exceptions.RayError as exc:
-        raise RolloutJobError(f"--model {args.model}: the rollout workers could not build it: "
-                              f"{str(exc).strip().splitlines()[-1]}") from exc
-
-
-def write_shards(args: argparse.Namespace, plan: Plan, pending: list[Shard], out: Path,
-                 scheduler: ShardScheduler, router: Any) -> dict[str, Any]:
+def write_shards(cfg: TrainConfig, plan: Plan, pending: list[Shard], out: Path, scheduler: ShardScheduler,
+                 scorer: Any) -> dict[str, Any]:
     """Run the pending shards on the scheduler's workers, score and write each as it finishes; its stats."""
     from tqdm import tqdm
 
-    generated, rows_done, response_tokens = [], 0, 0
+    from jobs.multitask import image_loader
+
+    load_image = image_loader(cache_size=2 * cfg.generate.shard_size)
+    terms = score_terms(cfg, plan.tasks)
+    generated, rows_done, tokens, response_tokens = [], 0, 0, 0
     started = time.perf_counter()
     with tqdm(total=len(plan.shards), initial=len(plan.shards) - len(pending), unit="shard",
               desc="rollout") as progress:
-        for shard, batches in scheduler.run(pending, sampler_submit(args)):
-            rows = shard_rows(shard, shard_calls(shard, args), batches, router)  # scored first with a router
-            write_rows(shard_path(out, shard.index, args.format), rows, args.format, args.score)
+        for shard, batches in scheduler.run(pending, sampler_submit(cfg, plan, load_image)):
+            calls = shard_calls(shard, cfg, plan.tokenizer, load_image)
+            rows, images = shard_rows(shard, calls, batches, cfg, scorer)  # scored first with a scorer
+            write_shard(out, shard.index, rows, images, cfg.generate.format, terms)
             generated.append(shard.index)
             rows_done += len(rows)
+            tokens += sum(len(row["response_ids"]) for row in rows)
             response_tokens += sum(row["response_length"] for row in rows)
             progress.update(1)
             progress.set_postfix(rows_per_s=f"{rows_done / (time.perf_counter() - started):.1f}")
     seconds = time.perf_counter() - started
-    prompts_done = sum(len(plan.shards[i].prompts) for i in generated)
+    prompts_done = sum(len(plan.shards[i].records) for i in generated)
     return {"shards_generated": sorted(generated), "rows_generated": rows_done, "seconds": seconds,
-            "prompts_per_s": prompts_done / seconds, "tokens_per_s": rows_done * args.gen_length / seconds,
-            "response_tokens_per_s": response_tokens / seconds, "worker_restarts": scheduler.restarts}
+            "prompts_per_s": prompts_done / seconds, "tokens_per_s": tokens / seconds,
+            "response_tokens_per_s": response_tokens / seconds, "worker_restarts": scheduler.group.restarts,
+            "worker_timeouts": scheduler.failures["timeout"]}
 
 
 if __name__ == "__main__":

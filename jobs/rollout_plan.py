@@ -1,29 +1,28 @@
 """What `python -m jobs.rollout` will do, decided before any actor starts: the usable prompts of the file, the
 shards they are cut into, the seeded sampler calls of each shard, and the manifest that lets a rerun resume.
 
-All of it is a pure function of the arguments and the prompt file, which is what makes a shard reproducible
-and a resume safe; `jobs.rollout_shards` runs and writes what is planned here.
+All of it is a pure function of the config tree and the prompt file, which is what makes a shard reproducible
+and a resume safe; `jobs.rollout_shards` runs and writes what is planned here. The prompts are read, checked
+and turned into requests by the training driver's own functions (`jobs.data`, `jobs.multitask`).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("jobs.rollout")
-
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
-IDENTITY_ARGS = ("model", "dtype", "samples_per_prompt", "shard_size", "batch_size", "thinking", "gen_length",
-                 "steps", "block_length", "temperature", "remasking", "cfg_scale", "cache", "threshold", "seed",
-                 "format", "score")
-"""Arguments that shape the output files; a rerun into the same --out must repeat them."""
+MANIFEST_VERSION = 2
+IDENTITY_KEYS = ("model.path", "model.tiny_size", "eval.dtype", "run.seed", "data.default_task", "data.thinking",
+                 "data.task_kinds", "rollout.sampler", "rollout.image_sampler", "rollout.image_tokenizer",
+                 "generate.samples_per_prompt", "generate.shard_size", "generate.batch_size", "generate.format",
+                 "generate.score")
+"""The config keys that shape the output files (and `rewards.tasks` when `generate.score`); a rerun into the same
+`generate.out` must repeat them. Worker counts and resources are not among them: they never change a row."""
 
 
 class RolloutJobError(RuntimeError):
@@ -31,88 +30,65 @@ class RolloutJobError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Prompt:
-    uid: str
-    task: str
-    text: str
-    answer: str | None
-    prompt_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class Shard:
     index: int
-    prompts: tuple[Prompt, ...]
+    records: tuple[Any, ...]  # jobs.data.PromptRecord, in file order
 
 
 @dataclass(frozen=True)
 class Plan:
     """Everything decided before any actor starts."""
 
-    prompts: list[Prompt]
+    prompts: str  # the prompt file
+    records: list[Any]  # the usable PromptRecords
     shards: list[Shard]
     bad_rows: list[str]
     fingerprint: str
     network_source: Any  # actors.network_source.NetworkSource
+    tokenizer: Any
+    tasks: list[str]  # the dataset tasks present, sorted
 
 
 # ---------------------------------------------------------------------------------------------- prompts
-def make_plan(args: argparse.Namespace) -> Plan:
-    """Read and check the prompts, build the chat prompts and cut them into shards."""
-    dataset, parts = load_inputs(args)
+def prompts_file(cfg: Any) -> str:
+    return cfg.generate.prompts or cfg.data.train
+
+
+def make_plan(cfg: Any) -> Plan:
+    """Read and check the prompts as the training driver does, and cut them into shards. Bad rows (an mmu row
+    without its image, a prompt the model cannot take, ...) are reported by file:row and skipped; data that does
+    not fit the config (image kinds without an MMaDA model or `rollout.image_tokenizer`; with `generate.score`, a
+    task without reward terms) is a ConfigError."""
+    from jobs.configtree import ConfigError
+    from jobs.data import PromptDataset, check_training_prompts
+    from jobs.multitask import check_tasks, image_tasks
+    from jobs.train_parts import policy_parts
+
+    path = prompts_file(cfg)
+    policy = policy_parts(cfg)
+    dataset = PromptDataset(path, default_task=cfg.data.default_task, image_tasks=image_tasks(cfg.data))
+    fingerprint = data_fingerprint(dataset.records)
+    check_training_prompts(dataset, cfg, policy.tokenizer, policy.config)
+    problems = check_tasks(cfg, dataset.records, policy.config)
+    if not cfg.generate.score:  # reward terms matter only to scoring
+        problems = [p for p in problems if not p.startswith("rewards.tasks:")]
+    if problems:
+        raise ConfigError(problems, path)
+    records, size = dataset.records, cfg.generate.shard_size
+    shards = [Shard(k, tuple(records[k * size:(k + 1) * size])) for k in range(-(-len(records) // size))]
     # a checkpoint as an absolute path: a worker's working directory may not be ours
-    network_source = os.path.abspath(parts.source) if isinstance(parts.source, str) else parts.source
-    bad_rows: list[str] = []
-    prompts: list[Prompt] = []
+    source = os.path.abspath(policy.source) if isinstance(policy.source, str) else policy.source
+    return Plan(path, records, shards, list(dataset.problems), fingerprint, source, policy.tokenizer,
+                sorted({r.task for r in records}))
+
+
+def data_fingerprint(records: list[Any]) -> str:
+    """Identifies the rows as read (before the prompt checks): uid, task, prompt, answer, image, extra fields."""
     digest = hashlib.blake2b(digest_size=16)
-    for record in dataset.records:
-        digest.update(json.dumps([record.uid, record.task, record.prompt, record.answer, record.image]).encode())
-        prompt = text_prompt(record, parts.tokenizer, parts.config, args)
-        if isinstance(prompt, str):
-            bad_rows.append(prompt)
-        else:
-            prompts.append(prompt)
-    if bad_rows:  # (PromptDataset has logged the rows it skipped itself)
-        log.warning("skipped %d row(s) this job cannot sample:\n  %s", len(bad_rows), "\n  ".join(bad_rows))
-    bad_rows = list(dataset.problems) + bad_rows
-    if not prompts:
-        raise RolloutJobError(f"no usable rows in {args.prompts}:\n  " + "\n  ".join(bad_rows))
-    size = args.shard_size
-    shards = [Shard(k, tuple(prompts[k * size:(k + 1) * size])) for k in range(-(-len(prompts) // size))]
-    return Plan(prompts, shards, bad_rows, digest.hexdigest(), network_source)
-
-
-def load_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The prompt file (a `PromptDataset`) and the model's parts, each failure as a RolloutJobError."""
-    from jobs.data import DataError, PromptDataset
-    from model.resolve import ModelSpecError, model_parts
-
-    try:
-        dataset = PromptDataset(args.prompts, default_task="text", read_images=False)  # image rows are refused
-    except DataError as exc:
-        raise RolloutJobError(str(exc)) from exc
-    try:
-        parts = model_parts(args.model, key="--model")
-    except ModelSpecError as exc:
-        raise RolloutJobError(str(exc)) from exc
-    return dataset, parts
-
-
-def text_prompt(record: Any, tokenizer: Any, config: Any, args: argparse.Namespace) -> Prompt | str:
-    """The record as a chat Prompt, or (a str) the bad-row line saying why this job cannot sample it."""
-    from model.templates import chat_prompt_ids
-
-    if record.task != "text":
-        return f"{record.source}: task {record.task!r}; jobs.rollout samples text only (task 'text')"
-    if record.image is not None:
-        return f"{record.source}: has an image; jobs.rollout samples text only (no image column)"
-    ids = chat_prompt_ids(tokenizer, record.prompt, thinking=args.thinking)
-    if len(ids) + args.gen_length > config.max_sequence_length:
-        return (f"{record.source}: the chat prompt has {len(ids)} tokens; with --gen-length "
-                f"{args.gen_length} that exceeds the model's max_sequence_length {config.max_sequence_length}")
-    if config.mask_token_id in ids:
-        return f"{record.source}: the prompt contains the mask token; remove it"
-    return Prompt(record.uid, record.task, record.prompt, record.answer, tuple(ids))
+    for r in records:
+        digest.update(json.dumps([r.uid, r.task, r.prompt, r.answer, r.image, r.meta], sort_keys=True,
+                                 default=str).encode())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- sampler calls
@@ -123,46 +99,70 @@ def shard_seed(seed: int, shard: int, call: int) -> int:
     return stable_seed("jobs.rollout", seed, shard, call)
 
 
-def shard_calls(shard: Shard, args: argparse.Namespace) -> list[tuple[int, list[Any]]]:
-    """The sampler calls of a shard: (seed, PromptRequests) with at most --batch-size rows each."""
-    from actors.rollout import PromptRequest
+def shard_calls(shard: Shard, cfg: Any, tokenizer: Any, load_image: Callable[[str], Any]) -> list[tuple[int, list]]:
+    """The sampler calls of a shard: (seed, PromptRequests) with at most `generate.batch_size` rows each; the
+    requests are the training driver's (`jobs.multitask.build_requests`), `generate.samples_per_prompt` per
+    prompt, in (prompt, sample index) order."""
+    from jobs.multitask import build_requests
 
-    requests = [PromptRequest(p.prompt_ids, p.uid, i, "text", task=p.task, prompt=p.text, answer=p.answer)
-                for p in shard.prompts for i in range(args.samples_per_prompt)]
-    size = args.batch_size
-    return [(shard_seed(args.seed, shard.index, j), requests[j * size:(j + 1) * size])
+    requests = build_requests(shard.records, tokenizer, cfg, load_image, samples=cfg.generate.samples_per_prompt)
+    size = cfg.generate.batch_size
+    return [(shard_seed(cfg.run.seed, shard.index, j), requests[j * size:(j + 1) * size])
             for j in range(-(-len(requests) // size))]
 
 
 # ---------------------------------------------------------------------------------------------- manifest
-def identity(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments recorded in the manifest (a path model as an absolute path)."""
+def identity(cfg: Any) -> dict[str, Any]:
+    """The settings recorded in the manifest, as dotted leaf keys (JSON values; paths made absolute)."""
+    from jobs.configtree import to_dict
     from model.resolve import NAMES
 
-    values = {name: getattr(args, name) for name in IDENTITY_ARGS}
-    if values["model"] not in NAMES:
-        values["model"] = os.path.abspath(values["model"])
-    return values
+    tree = to_dict(cfg)
+    values: dict[str, Any] = {}
+    for key in IDENTITY_KEYS + (("rewards.tasks",) if cfg.generate.score else ()):
+        section, name = key.split(".")
+        value = tree[section][name]
+        if key == "model.path" and value not in NAMES or key == "rollout.image_tokenizer" and value is not None:
+            value = os.path.abspath(value)
+        values.update(_leaves(key, value))
+    return json.loads(json.dumps(values))
 
 
-def make_manifest(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+def _leaves(key: str, value: Any) -> dict[str, Any]:
+    """`value` flattened into dotted keys (a mapping becomes one key per leaf; lists stay values)."""
+    if not isinstance(value, dict):
+        return {key: value}
+    return {k: v for name, item in value.items() for k, v in _leaves(f"{key}.{name}", item).items()}
+
+
+def make_manifest(cfg: Any, plan: Plan) -> dict[str, Any]:
     """The content of DIR/manifest.json: what a rerun into DIR must repeat to resume."""
-    return {"version": MANIFEST_VERSION, "args": identity(args),
-            "data": {"path": os.path.abspath(args.prompts), "fingerprint": plan.fingerprint,
-                     "prompts": len(plan.prompts), "bad_rows": len(plan.bad_rows)},
+    return {"version": MANIFEST_VERSION, "settings": identity(cfg),
+            "data": {"path": os.path.abspath(plan.prompts), "fingerprint": plan.fingerprint,
+                     "prompts": len(plan.records), "bad_rows": len(plan.bad_rows)},
             "shards": len(plan.shards)}
 
 
-def check_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Refuse (naming each difference) when the manifest at `path` was written with other arguments or data."""
+def check_manifest(path: Any, manifest: dict[str, Any]) -> None:
+    """Refuse (naming each difference) when the manifest at `path` was written with other settings or data."""
     saved = json.loads(path.read_text())
-    differences = [f"--{k.replace('_', '-')}: {saved['args'].get(k)!r} there, {v!r} now"
-                   for k, v in manifest["args"].items() if saved["args"].get(k) != v]
+    if saved.get("version") != MANIFEST_VERSION:
+        raise RolloutJobError(f"{path} was written by another version of jobs.rollout (manifest version "
+                              f"{saved.get('version')!r}; this one writes version {MANIFEST_VERSION}), so its shards "
+                              "cannot be resumed; use a new generate.out (--out)")
+    there, now = saved["settings"], manifest["settings"]
+    keys = list(now) + [k for k in there if k not in now]
+    differences = [f"{k}: {_shown(there, k)} there, {_shown(now, k)} now" for k in keys
+                   if _shown(there, k) != _shown(now, k)]
     if saved["data"]["fingerprint"] != manifest["data"]["fingerprint"]:
-        differences.append(f"--prompts: the prompt data differs from the data of that run "
+        differences.append(f"generate.prompts: the prompt data differs from the data of that run "
                            f"({saved['data']['path']}, fingerprint {saved['data']['fingerprint']} there, "
                            f"{manifest['data']['fingerprint']} now)")
     if differences:
-        raise RolloutJobError(f"{path} was written by a run with other arguments or data:\n  "
+        raise RolloutJobError(f"{path} was written by a run with other settings or data:\n  "
                               + "\n  ".join(differences)
-                              + "\nrerun with that run's arguments to resume it, or use a new --out")
+                              + "\nrerun with that run's settings to resume it, or use a new generate.out (--out)")
+
+
+def _shown(settings: dict[str, Any], key: str) -> str:
+    return repr(settings[key]) if key in settings else "(not set)"

@@ -1,4 +1,4 @@
-"""`python -m jobs.train --print-config` (and `jobs.eval`'s, `jobs.sample`'s: the same tree): every field of the
+"""`python -m jobs.train --print-config` (and `jobs.eval`'s, `jobs.sample`'s, `jobs.rollout`'s: the same tree): every field of the
 resolved tree printed with its doc as a YAML comment, read from the dataclasses' source
 (`jobs.configtree.field_docs`); the text loads back to the same config, and no field of any section is left
 without a doc."""
@@ -74,7 +74,7 @@ def test_eval_and_sample_print_the_same_tree_with_their_keys(capsys):
     for line in [
         "eval:  # Held-out evaluation of the policy, during training and by `python -m jobs.eval`.",
         "  dtype: fp32  # Weights and activations of the evaluated policy (a checkpoint stored in another dtype is "
-        "cast), in training and in `python -m jobs.eval` / `jobs.sample`.",
+        "cast), in training and in `python -m jobs.eval` / `jobs.sample`; also the rollout workers' of `jobs.rollout`.",
         "  pass_at_k: [1, 2]  # `python -m jobs.eval`: the k of the pass@k it reports, each in [1, samples] (empty: 1, "
         "2, 4, ... up to `samples`, and `samples`); training logs pass@1.",
         "sample:  # The prompts and output directory of `python -m jobs.sample`.",
@@ -87,6 +87,31 @@ def test_eval_and_sample_print_the_same_tree_with_their_keys(capsys):
     assert ("  out: e.json  # `python -m jobs.eval`: the summary JSON file, every sample going to "
             "`<stem>.samples.jsonl` beside it (null: print the summary only). Training writes its evaluations to "
             "`<run dir>/eval/`.") in from_eval.splitlines()
+
+
+def test_rollout_prints_the_same_tree_with_its_generate_section(capsys):
+    from jobs.rollout import main as rollout_main
+
+    argv = ["--set", "generate.shard_size=16", "--set", "generate.format=parquet"]
+    assert rollout_main([*argv, "--out", "gen", "--samples-per-prompt", "4", "--print-config"]) == 0
+    from_rollout = capsys.readouterr().out
+    assert printed(capsys, [*argv, "--set", "generate.out=gen", "--set", "generate.samples_per_prompt=4"]) == from_rollout
+    lines = from_rollout.splitlines()
+    for line in [
+        "generate:  # The prompt file, samples per prompt, shards and output directory of `python -m jobs.rollout`.",
+        "  prompts: null  # Prompt file (.jsonl or .parquet, rows as in `data.train`); null: `data.train` itself.",
+        "  out: gen  # Output directory (shards, rollouts.<format>, manifest.json, summary.json); rerun into it to "
+        "resume. Required: null is refused when the job starts.",
+        "  samples_per_prompt: 4  # Responses sampled per prompt (rows per prompt).",
+        "  shard_size: 16  # Prompts per shard: shard k holds the usable prompts [k*S, (k+1)*S) in file order.",
+        "  batch_size: 64  # Rows per sampler call within a shard.",
+        "  max_attempts: 3  # Tries per shard, each on a fresh worker, when its worker dies or overruns "
+        "`rollout.sample_timeout_s`.",
+        "  format: parquet  # Format of the shard files and of rollouts.<format>.",
+        "  score: false  # Score every row with its task's terms in `rewards.tasks`, as training would (heavy terms on "
+        "reward actors, `reward_actors`).",
+    ]:
+        assert line in lines
 
 
 def dataclasses_in(tp: object, seen: set) -> None:
