@@ -31,8 +31,6 @@ from model.resolve import ModelSpecError
 
 SHOWN_PROBLEMS = 3
 """How many problems of `data.eval` are answered when `sample.prompts` is empty."""
-DEMO_PROBLEMS = Path(__file__).resolve().parent.parent / "data" / "arithmetic" / "heldout.jsonl"
-"""The demo config's `data.eval`, for jobs/bench/sampler_modes.py (which reads no config yet)."""
 
 
 def parser():

@@ -7,10 +7,10 @@ measurements, each in one run on the same weights and prompts:
   forward passes per generated token, speed ratio against `none`, and at temperature 0 the fraction of
   response tokens equal to `none`'s. Random weights show what the cache saves (compute); they are never
   confident, so a threshold reveals one token a step there.
-- policy (`--policy-eval N`): the shipped gold-SFT demo policy answers the first N held-out problems greedily
-  with the demo sampler (jobs.eval's code: `generate_all`, `score_rows`, `summarise`) in every mode: pass@1,
-  its difference to `none` in points, the fraction of responses identical to `none`'s, forwards per token, wall
-  time and speed ratio. This is where a threshold is judged.
+- policy (`--policy-eval N`): the shipped gold-SFT demo policy answers the first N held-out problems of the demo
+  config greedily with its evaluation sampler (jobs.eval's code: `generate_all`, `score_rows`, `summarise`) in
+  every mode: pass@1, its difference to `none` in points, the fraction of responses identical to `none`'s,
+  forwards per token, wall time and speed ratio. This is where a threshold is judged.
 
 The modes run in turn after one warmup each; `none` always runs (first) as the reference.
 """
@@ -87,22 +87,24 @@ def print_speed(rows: list[dict], header: str) -> None:
 
 
 def policy_rows(modes, *, problems: int, batch_size: int) -> list[dict]:
-    """pass@1 of the shipped gold-SFT demo policy on the first `problems` held-out problems, per mode."""
+    """pass@1 of the shipped gold-SFT demo policy on the first `problems` held-out problems of the demo config
+    (`data.eval`), per mode, sampled as the demo's evaluation samples (`jobs.heldout.eval_sampler`, `data.thinking`,
+    `run.seed`) but for the mode's cache and threshold."""
     import model
-    from jobs.data import PromptDataset
+    from jobs.config import DEFAULT_CONFIG, load_config
     from jobs.evaluate import generate_all, score_rows, summarise
-    from jobs.sample import DEMO_PROBLEMS
-    from jobs.sampler_flags import DEMO_DEFAULTS
+    from jobs.heldout import eval_sampler, heldout_records
     from model.resolve import DEMO_POLICY
 
+    cfg = load_config(DEFAULT_CONFIG)
     loaded = model.load(DEMO_POLICY)
-    records = PromptDataset(DEMO_PROBLEMS, default_task="text").records[:problems]
+    records = heldout_records(cfg)[0][:problems]
     rows, reference = [], None
     for cache, threshold in modes:
-        sampler = {**DEMO_DEFAULTS, "cache": cache, "threshold": threshold}
+        sampler = {**eval_sampler(cfg), "cache": cache, "threshold": threshold}
         started = time.perf_counter()
-        samples = generate_all(loaded, records, samples=1, sampler=sampler, thinking=False, seed=0,
-                               batch_size=batch_size)
+        samples = generate_all(loaded, records, samples=1, sampler=sampler, thinking=cfg.data.thinking,
+                               seed=cfg.run.seed, batch_size=batch_size)
         seconds = time.perf_counter() - started
         score_rows(samples)
         summary = summarise(samples, samples=1, ks=[1])

@@ -70,6 +70,18 @@ def test_modes_side_by_side_on_the_same_prompts(tmp_path):
     assert policy[0]["pass_at_1"] == sum(row["correct"] for row in rows) / 4
 
 
+def test_the_policy_rows_sample_with_the_demo_configs_evaluation_sampler():
+    """`policy_rows` reads the demo config (its held-out problems, `eval_sampler`, thinking, seed); the header
+    jobs/bench/sampler.py prints over them ("greedy, gen 40, block 8, 20 steps") states these values."""
+    from jobs.config import DEFAULT_CONFIG, load_config
+    from jobs.heldout import eval_sampler
+
+    cfg = load_config(DEFAULT_CONFIG)
+    assert eval_sampler(cfg) == {"gen_length": 40, "steps": 20, "block_length": 8, "temperature": 0.0,
+                                 "remasking": "low_confidence", "cfg_scale": 0.0, "cache": "none", "threshold": None}
+    assert cfg.data.eval == "data/arithmetic/heldout.jsonl" and cfg.data.thinking is False and cfg.run.seed == 0
+
+
 @pytest.mark.parametrize(("modes", "culprit"), [
     ("full", "--modes: 'full'; expected CACHE or CACHE@THRESHOLD with CACHE one of ['none', 'prefix', 'dual']"),
     ("dual@high", "--modes: 'dual@high'; the threshold after '@' must be a number in (0, 1]"),
