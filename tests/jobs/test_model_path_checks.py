@@ -81,5 +81,6 @@ def test_jobs_rollout_refuses_a_damaged_checkpoint_before_ray_naming_the_file(ch
     prompts.write_text(json.dumps({"prompt": "1 + 1 ="}) + "\n")
     code = main(["--model", str(checkpoint), "--prompts", str(prompts), "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err
-    assert code == 2
-    assert error.startswith(f"error: --model: cannot read the checkpoint in '{checkpoint}': ") and named in error
+    assert code == 2  # --model is an alias of --set model.path
+    assert error.startswith(f"error: invalid config:\n  model.path: cannot read the checkpoint in '{checkpoint}': ")
+    assert named in error and "Traceback" not in error
