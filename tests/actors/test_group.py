@@ -39,8 +39,8 @@ class Probe:
 
 def start_probe(labels: list[str]):
     """`start` for ActorGroup: slot i gets an actor labelled '<i>.<generation>' (recorded in `labels`)."""
-    def start(index: int):
-        label = f"{index}.{len([x for x in labels if x.startswith(f'{index}.')])}"
+    def start(index: int, generation: int):
+        label = f"{index}.{generation}"
         labels.append(label)
         return ray.remote(Probe).options(num_cpus=0.1).remote(label)
     return start
@@ -123,7 +123,7 @@ def test_group_replaces_a_slot_and_counts_it():
 def test_a_start_that_fails_stops_the_actors_already_started():
     started = []
 
-    def start(index: int):
+    def start(index: int, generation: int):
         if index == 2:
             raise ValueError("slot 2 cannot start")
         actor = ray.remote(Probe).options(num_cpus=0.1).remote(str(index))
