@@ -30,21 +30,10 @@ Where this deviates from the reference loop, and why:
 - Ties in confidence are broken by `torch.topk` over the candidate positions; the reference's topk over
   the whole row may break exact ties differently.
 
-Fast decoding (Fast-dLLM, arXiv 2505.22618; both off by default, the learner never uses either):
-- `cache`: `prefix` runs one full forward at the first step of each block, filling a KV cache of every
-  position, and later steps of the block run only the block and everything after it, reading the cached
-  keys/values of everything before it; `dual` also reads the cached keys/values of the positions after
-  the block, so a step runs the block alone. The cache is refreshed at every block boundary. It is an
-  approximation (attention is bidirectional, so cached entries go stale as the block is revealed); with
-  one step per block, or for the prefix cache in a network whose prefix cannot see later positions, it is
-  exact.
-- `threshold` τ_c: a step reveals every masked position of the block whose confidence (the probability
-  of its proposal) exceeds τ_c, and at least the most confident one per row; a block takes as many steps
-  as it needs (at most block_length) and `steps` does not apply. `reveal_step` is then the index of the
-  forward pass that revealed the token. Needs `remasking="low_confidence"` (random remasking has no
-  confidence). A row draws its randomness only while its block has masks, so it stays independent of the
-  other rows. `TextSample.forwards` is the number of forward passes run (NFE).
-docs/sampling.md has the measured speed and accuracy of each mode.
+Fast decoding (Fast-dLLM, arXiv 2505.22618; both off by default, the learner never uses either): `cache`
+(`prefix` | `dual`: a block KV cache refreshed at every block boundary, an approximation) and `threshold`
+(reveal every masked position of the block above a confidence; `TextSample.forwards` counts the forward passes).
+What each does, when it is exact, and what it measured: docs/sampling.md.
 """
 
 from __future__ import annotations
