@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 _LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 for _name, _value in _LOOPBACK_ENV.items():
@@ -176,16 +175,3 @@ def remove_placement_groups(groups: dict[str, PlacementGroup]) -> None:
     for group in groups.values():
         remove_placement_group(group)
 
-
-def wait_all(refs: Sequence[ray.ObjectRef], what: str, who: str = "actor") -> list[Any]:
-    """ray.get of every ref that fails as soon as one fails: the others may wait in a collective for ever.
-    The error names the call (`what`) and the failing one (`who` and its index in `refs`)."""
-    pending, index = list(refs), {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        try:
-            results[index[done[0]]] = ray.get(done[0])
-        except Exception as exc:
-            raise RuntimeError(f"{what} failed on {who} {index[done[0]]} of {len(refs)}: {exc}") from exc
-    return results

@@ -11,6 +11,7 @@ Every field has a default and says what it is; cross-field checks raise
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,12 @@ def _check_resources(prefix: str, cpus: float, gpus: float) -> None:
         raise ValueError(f"gpus_per_{prefix}: {gpus} is a fraction above 1; use a whole number or a fraction <= 1")
 
 
+def _check_deadline(name: str, seconds: float) -> None:
+    """A deadline (docs/reliability.md §14) is a finite number of seconds > 0."""
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{name}: {seconds}; expected a finite number of seconds > 0")
+
+
 @dataclass(frozen=True)
 class WeightSyncConfig:
     """How new policy weights travel from learner rank 0 to the rollout workers."""
@@ -39,10 +46,14 @@ class WeightSyncConfig:
     group of learner rank 0 + the workers (NCCL when they hold GPUs, gloo otherwise)."""
     bucket_mb: float = 256.0
     """Largest bucket of packed tensors, in MiB (a single larger tensor travels alone)."""
+    timeout_s: float = 600.0
+    """Deadline, in seconds, for a worker to apply a version (broadcast: for the whole collective); a worker past
+    it is replaced at that version (broadcast: the sync fails naming it)."""
 
     def __post_init__(self):
         if self.bucket_mb <= 0:
             raise ValueError(f"bucket_mb: {self.bucket_mb} must be positive; e.g. 256")
+        _check_deadline("timeout_s", self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,12 @@ class RolloutConfig:
     """Ray CPUs reserved by each worker."""
     gpus_per_worker: float = 0.0
     """GPUs per worker: 0 runs on CPU; a fraction <= 1 shares a GPU."""
+    start_timeout_s: float = 600.0
+    """Deadline, in seconds, for a worker to start (build its network, load the checkpoint), at the start of a run
+    and when it replaces one; past it the run stops."""
+    sample_timeout_s: float = 1800.0
+    """Deadline, in seconds from dispatch, for a worker to sample its shard of a step; a worker past it is treated
+    as dead: killed, replaced with the current weights, its shard re-sampled (health/worker_timeouts)."""
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
     """How weights reach the workers after each update."""
     sampler: TextSamplerConfig = field(default_factory=TextSamplerConfig)
@@ -73,6 +90,8 @@ class RolloutConfig:
         if self.image_tokenizer is not None and not str(self.image_tokenizer).strip():
             raise ValueError("image_tokenizer: empty string; use null (no image tokenizer) or a directory path")
         _check_resources("worker", self.cpus_per_worker, self.gpus_per_worker)
+        _check_deadline("start_timeout_s", self.start_timeout_s)
+        _check_deadline("sample_timeout_s", self.sample_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,11 @@ class LearnerConfig:
     """Ray CPUs reserved by each rank."""
     gpus_per_rank: float = 0.0
     """0 = CPU ranks with gloo; 1 = one GPU per rank with NCCL."""
+    start_timeout_s: float = 1800.0
+    """Deadline, in seconds, for the ranks to start (build the network and the engine, join the group)."""
+    call_timeout_s: float = 1800.0
+    """Deadline, in seconds, for every other call on the ranks (a step's update, weight publishing, ...); a rank
+    past it aborts jobs.train with exit status 4, naming the last complete checkpoint."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage: 0 plain DP, 1 optimizer states, 2 + gradients, 3 + parameters partitioned."""
     optimizer: Literal["adamw", "deepspeed_adamw"] = "adamw"
@@ -124,6 +148,8 @@ class LearnerConfig:
         _check_resources("rank", self.cpus_per_rank, self.gpus_per_rank)
         if self.gpus_per_rank not in (0, 1):
             raise ValueError(f"gpus_per_rank: {self.gpus_per_rank}; a learner rank holds 0 (CPU) or exactly 1 GPU")
+        _check_deadline("start_timeout_s", self.start_timeout_s)
+        _check_deadline("call_timeout_s", self.call_timeout_s)
         if self.lr <= 0:
             raise ValueError(f"lr: {self.lr} must be positive")
         check_schedule(warmup_steps=self.lr_warmup_steps, decay=self.lr_decay, min_ratio=self.min_lr_ratio)
@@ -183,6 +209,8 @@ class CheckpointConfig:
     directory holds another run's checkpoints); else a step_N path (docs/reliability.md §8)."""
     export_every: int = 0
     """Export the policy in the published format every N steps (0: only at the end)."""
+    timeout_s: float = 1800.0
+    """Deadline, in seconds, for the learner ranks to save or load their state; past it jobs.train aborts (exit 4)."""
 
     def __post_init__(self):
         if self.every < 0:
@@ -193,6 +221,7 @@ class CheckpointConfig:
             raise ValueError("resume: empty; use auto, never or the path of a step_N checkpoint")
         if self.export_every < 0:
             raise ValueError(f"export_every: {self.export_every} must be >= 0 (0 = only at the end)")
+        _check_deadline("timeout_s", self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -231,7 +260,11 @@ class RewardActorsConfig:
     gpus_per_heavy_actor: float = 1.0
     """GPUs of each heavy-term actor when the cluster has GPUs (0 is used on a cluster without GPUs)."""
     max_attempts: int = 3
-    """Tries per batch and actor when the actor dies mid-batch; after that its terms are None (`crash`)."""
+    """Tries per batch and actor when the actor dies or overruns mid-batch; after that its terms are None
+    (`crash` / `timeout`)."""
+    score_grace_s: float = 300.0
+    """An actor has the longest `timeout_s` of its terms plus this many seconds to answer a batch; past that it is
+    treated as hung: killed, replaced and the batch re-sent."""
     start_timeout_s: float = 600.0
     """How long to wait for a reward actor to be placed and to build its rewards (model loads included)."""
 
@@ -248,3 +281,4 @@ class RewardActorsConfig:
             raise ValueError(f"max_attempts: {self.max_attempts}; need at least 1 try per batch")
         if self.start_timeout_s <= 0:
             raise ValueError(f"start_timeout_s: {self.start_timeout_s} must be positive")
+        _check_deadline("score_grace_s", self.score_grace_s)

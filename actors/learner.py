@@ -58,8 +58,9 @@ import ray
 import torch
 from torch import nn
 
-from actors.cluster import bundle_strategy, wait_all
-from actors.config import LearnerConfig
+from actors.cluster import bundle_strategy
+from actors.config import CheckpointConfig, LearnerConfig
+from actors.group import ActorGroup, gather
 from actors.network_source import NetworkSource, build_network
 from actors.rendezvous import open_listener, pin_interfaces, tcp_store
 from actors.weight_sync import (
@@ -407,35 +408,51 @@ class LearnerRank:
 
 
 class LearnerGroup:
-    """Driver-side handle on the n ranks; every method runs on all ranks at once."""
+    """Driver-side handle on the n ranks (an `ActorGroup` whose ranks are never replaced: a rank's optimizer state
+    cannot be rebuilt); every method runs on all ranks at once and waits at most `learner.call_timeout_s`
+    (start-up: `learner.start_timeout_s`, checkpoints: `checkpoint.timeout_s`). A rank that raises, dies or
+    overruns fails the call naming the rank, the call and the deadline's key (`actors.group.ActorCallError`,
+    `ActorLost`: docs/reliability.md §14)."""
 
     def __init__(self, cfg: LearnerConfig, network_source: NetworkSource, *, total_steps: int | None = None,
-                 placement_group: Any = None):
-        """`total_steps`: the run's RL steps (`run.steps`), where a decaying `learner.lr_decay` ends."""
+                 placement_group: Any = None, checkpoint_timeout_s: float = CheckpointConfig.timeout_s):
+        """`total_steps`: the run's RL steps (`run.steps`), where a decaying `learner.lr_decay` ends;
+        `checkpoint_timeout_s`: `checkpoint.timeout_s`, the deadline of `save_checkpoint` / `load_checkpoint`."""
         if cfg.lr_decay != "constant" and total_steps is None:
             raise ValueError(f"learner.lr_decay: {cfg.lr_decay} decays towards the run's last step; "
                              "LearnerGroup needs total_steps")
         check_schedule(warmup_steps=cfg.lr_warmup_steps, decay=cfg.lr_decay, min_ratio=cfg.min_lr_ratio,
                        total_steps=total_steps)
         self.cfg, self.world_size, self.total_steps = cfg, cfg.num_ranks, total_steps
+        self.checkpoint_timeout_s = checkpoint_timeout_s
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient, since the group started
         self.skipped_updates_in_a_row = 0  # the latest train_step calls whose every optimizer step was skipped
         actor = ray.remote(LearnerRank)
-        self.ranks = []
-        for rank in range(cfg.num_ranks):
+
+        def start(rank: int, generation: int) -> Any:  # generation: always 0, a rank is never replaced
             options: dict[str, Any] = {"num_cpus": cfg.cpus_per_rank, "num_gpus": cfg.gpus_per_rank}
             if placement_group is not None:
                 options["scheduling_strategy"] = bundle_strategy(placement_group, rank)
-            self.ranks.append(actor.options(**options).remote(cfg, network_source, rank, cfg.num_ranks))
+            return actor.options(**options).remote(cfg, network_source, rank, cfg.num_ranks)
+
+        self.ranks = ActorGroup("learner rank", cfg.num_ranks, start)
         try:
-            host, port = ray.get(self.ranks[0].endpoint.remote())
-            wait_all([r.setup.remote(host, port) for r in self.ranks], "setup", "learner rank")
+            (host, port), = self._gather("endpoint", [self.ranks[0].endpoint.remote()], "start")
+            self._all("setup", host, port, deadline="start")
         except Exception:
             self.shutdown()
             raise
 
-    def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        return wait_all([getattr(r, method).remote(*args, **kwargs) for r in self.ranks], method, "learner rank")
+    def _gather(self, what: str, refs: list[Any], deadline: str = "call") -> list[Any]:
+        """Every rank's answer to the call `what` (`refs`, one per rank), within the `deadline` of its kind:
+        start, call or checkpoint."""
+        timeout_s, key = {"start": (self.cfg.start_timeout_s, "learner.start_timeout_s"),
+                          "call": (self.cfg.call_timeout_s, "learner.call_timeout_s"),
+                          "checkpoint": (self.checkpoint_timeout_s, "checkpoint.timeout_s")}[deadline]
+        return gather(refs, what, "learner rank", timeout_s, key)
+
+    def _all(self, method: str, *args: Any, deadline: str = "call") -> list[Any]:
+        return self._gather(method, [getattr(r, method).remote(*args) for r in self.ranks], deadline)
 
     def train_step(self, step_fn: str | StepFunction, shards: Sequence[Mapping[str, Any]], *,
                    rl_step: int | None = None, **common: Any) -> list[dict[str, float]]:
@@ -451,8 +468,8 @@ class LearnerGroup:
                 raise ValueError("learner.lr_warmup_steps / lr_decay schedule the learning rate per RL step; "
                                  "pass train_step(..., rl_step=step)")
             lr = scheduled_lr(self.cfg, rl_step, self.total_steps)
-        results = wait_all([r.train_step.remote(step_fn, s, common, lr) for r, s in zip(self.ranks, shards)],
-                           "train_step", "learner rank")
+        results = self._gather("train_step", [r.train_step.remote(step_fn, s, common, lr)
+                                              for r, s in zip(self.ranks, shards)])
         self._count_skips([counts for _, counts in results])
         return [stats for stats, _ in results]
 
@@ -485,12 +502,10 @@ class LearnerGroup:
 
     def save_checkpoint(self, directory: str | Path) -> None:
         """All ranks write into `directory` (which they must share)."""
-        self._all("save_checkpoint", str(directory))
+        self._all("save_checkpoint", str(directory), deadline="checkpoint")
 
     def load_checkpoint(self, directory: str | Path) -> None:
-        self._all("load_checkpoint", str(directory))
+        self._all("load_checkpoint", str(directory), deadline="checkpoint")
 
     def shutdown(self) -> None:
-        for rank in self.ranks:
-            ray.kill(rank)
-        self.ranks = []
+        self.ranks.shutdown()

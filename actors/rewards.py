@@ -11,15 +11,18 @@ that makes them look like one `rewards.RewardService`.
   them into the batch with the service's own `rewards.service.write_scores`, so it returns exactly what
   `RewardService(config, tasks).score(batch)` returns in one process: the same reward columns and totals
   (`weighted_totals`) and the same metrics (only the `latency_s` values differ: wall times).
-  `health_metrics()` adds `health/reward_actor_restarts` and `health/reward_actor_failures`.
+  `health_metrics()` adds `health/reward_actor_restarts`, `health/reward_actor_timeouts` and
+  `health/reward_actor_failures`.
 
-Fault tolerance: rewards are pure functions of the samples, so re-scoring a batch is idempotent. An actor
-that dies mid-batch (ray.kill, os._exit in a thread-isolated reward, OOM) raises `RayActorError` here;
-the router starts a fresh actor and sends it the same samples again, up to `max_attempts` tries per batch.
-A group that still fails gets `None` with reason `crash: ...` for its terms (never 0), and its actor is
-replaced at the next call. Restarts are explicit rather than Ray's `max_restarts`/`max_task_retries`, so
-that each one is counted and bounded per batch, and a restart that cannot be placed times out with an
-error instead of hanging. A reward that raises inside the actor is already turned into `None` with reason
+Fault tolerance: rewards are pure functions of the samples, so re-scoring a batch is idempotent. The actors are
+an `actors.group.ActorGroup`, one slot per actor. An actor that dies mid-batch (ray.kill, os._exit in a
+thread-isolated reward, OOM), or has not answered within the longest `timeout_s` of its terms plus
+`reward_actors.score_grace_s` (a hung or stopped process: the terms' own deadlines run inside it), is killed
+and a fresh actor gets the same samples again, up to `max_attempts` tries per batch. A group that still fails
+gets `None` for its terms (never 0), with reason `crash: ...` (it died last) or `timeout: ...` (it overran
+last), and its actor is replaced at the next call. Restarts are explicit rather than Ray's
+`max_restarts`/`max_task_retries`, so that each one is counted and bounded per batch, and a restart that
+cannot be placed times out with an error instead of hanging (docs/reliability.md §14). A reward that raises inside the actor is already turned into `None` with reason
 `error` by the service; an exception escaping `RewardService.score` itself would be a bug and propagates.
 One actor holds all CPU terms, so a thread-isolated CPU reward that kills its process takes the other
 CPU terms of that batch with it (they are re-scored with it); process-isolated terms cannot do that.
@@ -38,6 +41,7 @@ import ray
 
 from actors.cluster import RoleResources
 from actors.config import RewardActorsConfig
+from actors.group import ActorGroup, wait, wait_one
 from rewards import registry
 from rewards.base import Sample, samples_of
 from rewards.config import RewardsConfig, RewardTermConfig
@@ -106,17 +110,23 @@ class RewardActor:
 # ---------------------------------------------------------------------------------------------- driver side
 @dataclass
 class _Group:
-    """One reward actor: its name, the config subset it holds and its resources."""
+    """One reward actor's share: its name, the config subset it holds, its resources and its slot in the
+    router's `ActorGroup`."""
 
     name: str
     config: RewardsConfig
     cpus: float
     gpus: float
-    actor: Any = None  # ActorHandle, None until started or after it was given up on
+    slot: int
 
     @property
     def term_names(self) -> list[str]:
         return sorted({term.name for terms in self.config.tasks.values() for term in terms})
+
+    @property
+    def timeout_s(self) -> float:
+        """The longest deadline of its terms (they run concurrently inside the actor)."""
+        return max(term.timeout_s for terms in self.config.tasks.values() for term in terms)
 
 
 def split_config(config: RewardsConfig, tasks: Iterable[str], heavy_terms: Sequence[str]) -> dict[str, RewardsConfig]:
@@ -146,11 +156,6 @@ def reward_roles(config: RewardsConfig, cfg: RewardActorsConfig, *, tasks: Itera
     return roles
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The exception raised inside the actor, when Ray wrapped one."""
-    return getattr(exc, "cause", None) or exc
-
-
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()
     first = text[-1] if text else ""
@@ -175,59 +180,49 @@ class RewardRouter:
         self.groups: dict[str, _Group] = {}
         for name, sub_config in split_config(config, self.tasks, self.cfg.heavy_terms).items():
             gpus = self.cfg.gpus_per_heavy_actor if (has_gpus and name != CPU_GROUP) else 0.0
-            self.groups[name] = _Group(name, sub_config, self.cfg.cpus_per_actor, gpus)
+            self.groups[name] = _Group(name, sub_config, self.cfg.cpus_per_actor, gpus, len(self.groups))
         self._group_of = {(task, term.name): name for name, group in self.groups.items()
                           for task, terms in group.config.tasks.items() for term in terms}
-        self.restarts = 0
-        """Fresh actors started in place of dead ones so far (a start that failed counts too)."""
+        self._by_slot = list(self.groups.values())
+        self._stale: set[str] = set()  # groups given up on in an earlier batch: replaced before the next one
+        self.timeouts = 0
+        """Actors killed for not answering a batch in time so far."""
         self.failures = 0
-        """Batches whose terms of one actor were given up on (None with reason `crash`/`error`)."""
-        try:
-            for group in self.groups.values():
-                group.actor = self._start(group)
-        except BaseException:
-            self.close()
-            raise
+        """Batches whose terms of one actor were given up on (None with reason `crash`/`timeout`)."""
+        self.actors = ActorGroup("reward actor", len(self._by_slot), self._start)  # stops what started on failure
+
+    @property
+    def restarts(self) -> int:
+        """Fresh actors started in place of dead or hung ones so far (a start that failed counts too)."""
+        return self.actors.restarts
 
     # ------------------------------------------------------------------------------------------ actors
-    def _start(self, group: _Group) -> Any:
-        """A started actor for `group`: placed, rewards built. Raises ValueError (bad reward config) or
-        RewardActorError (not placed in time, or died while starting)."""
+    def _start(self, slot: int, generation: int) -> Any:
+        """A started actor for the group of `slot`: placed, rewards built. Raises ValueError (bad reward config)
+        or RewardActorError (not placed in time, or died while starting)."""
+        group = self._by_slot[slot]
         actor = ray.remote(RewardActor).options(num_cpus=group.cpus, num_gpus=group.gpus,
                                                 max_restarts=0).remote(group.config)
-        try:
-            ray.get(actor.start.remote(), timeout=self.cfg.start_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            ray.kill(actor)
+        outcome = wait_one(actor.start.remote(), self.cfg.start_timeout_s)
+        if outcome.status == "ok":
+            return actor
+        ray.kill(actor)
+        what = f"reward actor {group.name!r} (terms {group.term_names})"
+        if outcome.status == "timeout":
             raise RewardActorError(
-                f"reward actor {group.name!r} (terms {group.term_names}) did not start within "
-                f"reward_actors.start_timeout_s={self.cfg.start_timeout_s:g} s; it needs {group.cpus:g} CPU and "
-                f"{group.gpus:g} GPU, free now: {ray.available_resources()}") from None
-        except ray.exceptions.RayActorError as exc:
-            raise RewardActorError(f"reward actor {group.name!r} (terms {group.term_names}) died while "
-                                   f"starting: {_short(exc)}") from exc
-        except ray.exceptions.RayTaskError as exc:
-            ray.kill(actor)
-            cause = _cause(exc)
-            if isinstance(cause, ValueError):
-                raise ValueError(str(cause)) from exc
-            raise RewardActorError(f"reward actor {group.name!r} (terms {group.term_names}) failed to start: "
-                                   f"{_short(cause)}") from exc
-        return actor
+                f"{what} did not start within reward_actors.start_timeout_s={self.cfg.start_timeout_s:g} s; it needs "
+                f"{group.cpus:g} CPU and {group.gpus:g} GPU, free now: {ray.available_resources()}")
+        if outcome.status == "died":
+            raise RewardActorError(f"{what} died while starting: {_short(outcome.error)}") from outcome.error
+        if isinstance(outcome.error, ValueError):
+            raise ValueError(str(outcome.error)) from outcome.error
+        raise RewardActorError(f"{what} failed to start: {_short(outcome.error)}") from outcome.error
 
     def actor(self, group: str) -> Any:
         """The actor handle of `group` (`cpu` or a heavy term name), e.g. to inspect or kill it."""
         if group not in self.groups:
             raise KeyError(f"no reward actor {group!r}; actors: {', '.join(self.groups)}")
-        return self.groups[group].actor
-
-    def _replace(self, group: _Group) -> None:
-        """Start a fresh actor in place of a dead (or given up) one."""
-        if group.actor is not None:
-            ray.kill(group.actor)
-            group.actor = None
-        self.restarts += 1
-        group.actor = self._start(group)
+        return self.actors[self.groups[group].slot]
 
     # ------------------------------------------------------------------------------------------ scoring
     def score(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
@@ -257,66 +252,70 @@ class RewardRouter:
 
     def _run_groups(self, samples: list[Sample], members: dict[str, list[int]]
                     ) -> dict[str, tuple[TermScores | None, str | None, float]]:
-        """Score every group's samples concurrently, re-sending them to a fresh actor when its actor died;
-        group -> (its actor's answer or None, the reason when None, seconds taken)."""
+        """Score every group's samples concurrently, re-sending them to a fresh actor when its actor died or
+        overran its deadline; group -> (its actor's answer or None, the reason when None, seconds taken)."""
         started = time.monotonic()
         answers: dict[str, tuple[TermScores | None, str | None, float]] = {}
         attempts: Counter[str] = Counter()
-        last_error: dict[str, str] = {}
-        in_flight: dict[Any, str] = {}
+        last_failure: dict[str, str] = {}  # group -> "crash: ..." or "timeout: ..."
+        in_flight: dict[str, tuple[Any, float]] = {}  # group -> (its call, when that call is due)
 
         def submit(name: str) -> None:
             group = self.groups[name]
             while attempts[name] < self.cfg.max_attempts:
                 attempts[name] += 1
                 try:
-                    if group.actor is None or attempts[name] > 1:
-                        self._replace(group)
+                    if name in self._stale or attempts[name] > 1:
+                        self.actors.replace(group.slot)
+                        self._stale.discard(name)
                 except (RewardActorError, ValueError) as exc:
-                    last_error[name] = _short(exc)
+                    last_failure[name] = f"crash: {_short(exc)}"
                     continue
-                in_flight[group.actor.score.remote([samples[i] for i in members[name]])] = name
+                call = self.actors[group.slot].score.remote([samples[i] for i in members[name]])
+                in_flight[name] = (call, time.monotonic() + group.timeout_s + self.cfg.score_grace_s)
                 return
-            give_up(name)
-
-        def give_up(name: str) -> None:
-            group = self.groups[name]
             self.failures += 1
-            if group.actor is not None:
-                ray.kill(group.actor)
-            group.actor = None  # replaced (and counted) at the next call
-            answers[name] = (None, f"crash: reward actor {name!r} failed {attempts[name]} time(s) "
-                                   f"(reward_actors.max_attempts={self.cfg.max_attempts}): {last_error.get(name)}",
+            self.actors.kill(group.slot)
+            self._stale.add(name)  # replaced (and counted) at the next call
+            kind, _, why = last_failure[name].partition(": ")
+            answers[name] = (None, f"{kind}: reward actor {name!r} failed {attempts[name]} time(s) "
+                                   f"(reward_actors.max_attempts={self.cfg.max_attempts}): {why}",
                              time.monotonic() - started)
 
         for name in members:
             submit(name)
-        while in_flight:
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            name = in_flight.pop(ref)
-            try:
-                answers[name] = (ray.get(ref), None, time.monotonic() - started)
-            except ray.exceptions.RayActorError as exc:  # died mid-batch: a fresh actor re-scores it
-                last_error[name] = _short(exc)
-                submit(name)
+        for name in members:  # the groups score concurrently; each is waited for in turn, until it is due
+            while name in in_flight:
+                call, due = in_flight.pop(name)
+                outcome = wait_one(call, due - time.monotonic())
+                if outcome.status == "ok":
+                    answers[name] = (outcome.value, None, time.monotonic() - started)
+                elif outcome.status == "error":  # an exception escaping RewardService.score: a bug, never hidden
+                    raise RuntimeError(f"reward actor {name!r}: {outcome.describe(None)}") from outcome.error
+                elif outcome.status == "died":  # a fresh actor re-scores the batch
+                    last_failure[name] = f"crash: {_short(outcome.error)}"
+                    submit(name)
+                else:  # hung or stopped mid-batch (its terms' own deadlines cannot fire): killed by the replace
+                    self.timeouts += 1
+                    seconds = self.groups[name].timeout_s + self.cfg.score_grace_s
+                    last_failure[name] = (f"timeout: no answer within {seconds:g} s (the longest timeout_s of its "
+                                          "terms + reward_actors.score_grace_s)")
+                    submit(name)
         return answers
 
     def health_metrics(self) -> dict[str, float]:
-        """`health/reward_actor_restarts` and `health/reward_actor_failures`, cumulative."""
+        """`health/reward_actor_restarts`, `health/reward_actor_timeouts` and `health/reward_actor_failures`,
+        cumulative."""
         return {"health/reward_actor_restarts": float(self.restarts),
+                "health/reward_actor_timeouts": float(self.timeouts),
                 "health/reward_actor_failures": float(self.failures)}
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Stop the actors (their worker processes end with them)."""
-        for group in self.groups.values():
-            if group.actor is not None:
-                try:
-                    ray.get(group.actor.close.remote(), timeout=10)
-                except Exception:  # noqa: BLE001 - a dead or stuck actor is killed below anyway
-                    pass
-                ray.kill(group.actor)
-                group.actor = None
+        """Stop the actors (their worker processes end with them), after at most 10 s for them to close."""
+        for _ in wait({slot: actor.close.remote() for slot, actor in enumerate(self.actors)}, 10.0):
+            pass  # a dead or stuck actor is killed below anyway
+        self.actors.shutdown()
 
     def __enter__(self) -> RewardRouter:
         return self

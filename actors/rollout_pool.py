@@ -16,9 +16,16 @@ weight sync then replaces it by a fresh worker holding the new version, and a sh
 assigned to the dead worker (async mode) is re-sampled on the replacement without a second restart.
 (With the `broadcast` backend a dead member fails the collective; that sync raises.)
 
+Deadlines (docs/reliability.md §14): a shard is due `rollout.sample_timeout_s` after it was sent to its worker
+(dispatch, or the re-sample); a worker still sampling then is treated as dead (a hung or stopped process):
+killed, replaced with the current weights, its shard re-sampled with the same seed, counted in
+`health/worker_timeouts` as well as `health/worker_restarts` (both cumulative over the run). A worker that
+does not apply a weight version within `rollout.weight_sync.timeout_s` is replaced at that version like a dead
+one; with the `broadcast` backend a member past that deadline fails the sync, naming it.
+
 `sync` first waits for the samples still in flight (async mode: the next step's, which a worker finishes
-before it applies new weights) and reports that wait as `perf/weight_sync_wait_s`, so that
-`perf/weight_sync_s` is the transfer alone.
+before it applies new weights; a worker past its shard's deadline is replaced first) and reports that wait as
+`perf/weight_sync_wait_s`, so that `perf/weight_sync_s` is the transfer alone.
 """
 
 from __future__ import annotations
@@ -26,21 +33,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from actors.cluster import bundle_strategy
 from actors.config import RolloutConfig
+from actors.group import ActorGroup, Outcome, gather, unfinished, wait, wait_one
 from actors.network_source import NetworkSource
 from actors.rollout import PromptRequest, RolloutWorker
-from actors.weight_sync import sync_object_store
+from actors.weight_sync import SYNC_KEY, sync_object_store
 
 log = logging.getLogger(__name__)
 
-WORKER_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+START_KEY, SAMPLE_KEY = "rollout.start_timeout_s", "rollout.sample_timeout_s"
 
 
 def shard_seed(run_seed: int, step: int, shard: int) -> int:
@@ -57,10 +64,11 @@ class PendingShard:
     future: Any
     dispatched_version: int
     generation: int  # of the worker it was sent to; a newer one means the worker was already replaced
+    sent: float = field(default_factory=time.monotonic)  # when `future` was submitted: it is due sample_timeout_s later
 
 
 class RolloutPool:
-    """`num_workers` RolloutWorker actors sampling one step's requests in parallel."""
+    """`num_workers` RolloutWorker actors (an `ActorGroup`) sampling one step's requests in parallel."""
 
     def __init__(self, cfg: RolloutConfig, source: NetworkSource, *, dtype: str | None = None,
                  placement_group: Any = None, max_restarts_per_step: int = 2, name: str | None = None):
@@ -68,14 +76,23 @@ class RolloutPool:
         then 1, 2, ... after restarts) so operators and fault tests can find it with `ray.get_actor`."""
         self.cfg, self.source, self.dtype, self.placement_group = cfg, source, dtype, placement_group
         self.max_restarts_per_step, self.name = max_restarts_per_step, name
-        self.generations = [0] * cfg.num_workers
-        self.workers = [self._start(k) for k in range(cfg.num_workers)]
+        self.workers = ActorGroup("rollout worker", cfg.num_workers, self._start)
+        try:
+            self._await_start(range(cfg.num_workers))  # so that no deadline of a step includes a start
+        except BaseException:
+            self.workers.shutdown()
+            raise
         self.version = 0  # the version every live worker holds (after the last sync)
-        self.restarts = 0  # total over the run (health/worker_restarts)
+        self.timeouts = 0  # workers replaced for overrunning a deadline, total over the run (health/worker_timeouts)
         self.duplicate_rows = 0  # rows delivered again and dropped, total over the run (health/duplicate_rows)
         self.learners: Any = None  # set by `sync`; a restarted worker fetches weights from it
         self._broadcast: Any = None  # BroadcastSync group (backend "broadcast"), rebuilt after a restart
-        self._in_flight: list[Any] = []  # futures of the last dispatch (sync waits for them)
+        self._dispatched: list[PendingShard] = []  # the last dispatch (sync waits for it)
+
+    @property
+    def restarts(self) -> int:
+        """Workers replaced so far, total over the run (health/worker_restarts)."""
+        return self.workers.restarts
 
     # -- sampling -------------------------------------------------------------------------------
     def dispatch(self, requests: Sequence[PromptRequest], *, step: int, run_seed: int) -> list[PendingShard]:
@@ -88,8 +105,8 @@ class RolloutPool:
             if shard:
                 seed = shard_seed(run_seed, step, k)
                 pending.append(PendingShard(k, shard, seed, self._sample(k, shard, seed), self.version,
-                                            self.generations[k]))
-        self._in_flight = [p.future for p in pending]
+                                            self.workers.generations[k]))
+        self._dispatched = list(pending)
         return pending
 
     def _sample(self, worker: int, requests: list[PromptRequest], seed: int) -> Any:
@@ -97,121 +114,128 @@ class RolloutPool:
                                                   seed=seed)
 
     def collect(self, pending: list[PendingShard]) -> tuple[list[Any], dict[str, float]]:
-        """Wait for every shard, re-sampling a dead worker's shard on a fresh worker.
+        """Wait for every shard, each until it is due; a shard whose worker died or overran is re-sampled
+        (same seed) on a fresh worker holding the current weights.
 
         Returns the shards' RolloutBatches in request order, each (uid, sample index) once (a row delivered
         again is dropped and counted), and timing/health stats."""
-        from rl.batch import RolloutBatch, drop_repeated_rows
+        from rl.batch import drop_repeated_rows
 
         started, restarts = time.perf_counter(), 0
-        batches: list[RolloutBatch] = []
-        for shard in pending:
+        batches = []
+        for shard in pending:  # the shards sample concurrently; each is waited for in turn, until it is due
             while True:
-                try:
-                    batch = ray.get(shard.future)
+                outcome = wait_one(shard.future, shard.sent + self.cfg.sample_timeout_s - time.monotonic())
+                if outcome.status == "ok":
                     break
-                except WORKER_FAILURES as exc:
-                    if self.generations[shard.index] == shard.generation:  # else a sync replaced it already
-                        restarts += 1
-                        if restarts > self.max_restarts_per_step:
-                            raise RuntimeError(f"rollout workers died {restarts} times in one step; giving up "
-                                               f"(last: worker {shard.index}: {exc})") from exc
-                        log.warning("rollout worker %d died (%s); restarting it and re-sampling its shard",
-                                    shard.index, type(exc).__name__)
-                        self._restart(shard.index)
-                    shard.generation = self.generations[shard.index]
-                    shard.future = self._sample(shard.index, shard.requests, shard.seed)
-            stale = [v for v in batch.policy_version if v < shard.dispatched_version]
+                if outcome.status == "error":
+                    raise RuntimeError(f"sample failed on rollout worker {shard.index}: "
+                                       f"{outcome.describe(None)}") from outcome.error
+                if self.workers.generations[shard.index] == shard.generation:  # else a sync replaced it already
+                    restarts += 1
+                    if restarts > self.max_restarts_per_step:
+                        why = outcome.describe(self.cfg.sample_timeout_s, SAMPLE_KEY)
+                        raise RuntimeError(f"rollout workers failed {restarts} times in one step; giving up "
+                                           f"(last: worker {shard.index}: {why})") from outcome.error
+                    self._restart(shard.index, outcome)
+                shard.generation = self.workers.generations[shard.index]
+                shard.future, shard.sent = self._sample(shard.index, shard.requests, shard.seed), time.monotonic()
+            stale = [v for v in outcome.value.policy_version if v < shard.dispatched_version]
             if stale:
                 raise RuntimeError(f"worker {shard.index} returned samples at version {min(stale)} for a shard "
                                    f"dispatched at version {shard.dispatched_version}")
-            batches.append(batch)
+            batches.append(outcome.value)
         batches, dropped = drop_repeated_rows(batches)
         if dropped:
             log.warning("dropped %d rollout row(s) delivered more than once (same uid and sample index, same "
                         "content)", dropped)
             self.duplicate_rows += dropped
         return batches, {"perf/rollout_collect_s": time.perf_counter() - started,
-                         "health/worker_restarts": float(self.restarts),
-                         "health/duplicate_rows": float(self.duplicate_rows)}
+                         **self.health(), "health/duplicate_rows": float(self.duplicate_rows)}
 
-    def worker_name(self, index: int) -> str | None:
-        return None if self.name is None else f"{self.name}-rollout-{index}.{self.generations[index]}"
+    def health(self) -> dict[str, float]:
+        return {"health/worker_restarts": float(self.restarts), "health/worker_timeouts": float(self.timeouts)}
 
-    def _start(self, index: int) -> Any:
+    def worker_name(self, index: int, generation: int) -> str | None:
+        return None if self.name is None else f"{self.name}-rollout-{index}.{generation}"
+
+    def _start(self, index: int, generation: int) -> Any:
         options: dict[str, Any] = {"num_cpus": self.cfg.cpus_per_worker, "num_gpus": self.cfg.gpus_per_worker}
         if self.placement_group is not None:
             options["scheduling_strategy"] = bundle_strategy(self.placement_group, index)
         if self.name is not None:
-            options["name"] = self.worker_name(index)
+            options["name"] = self.worker_name(index, generation)
         return ray.remote(RolloutWorker).options(**options).remote(self.source, dtype=self.dtype,
                                                                    image_tokenizer=self.cfg.image_tokenizer)
 
-    def _restart(self, index: int) -> None:
-        """Replace worker `index` by a fresh actor holding the current policy version."""
-        try:
-            ray.kill(self.workers[index], no_restart=True)
-        except Exception:  # already gone
-            pass
-        self.restarts += 1
-        self.generations[index] += 1
-        worker = self._start(index)
+    def _await_start(self, indices: Sequence[int]) -> None:
+        gather([self.workers[index].version.remote() for index in indices], "start", "rollout worker",
+               self.cfg.start_timeout_s, START_KEY)
+
+    def _restart(self, index: int, outcome: Outcome, key: str = SAMPLE_KEY) -> None:
+        """Replace worker `index` (dead, or past the deadline set by `key`: killed) by a fresh actor holding
+        the current policy version."""
+        timeout_s = self.cfg.sample_timeout_s if key == SAMPLE_KEY else self.cfg.weight_sync.timeout_s
+        log.warning("rollout worker %d: %s; replacing it at version %d", index, outcome.describe(timeout_s, key),
+                    self.version)
+        if outcome.status == "timeout":
+            self.timeouts += 1
+        worker = self.workers.replace(index)
+        self._broadcast = None  # the old group has a dead member; the next sync forms a new one
+        self._await_start([index])
         if self.version > 0:  # version 0 is the source's own weights, which a fresh worker already holds
             if self.learners is None:
                 raise RuntimeError("a worker restarted after a weight sync, but no learner to fetch weights from")
-            sync_object_store(self.learners, [worker], self.version, self.cfg.weight_sync.bucket_mb)
-        self.workers[index] = worker
-        self._broadcast = None  # the old group has a dead member; the next sync forms a new one
+            sync_object_store(self.learners, [worker], self.version, self.cfg.weight_sync.bucket_mb,
+                              self.cfg.weight_sync.timeout_s)
 
     # -- weights --------------------------------------------------------------------------------
     def sync(self, learners: Any, version: int) -> dict[str, float]:
         """Push learner rank 0's weights as `version` to every worker, after their samples in flight;
-        a worker found dead is replaced by a fresh one holding `version`."""
+        a worker found dead, or past a deadline, is replaced by a fresh one holding `version`."""
         waited = time.perf_counter()
-        if self._in_flight:  # finished or failed, either way the worker is free after this
-            ray.wait(self._in_flight, num_returns=len(self._in_flight), fetch_local=False)
-            self._in_flight = []
+        self.learners, bucket_mb, timeout_s = learners, self.cfg.weight_sync.bucket_mb, self.cfg.weight_sync.timeout_s
+        dispatched, self._dispatched = self._dispatched, []
+        if dispatched:  # finished or failed, either way the worker is free after this; past its due time: replaced
+            due = min(shard.sent for shard in dispatched) + self.cfg.sample_timeout_s
+            for position in unfinished({p: s.future for p, s in enumerate(dispatched)}, due - time.monotonic()):
+                self._restart(dispatched[position].index, Outcome("timeout"))
         started = time.perf_counter()
-        self.learners, bucket_mb = learners, self.cfg.weight_sync.bucket_mb
-        dead = []
+        lost: list[tuple[int, Outcome]] = []
         if self.cfg.weight_sync.backend == "broadcast":
             if self._broadcast is None:
                 from actors.weight_sync import BroadcastSync
 
                 backend = "nccl" if self.cfg.gpus_per_worker > 0 else "gloo"
-                self._broadcast = BroadcastSync(learners, self.workers, backend)
+                self._broadcast = BroadcastSync(learners, list(self.workers), backend, timeout_s)
             versions = self._broadcast.sync(version, bucket_mb)
         else:
             manifest, buckets = learners.publish_weights(version, bucket_mb)
-            applied = [worker.set_weights.remote(manifest, buckets) for worker in self.workers]
+            applied = {index: worker.set_weights.remote(manifest, buckets) for index, worker in enumerate(self.workers)}
             versions = []
-            for index, ref in enumerate(applied):
-                try:
-                    versions.append(ray.get(ref))
-                except WORKER_FAILURES as exc:
-                    log.warning("rollout worker %d died (%s); replacing it at version %d",
-                                index, type(exc).__name__, version)
-                    dead.append(index)
-                except Exception as exc:
+            for index, outcome in wait(applied, timeout_s):
+                if outcome.status == "ok":
+                    versions.append(outcome.value)
+                elif outcome.status == "error":
                     raise RuntimeError(f"set_weights failed on rollout worker {index} of {len(applied)}: "
-                                       f"{exc}") from exc
+                                       f"{outcome.describe(timeout_s)}") from outcome.error
+                else:
+                    lost.append((index, outcome))
         if any(v != version for v in versions):
             raise RuntimeError(f"weight sync to version {version} left workers at versions {versions}")
         self.version = version
-        for index in dead:
-            self._restart(index)
+        for index, outcome in lost:
+            self._restart(index, outcome, SYNC_KEY)
         return {"perf/weight_sync_s": time.perf_counter() - started, "perf/weight_sync_wait_s": started - waited,
-                "health/worker_restarts": float(self.restarts)}
+                **self.health()}
 
     def checksums(self) -> list[str]:
-        return ray.get([w.checksum.remote() for w in self.workers])
+        return gather([w.checksum.remote() for w in self.workers], "checksum", "rollout worker",
+                      self.cfg.weight_sync.timeout_s, SYNC_KEY)
 
     def versions(self) -> list[int]:
-        return ray.get([w.version.remote() for w in self.workers])
+        return gather([w.version.remote() for w in self.workers], "version", "rollout worker",
+                      self.cfg.weight_sync.timeout_s, SYNC_KEY)
 
     def shutdown(self) -> None:
-        for worker in self.workers:
-            try:
-                ray.kill(worker, no_restart=True)
-            except Exception:
-                pass
+        self.workers.shutdown()

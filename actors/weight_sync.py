@@ -255,41 +255,48 @@ class BroadcastGroup:
 
 
 # -- driver side ------------------------------------------------------------------------------------
-def sync_object_store(learners: Any, workers: Sequence[Any], version: int, bucket_mb: float) -> list[int]:
-    """Publish `version` from learner rank 0 to the object store and apply it on every worker."""
-    from actors.cluster import wait_all
+SYNC_KEY = "rollout.weight_sync.timeout_s"
+
+
+def sync_object_store(learners: Any, workers: Sequence[Any], version: int, bucket_mb: float,
+                      timeout_s: float) -> list[int]:
+    """Publish `version` from learner rank 0 to the object store and apply it on every worker; a worker that has
+    not applied it within `timeout_s` seconds fails the call (`actors.group.ActorLost`), naming it."""
+    from actors.group import gather
 
     manifest, refs = learners.publish_weights(version, bucket_mb)
-    return wait_all([w.set_weights.remote(manifest, refs) for w in workers], "set_weights", "rollout worker")
+    return gather([w.set_weights.remote(manifest, refs) for w in workers], "set_weights", "rollout worker",
+                  timeout_s, SYNC_KEY)
 
 
 class BroadcastSync:
     """Driver side of the broadcast transport: builds the group once, then `sync(version)` pushes versions.
 
     Every worker checks the manifest before any collective starts, so a refusal never leaves the
-    sender blocked in a broadcast nobody receives.
+    sender blocked in a broadcast nobody receives. Every wait (joining, the checks, the broadcast itself)
+    ends after `timeout_s` seconds: a member that has not answered by then fails the sync, named
+    (`actors.group.ActorLost`).
     """
 
-    def __init__(self, learners: Any, workers: Sequence[Any], backend: str):
-        import ray
+    def __init__(self, learners: Any, workers: Sequence[Any], backend: str, timeout_s: float):
+        from actors.group import gather
 
-        from actors.cluster import wait_all
-
-        self.learners, self.workers, self.backend = learners, list(workers), backend
+        self.learners, self.workers, self.backend, self.timeout_s = learners, list(workers), backend, timeout_s
         source = learners.ranks[0]
-        host, port = ray.get(source.endpoint.remote())
+        (host, port), = gather([source.endpoint.remote()], "endpoint", "learner rank", timeout_s, SYNC_KEY)
         size = len(self.workers) + 1
-        wait_all([source.join_broadcast.remote(backend, host, port, size)]
-                 + [w.join_broadcast.remote(backend, host, port, i + 1, size) for i, w in enumerate(self.workers)],
-                 "join_broadcast")
+        gather([source.join_broadcast.remote(backend, host, port, size)]
+               + [w.join_broadcast.remote(backend, host, port, i + 1, size) for i, w in enumerate(self.workers)],
+               "join_broadcast", "member (learner rank 0 first)", timeout_s, SYNC_KEY)
 
     def sync(self, version: int, bucket_mb: float) -> list[int]:
-        import ray
+        from actors.group import gather
 
-        from actors.cluster import wait_all
-
-        manifest = ray.get(self.learners.ranks[0].weights_manifest.remote(version, bucket_mb))
-        wait_all([w.check_weights.remote(manifest) for w in self.workers], "check_weights", "rollout worker")
+        (manifest,) = gather([self.learners.ranks[0].weights_manifest.remote(version, bucket_mb)],
+                             "weights_manifest", "learner rank", self.timeout_s, SYNC_KEY)
+        gather([w.check_weights.remote(manifest) for w in self.workers], "check_weights", "rollout worker",
+               self.timeout_s, SYNC_KEY)
         sends = [r.broadcast_weights.remote(version, bucket_mb) for r in self.learners.ranks]
         receives = [w.receive_weights.remote(manifest) for w in self.workers]
-        return wait_all(sends + receives, "broadcast weights", "member (learner ranks first)")[len(sends):]
+        return gather(sends + receives, "broadcast weights", "member (learner ranks first)", self.timeout_s,
+                      SYNC_KEY)[len(sends):]

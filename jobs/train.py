@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(commented_yaml(cfg), end="")
         return 0
     from actors.cluster import ResourceError  # imports Ray: only once a run starts
+    from actors.group import ActorLost
     from actors.learner import NonFiniteUpdates
 
     try:
@@ -251,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (Stopped, NonFiniteUpdates) as exc:  # SIGTERM/SIGINT, or updates skipped: the last step is saved
         print(exc, file=sys.stderr)
+        return exc.exit_code
+    except ActorLost as exc:  # a learner rank (never replaced) hung or died: docs/reliability.md §14
+        latest = CheckpointManager(cfg.run.run_dir / "checkpoints", cfg.checkpoint).latest_complete()
+        how = "rerun the same command" if cfg.checkpoint.resume == "auto" else "rerun with --set checkpoint.resume=auto"
+        resume = (f"the last complete checkpoint is {latest}: {how} to resume from it" if latest is not None
+                  else "no checkpoint was completed: a rerun starts from step 0")
+        print(f"aborted: {exc}\nnothing was saved (a hung learner rank cannot be checkpointed: its share of the "
+              f"state lives only in its process); {resume}", file=sys.stderr)
         return exc.exit_code
     print_summary(summary)
     return 0

@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from actors.cluster import check_resources
+from actors.group import wait
 from actors.rewards import (
     CPU_GROUP,
     RewardActor,
@@ -83,6 +84,11 @@ def comparable(answer):
             {k: v for k, v in metrics.items() if not k.endswith("/latency_s")})
 
 
+def health(restarts: int, failures: int, timeouts: int = 0) -> dict[str, float]:
+    return {"health/reward_actor_restarts": float(restarts), "health/reward_actor_timeouts": float(timeouts),
+            "health/reward_actor_failures": float(failures)}
+
+
 def wait_for(path, timeout_s=30.0):
     deadline = time.monotonic() + timeout_s
     while not os.path.exists(path):
@@ -125,7 +131,7 @@ def test_router_answers_exactly_what_the_service_answers(ray_session, plugin_dir
     with pytest.raises(ValueError, match=r"samples\[1\]: got str; expected rewards.Sample"):
         actor.score([samples[0], "not a sample"])
     actor.close()
-    assert router.health_metrics() == {"health/reward_actor_restarts": 0.0, "health/reward_actor_failures": 0.0}
+    assert router.health_metrics() == health(restarts=0, failures=0)
 
 
 def test_router_and_service_share_one_weighted_total_and_its_overflow(ray_session, plugin_dir):
@@ -182,12 +188,12 @@ def test_an_actor_killed_mid_batch_is_restarted_and_the_batch_rescored(ray_sessi
         assert not scoring.is_alive()
         assert comparable(result["batch"]) == comparable(undisturbed)
         assert router.actor(CPU_GROUP) is not victim
-        assert router.health_metrics() == {"health/reward_actor_restarts": 1.0, "health/reward_actor_failures": 0.0}
+        assert router.health_metrics() == health(restarts=1, failures=0)
 
         flag.touch()  # 2. os._exit inside a thread-isolated reward: the actor's own process dies
         assert comparable(router.score(batch)) == comparable(undisturbed)
         assert not flag.exists()
-        assert router.health_metrics() == {"health/reward_actor_restarts": 2.0, "health/reward_actor_failures": 0.0}
+        assert router.health_metrics() == health(restarts=2, failures=0)
 
 
 def test_a_term_that_cannot_be_scored_is_none_with_a_reason_after_bounded_retries(ray_session, plugin_dir):
@@ -207,8 +213,12 @@ def test_a_term_that_cannot_be_scored_is_none_with_a_reason_after_bounded_retrie
         assert metrics[f"reward/text/{metric_term(dying)}/none/crash"] == 4.0
         assert metrics[f"reward/text/{metric_term(dying)}/errors"] == 4.0
         assert "reward/text/total/mean" not in metrics
-        assert router.health_metrics() == {"health/reward_actor_restarts": 1.0, "health/reward_actor_failures": 1.0}
-        assert router.actor(dying) is None  # replaced at the next call
+        assert router.health_metrics() == health(restarts=1, failures=1)
+        given_up = router.actor(dying)  # killed now, replaced at the next call (before its first attempt)
+        assert dict(wait({"x": given_up.start.remote()}, 30))["x"].status == "died"
+        again, _ = router.score(batch_of(samples))
+        assert again.reward_reasons[dying][0] == reason
+        assert router.health_metrics() == health(restarts=3, failures=2)  # both tries were failed starts
         with pytest.raises(KeyError, match="no reward actor 'clip'; actors: "):
             router.actor("clip")
 

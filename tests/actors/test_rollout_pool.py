@@ -9,6 +9,8 @@ import pytest
 import ray
 import torch
 
+from actors.config import RolloutConfig
+from actors.group import ActorGroup
 from actors.rollout_pool import PendingShard, RolloutPool
 from rl.batch import RolloutBatch
 
@@ -27,7 +29,8 @@ def shard(uids: dict[str, int], seed: int, version: int = 0) -> RolloutBatch:
 def bare_pool() -> RolloutPool:
     """A pool without workers: `collect` only reads the futures of the shards it is given."""
     pool = RolloutPool.__new__(RolloutPool)
-    pool.generations, pool.max_restarts_per_step, pool.restarts, pool.duplicate_rows = [0, 0, 0], 2, 0, 0
+    pool.cfg, pool.workers = RolloutConfig(), ActorGroup("rollout worker", 0, start=None)
+    pool.max_restarts_per_step, pool.timeouts, pool.duplicate_rows = 2, 0, 0
     return pool
 
 

@@ -181,17 +181,17 @@ def test_object_store_sync_brings_workers_to_the_learner_version(pipeline):
     learners.train_step(nudge_step, [{"amount": 1.0}] * 2)
     trained = learners.checksums()
     assert trained[0] == trained[1] != start
-    assert sync_object_store(learners, workers, version=1, bucket_mb=0.05) == [1, 1]  # ~0.6 MB: 13 buckets
+    assert sync_object_store(learners, workers, version=1, bucket_mb=0.05, timeout_s=60) == [1, 1]  # 13 buckets
     assert worker_state(workers) == ([1, 1], [trained[0]] * 2)
     with pytest.raises(RuntimeError, match="set_weights failed on rollout worker \\d of 2: (.|\\n)*refused weight version 1"):
-        sync_object_store(learners, workers, version=1, bucket_mb=0.05)
+        sync_object_store(learners, workers, version=1, bucket_mb=0.05, timeout_s=60)
     assert worker_state(workers) == ([1, 1], [trained[0]] * 2)
 
 
 def test_broadcast_sync_with_gloo(pipeline):
     learners, workers = pipeline
     current = ray.get(workers[0].version.remote())
-    sync = BroadcastSync(learners, workers, backend="gloo")
+    sync = BroadcastSync(learners, workers, backend="gloo", timeout_s=60)
     learners.train_step(nudge_step, [{"amount": 2.0}] * 2)
     trained = learners.checksums()[0]
     assert sync.sync(version=current + 1, bucket_mb=0.05) == [current + 1] * 2
@@ -209,7 +209,7 @@ def test_broadcast_sync_with_gloo(pipeline):
 
 def test_no_group_listens_on_all_interfaces(pipeline, socket_watch):
     learners, workers = pipeline  # the learners' rendezvous store and gloo group are up
-    BroadcastSync(learners, workers, backend="gloo")  # a broadcast store and gloo group more
+    BroadcastSync(learners, workers, backend="gloo", timeout_s=60)  # a broadcast store and gloo group more
     wildcard = socket_watch.wildcard()
     assert set(socket_watch.seen.values()) >= {"ray::LearnerRank", "ray::RolloutWorker"}  # the watch sees them
     assert not wildcard, f"listening on all interfaces: {wildcard}"
@@ -221,7 +221,7 @@ def test_broadcast_sync_with_nccl_on_gpus(ray_session, kit):
     learners = LearnerGroup(LearnerConfig(num_ranks=1, gpus_per_rank=1, zero_stage=2), kit.policy_source(0))
     workers = start_workers(RolloutConfig(num_workers=1, gpus_per_worker=1), kit.policy_source(0))
     try:
-        sync = BroadcastSync(learners, workers, backend="nccl")
+        sync = BroadcastSync(learners, workers, backend="nccl", timeout_s=60)
         learners.train_step(nudge_step, [{"amount": 1.0}])
         assert sync.sync(version=1, bucket_mb=0.05) == [1]
         assert worker_state(workers) == ([1], learners.checksums())
