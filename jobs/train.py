@@ -253,13 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     except (Stopped, NonFiniteUpdates) as exc:  # SIGTERM/SIGINT, or updates skipped: the last step is saved
         print(exc, file=sys.stderr)
         return exc.exit_code
-    except ActorLost as exc:  # a learner rank (never replaced) hung or died: docs/reliability.md §14
+    except ActorLost as exc:  # an actor the run cannot replace (a learner rank) hung or died: reliability.md §14
         latest = CheckpointManager(cfg.run.run_dir / "checkpoints", cfg.checkpoint).latest_complete()
-        how = "rerun the same command" if cfg.checkpoint.resume == "auto" else "rerun with --set checkpoint.resume=auto"
-        resume = (f"the last complete checkpoint is {latest}: {how} to resume from it" if latest is not None
-                  else "no checkpoint was completed: a rerun starts from step 0")
-        print(f"aborted: {exc}\nnothing was saved (a hung learner rank cannot be checkpointed: its share of the "
-              f"state lives only in its process); {resume}", file=sys.stderr)
+        resume = (f"the last complete checkpoint is {latest}: rerun with checkpoint.resume=auto (the default) to "
+                  "resume from it" if latest is not None else "no checkpoint was completed: a rerun starts from step 0")
+        print(f"aborted: {exc}\nnothing was saved (the step cannot be finished, and a hung learner rank cannot be "
+              f"checkpointed: its share of the state lives only in its process); {resume}", file=sys.stderr)
         return exc.exit_code
     print_summary(summary)
     return 0
