@@ -181,12 +181,13 @@ def test_evaluation_skips_and_reports_a_prompt_too_long(tmp_path, caplog):
 
 
 def test_the_rollout_job_reports_a_lone_surrogate_row_and_samples_the_rest(tmp_path):
-    from jobs.rollout import make_plan, parse_args
+    from jobs.config import DEFAULT_CONFIG, load_config
+    from jobs.rollout_plan import make_plan
 
     path = write_rows(tmp_path / "p.jsonl", [{"uid": "a", "prompt": "hi"}, {"uid": "b", "prompt": "\ud800"},
                                              {"uid": "c", "prompt": "x " * 5000}])
-    plan = make_plan(parse_args(["--model", "tiny", "--prompts", str(path), "--out", str(tmp_path / "out"),
-                                 "--gen-length", "8", "--steps", "4", "--block-length", "4"]))
-    assert [p.uid for p in plan.prompts] == ["a"]
+    plan = make_plan(load_config(DEFAULT_CONFIG, ["model.path=tiny", f"generate.prompts={path}",
+                                                  "rollout.sampler={gen_length: 8, steps: 4, block_length: 4}"]))
+    assert [r.uid for r in plan.records] == ["a"]
     assert plan.bad_rows[0].startswith(f"{path}:2: 'prompt' holds a lone surrogate U+D800")
     assert plan.bad_rows[1].startswith(f"{path}:3: the chat prompt has")
