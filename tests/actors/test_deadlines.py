@@ -177,12 +177,14 @@ def test_a_worker_stopped_with_a_shard_in_flight_is_replaced_by_the_sync(pipelin
     restarts, timeouts, old = pool.restarts, pool.timeouts, pool.workers[1]
     dispatched_at = pool.version
     with stopped(pid_of(old)) as survivors:
+        dispatched = time.perf_counter()
         pending = pool.dispatch(requests(), step=6, run_seed=7)
         learners.train_step(nudge_step, [{"amount": 1.0}])
+        syncing = time.perf_counter()
         stats = pool.sync(learners, dispatched_at + 1)
         batches, collected = pool.collect(pending)
     assert not survivors and pool.workers[1] is not old
-    assert stats["perf/weight_sync_wait_s"] >= DEADLINE_S * 0.5  # waited for the shard until it was due
+    assert syncing - dispatched + stats["perf/weight_sync_wait_s"] >= DEADLINE_S  # waited until the shard was due
     assert (collected["health/worker_restarts"], collected["health/worker_timeouts"]) == (restarts + 1, timeouts + 1)
     # shard 0 was sampled before the sync, shard 1 again after it, by the replacement at the new version
     assert [b.policy_version for b in batches] == [[dispatched_at] * 3, [dispatched_at + 1] * 3]
