@@ -11,12 +11,13 @@ The network and the bit order of the codes are in model/magvit_net.py (docs/mode
 (jobs/tasks/train_shapes_vq.py does, with a straight-through sign).
 
 Checkpoint directory: `config.json` (optional: without it the published full-size architecture is
-assumed) and one weight file, the first of WEIGHT_NAMES present (safetensors preferred; `.bin` files
-are read with `torch.load(weights_only=True)`). Nothing is ignored silently: a missing learned weight, an
-unexpected key (training-only parts such as a discriminator or loss networks included: drop them from
-the file) and a wrong shape are errors that name the key. The quantiser buffers `quantize.embedding`
-and `quantize.power_vals` are deterministic, so they may be absent (they are recomputed); when present
-their values must equal the bit table, which checks the file's bit order against ours.
+assumed) and one weight file under a name an upstream saver writes (WEIGHT_NAMES: a safetensors file is
+preferred to a `.bin`, which is read with `torch.load(weights_only=True)`; two of one format are an
+error). Nothing is ignored silently: a missing learned weight, an unexpected key (training-only parts
+such as a discriminator or loss networks included: drop them from the file) and a wrong shape are
+errors that name the key. The quantiser buffers `quantize.embedding` and `quantize.power_vals` are
+deterministic, so they may be absent (they are recomputed); when present their values must equal the
+bit table, which checks the file's bit order against ours.
 
 config.json fields: ours are MagvitConfig's field names (written by `save_image_tokenizer`, plus
 `model_type` "magvitv2"). Upstream names mapped [unverified: the published config.json may carry none
@@ -26,7 +27,7 @@ z_channels (the taming / LFQuantizer argument names); `codebook_size` / `num_cod
 `resamp_with_conv`, `give_pre_end`, `tanh_out` must have the one value implemented here; taming's
 shared `ch_mult` / `num_res_blocks` are refused (taming's decoder uses num_res_blocks + 1 blocks, so
 the mapping would be a guess); training / bookkeeping fields (dropout, resolution, loss weights,
-`_diffusers_version`, ...) are ignored; any other field is ignored with a warning.
+`_diffusers_version`, `_version`, ...) are ignored; any other field is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ __all__ = ["MagvitConfig", "MagvitTokenizer", "load_image_tokenizer", "save_imag
            "random_image_tokenizer", "config_from_json", "config_to_json"]
 
 CONFIG_NAME = "config.json"
-WEIGHT_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin",
-                "diffusion_pytorch_model.bin")
+# The weight file names the upstream savers write (docs/models.md §4.4): ours and huggingface_hub's
+# mixins (model.safetensors), the ModelMixin vendored in Show-o / MMaDA (pytorch_model.safetensors, or
+# .bin without safe serialisation) and diffusers' ModelMixin (diffusion_pytorch_model.*).
+SAFETENSORS_NAMES = ("model.safetensors", "pytorch_model.safetensors", "diffusion_pytorch_model.safetensors")
+PICKLE_NAMES = ("pytorch_model.bin", "diffusion_pytorch_model.bin")
+WEIGHT_NAMES = SAFETENSORS_NAMES + PICKLE_NAMES
 MODEL_TYPE = "magvitv2"
 CLASS_NAMES = ("MAGVITv2",)  # diffusers' `_class_name` of Show-o's tokenizer [unverified]
 QUANTIZER_BUFFERS = ("quantize.embedding", "quantize.power_vals")
@@ -67,8 +72,9 @@ _FIELDS = tuple(MagvitConfig.__dataclass_fields__)
 _ALIASES = {"out_ch": "out_channels", "codebook_dim": "z_channels"}
 _FIXED = {"double_z": False, "attn_resolutions": [], "resamp_with_conv": True, "give_pre_end": False, "tanh_out": False}
 _REFUSED = ("ch_mult", "num_res_blocks")
-_IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "model_type", "architectures", "torch_dtype",
-            "resolution", "dropout", "beta", "entropy_multiplier", "commit_loss_multiplier", "transformers_version"}
+_IGNORED = {"_class_name", "_diffusers_version", "_version", "_name_or_path", "model_type", "architectures",
+            "torch_dtype", "resolution", "dropout", "beta", "entropy_multiplier", "commit_loss_multiplier",
+            "transformers_version"}
 
 
 class MagvitTokenizer(nn.Module):
@@ -272,11 +278,20 @@ def _names(keys: list[str], limit: int = 8) -> str:
 
 
 def _weight_file(path: Path) -> Path:
-    for name in WEIGHT_NAMES:
-        if (path / name).is_file():
-            return path / name
-    present = sorted(p.name for p in path.iterdir())
-    raise FileNotFoundError(f"no tokenizer weights in {path}: expected one of {list(WEIGHT_NAMES)}; found {present}")
+    """The one weight file of `path`: a safetensors name if any is present, else a pickle name.
+
+    A safetensors file next to a .bin is the same weights in the safe format (hubs often carry both); two
+    files of one format are two candidates, and which one is meant cannot be told: an error naming them.
+    """
+    for names in (SAFETENSORS_NAMES, PICKLE_NAMES):
+        present = [path / name for name in names if (path / name).is_file()]
+        if len(present) > 1:
+            raise ValueError(f"{path} holds {len(present)} tokenizer weight files, {[p.name for p in present]}; "
+                             "keep the one that belongs to config.json and remove the other(s)")
+        if present:
+            return present[0]
+    found = sorted(p.name for p in path.iterdir())
+    raise FileNotFoundError(f"no tokenizer weights in {path}: expected one of {list(WEIGHT_NAMES)}; found {found}")
 
 
 def _read_state(file: Path) -> dict[str, torch.Tensor]:

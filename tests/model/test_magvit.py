@@ -1,4 +1,5 @@
-"""model/magvit.py: MAGVIT-v2 loading (safetensors and pytorch_model.bin), encode / decode against a
+"""model/magvit.py: MAGVIT-v2 loading (every weight file name an upstream saver writes, safetensors and .bin),
+encode / decode against a
 functional re-implementation, the LFQ bit order, the full-size layout on the meta device, every error.
 
 The published layout (key names, shapes) and the forward math are written here from
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import pytest
@@ -116,14 +118,16 @@ def random_state(f: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_tokenizer(directory, fields: dict | None, state: dict, *, form: str = "safetensors"):
+def write_tokenizer(directory, fields: dict | None, state: dict, *, name: str = "model.safetensors"):
+    """config.json (unless None) and the weights in file `name`: safetensors or, for a .bin, torch.save's pickle,
+    with the "format": "pt" metadata the transformers / diffusers / Show-o savers put into a safetensors file."""
     directory.mkdir(parents=True, exist_ok=True)
     if fields is not None:
         (directory / "config.json").write_text(json.dumps(fields))
-    if form == "safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    if name.endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / name), metadata={"format": "pt"})
     else:
-        torch.save(state, directory / "pytorch_model.bin")
+        torch.save(state, directory / name)
     return directory
 
 
@@ -196,9 +200,9 @@ def tiny_state():
 # ----------------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("form", ["safetensors", "bin"])
-def test_load_encode_decode_match_the_reference(tmp_path, tiny_state, form):
-    path = write_tokenizer(tmp_path / "tok", TINY, tiny_state, form=form)
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_load_encode_decode_match_the_reference(tmp_path, tiny_state, name):
+    path = write_tokenizer(tmp_path / "tok", TINY, tiny_state, name=name)
     tokenizer = model.load_image_tokenizer(path)
     assert isinstance(tokenizer, MagvitTokenizer) and not tokenizer.training
     assert (tokenizer.num_codes, tokenizer.downsample) == (8192, 4)
@@ -220,6 +224,39 @@ def test_load_encode_decode_match_the_reference(tmp_path, tiny_state, form):
     assert decoded.shape == (2, 3, 16, 16)
     torch.testing.assert_close(decoded, ref_decode(tiny_state, TINY, known.tolist(), 4), atol=1e-5, rtol=1e-4)
     assert decoded.abs().max() > 1.0 or decoded.min() < -0.5  # not squashed by a tanh / clamp
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.safetensors",
+                                  "diffusion_pytorch_model.bin"])
+def test_upstream_save_pretrained_layouts(tmp_path, tiny_state, name):
+    """The directories upstream savers write: the ModelMixin vendored with Show-o / MMaDA's MAGVITv2 writes
+    pytorch_model.safetensors (pytorch_model.bin without safe serialisation) and a config.json with
+    `_class_name` and `_version`; diffusers' ModelMixin diffusion_pytorch_model.* and `_diffusers_version`."""
+    bookkeeping = {"_class_name": "MAGVITv2", "_version": "0.0.1"} if name.startswith("pytorch_model") else {
+        "_class_name": "MAGVITv2", "_diffusers_version": "0.30.0"}
+    path = write_tokenizer(tmp_path / "magvitv2", {**bookkeeping, **TINY}, tiny_state, name=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every field those savers write is known
+        loaded = load_image_tokenizer(path).state_dict()
+    assert set(loaded) == set(tiny_state) and all(torch.equal(loaded[k], tiny_state[k].float()) for k in tiny_state)
+
+
+def test_which_weight_file_is_read(tmp_path, tiny_state):
+    """A safetensors file is read before a .bin of other weights; two files of one format are refused by name."""
+    other = random_state(TINY, seed=1)
+    path = write_tokenizer(tmp_path / "both", TINY, tiny_state, name="pytorch_model.safetensors")
+    torch.save(other, path / "pytorch_model.bin")
+    loaded = load_image_tokenizer(path).state_dict()
+    assert torch.equal(loaded["decoder.conv_out.weight"], tiny_state["decoder.conv_out.weight"])
+    assert not torch.equal(loaded["decoder.conv_out.weight"], other["decoder.conv_out.weight"])
+    save_file({k: v.contiguous() for k, v in other.items()}, str(path / "model.safetensors"))
+    with pytest.raises(ValueError, match=re.escape(f"{path} holds 2 tokenizer weight files, ['model.safetensors', "
+                                                   "'pytorch_model.safetensors']; keep the one")):
+        load_image_tokenizer(path)
+    pickles = write_tokenizer(tmp_path / "pickles", TINY, tiny_state, name="pytorch_model.bin")
+    torch.save(other, pickles / "diffusion_pytorch_model.bin")
+    with pytest.raises(ValueError, match=re.escape("['pytorch_model.bin', 'diffusion_pytorch_model.bin']")):
+        load_image_tokenizer(pickles)
 
 
 def test_lfq_bit_order_for_all_13_bit_codes(tiny_state, tmp_path):
@@ -362,7 +399,7 @@ def test_loading_errors(tmp_path, tiny_state):
         load_image_tokenizer(write_tokenizer(tmp_path / "u", TINY, extra))
     wrong = {**tiny_state, "encoder.mid.attn_1.q.weight": torch.zeros(16, 16, 3, 3)}
     with pytest.raises(ValueError, match=r"encoder.mid.attn_1.q.weight has shape \[16, 16, 3, 3\], expected \[16, 16, 1, 1\]"):
-        load_image_tokenizer(write_tokenizer(tmp_path / "w", TINY, wrong, form="bin"))
+        load_image_tokenizer(write_tokenizer(tmp_path / "w", TINY, wrong, name="pytorch_model.bin"))
     integer = {**tiny_state, "encoder.conv_in.bias": torch.zeros(8, dtype=torch.long)}
     with pytest.raises(ValueError, match="encoder.conv_in.bias has dtype torch.int64"):
         load_image_tokenizer(write_tokenizer(tmp_path / "i", TINY, integer))
