@@ -14,6 +14,8 @@ Deviations from upstream, on purpose:
 - A config.json that omits an architecture field (`rope`, `weight_tying`, ...) is read with the
   value of the published LLaDA-8B config (which is what we implement), not the upstream class
   default; unknown fields are ignored with a warning.
+- A config.json without `bos_token_id` takes it from generation_config.json, else from the
+  tokenizer's bos token, else leaves it None: never the LLaDA-8B id, which a smaller vocabulary lacks.
 - MMaDA's config is [unverified]: the rows of `wte`/`ff_out` are taken from the weights when they
   equal `new_vocab_size` rather than `embedding_size`/`vocab_size`.
 - `save` writes no `auto_map` (we ship no remote-code files); copy upstream's `modeling_*.py` and
@@ -37,6 +39,7 @@ import torch
 from model.network import MODEL_TYPES, BackboneConfig, MaskedDiffusionLM
 
 CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_FILE_NAME = "model.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # as transformers' save_pretrained
@@ -85,7 +88,6 @@ _OPTIONAL_FIELDS = (
     "mask_token_id",
     "eos_token_id",
     "pad_token_id",
-    "bos_token_id",
 )
 # Fields read elsewhere or that do not change the computation.
 _KNOWN_METADATA = {
@@ -153,6 +155,7 @@ def config_from_json(raw: dict, where: str = CONFIG_NAME) -> BackboneConfig:
     for name in _OPTIONAL_FIELDS:
         if raw.get(name) is not None:
             fields[name] = raw[name]
+    fields["bos_token_id"] = raw.get("bos_token_id")  # None here: `check` looks further (bos_from_other_files)
     if raw.get("multi_query_attention"):  # upstream: one key/value head; n_kv_heads may only agree
         if raw.get("n_kv_heads") not in (None, 1):
             raise ValueError(
@@ -335,9 +338,10 @@ def read_headers(files: dict[str, Path]) -> dict[str, tuple[tuple[int, ...], str
 
 def check(path) -> CheckedCheckpoint:
     """Everything `load` checks before it reads a tensor, reading only config.json, the index and the
-    safetensors headers (milliseconds for any size: docs/reliability.md §13): config.json parses and is
-    implemented, every shard the index names exists, is complete and holds its tensors, and the tensors'
-    names and shapes are those the config implies. Errors name the file and what is wrong."""
+    safetensors headers (milliseconds for any size: docs/reliability.md §13; generation_config.json and the
+    tokenizer too when config.json has no bos_token_id): config.json parses and is implemented, every shard
+    the index names exists, is complete and holds its tensors, and the tensors' names and shapes are those
+    the config implies. Errors name the file and what is wrong."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
@@ -353,6 +357,8 @@ def check(path) -> CheckedCheckpoint:
     found = read_headers(files)
     config = _resolve_embedding_rows(config, found)
     _check_token_ids(config, raw, str(config_path))
+    if config.bos_token_id is None:
+        config = replace(config, bos_token_id=bos_from_other_files(path, config.num_embeddings))
     check_weights(expected_shapes(config), {key: (shape, file) for key, (shape, _, file) in found.items()}, str(path))
     return CheckedCheckpoint(config, raw, files, found)
 
@@ -392,13 +398,41 @@ def _resolve_embedding_rows(config: BackboneConfig, found: dict) -> BackboneConf
 
 
 def _check_token_ids(config: BackboneConfig, raw: dict, where: str) -> None:
+    """The special ids of config.json (or the LLaDA defaults of the absent ones; never for bos) in the vocabulary."""
     for name in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
         value = getattr(config, name)
-        if not 0 <= value < config.num_embeddings:
+        if value is not None:
             default = "" if raw.get(name) is not None else " (the LLaDA default: the field is absent)"
-            raise ValueError(
-                f"{where}: {name}={value}{default} is outside the vocabulary (0..{config.num_embeddings - 1})"
-            )
+            _check_token_id(value, config.num_embeddings, f"{where}: {name}={value!r}{default}")
+
+
+def _check_token_id(value, num_embeddings: int, what: str) -> int:
+    """`value` if it is a row of the embedding; else an error that starts with `what` (the file and key)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < num_embeddings:
+        raise ValueError(f"{what} is not a token id of the vocabulary: expected an integer in 0..{num_embeddings - 1}")
+    return value
+
+
+def bos_from_other_files(path: Path, num_embeddings: int) -> int | None:
+    """bos_token_id for a config.json without one: generation_config.json's, else the tokenizer's bos token.
+
+    Upstream checkpoints do not all write it into config.json, and the LLaDA-8B id (126080) is not a row of
+    a smaller vocabulary, so it is never assumed. None when no file names one: model/ reads BOS from the
+    tokenizer by its string (model/templates.py); docs/models.md §2.2.
+    """
+    generation = path / GENERATION_CONFIG_NAME
+    if generation.is_file():
+        value = read_json(generation).get("bos_token_id")
+        if value is not None:
+            return _check_token_id(value, num_embeddings, f"{generation}: bos_token_id={value!r}")
+    from model.tokenizer import has_tokenizer, load_tokenizer
+
+    if has_tokenizer(path):
+        tokenizer = load_tokenizer(path)
+        if tokenizer.bos_token_id is not None:
+            what = f"the tokenizer in {path}: bos_token {tokenizer.bos_token!r} (id {tokenizer.bos_token_id})"
+            return _check_token_id(tokenizer.bos_token_id, num_embeddings, what)
+    return None
 
 
 def _assign_weights(config: BackboneConfig, files: dict[str, Path], dtype: torch.dtype, device) -> MaskedDiffusionLM:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import model
-from model.checkpoint import config_from_json, expected_shapes, save_state_dict
+from model.checkpoint import check, config_from_json, expected_shapes, save_state_dict
 from model.tiny import tiny_backbone, tiny_mmada_model, tiny_model
 
 IDS = torch.tensor([[586, 5, 17, 42, 300, 588, 588, 587], [587, 587, 586, 9, 8, 7, 588, 588]])
@@ -174,6 +174,7 @@ def test_published_8b_layouts_have_the_published_parameter_counts(layout):
         d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
         embedding_size=126464, mask_token_id=126336, eos_token_id=126081, pad_token_id=126081, bos_token_id=126080,
     )  # fmt: skip
+    assert config_from_json(llada).bos_token_id == 126080  # the published configs carry it: read as is
     shapes = expected_shapes(config_from_json(llada))
     assert shapes == layout.published_shapes(llada)
     assert len(shapes) == 291 and sum(math_prod(s) for s in shapes.values()) == 8_015_581_184
@@ -272,11 +273,99 @@ def test_unknown_architecture_and_missing_or_bad_size_fields(published_checkpoin
 
 def test_token_id_outside_the_vocabulary(published_checkpoint, layout):
     directory, _, _ = published_checkpoint
+    config_path = directory / "config.json"
     fields = layout.published_config()
+    del fields["eos_token_id"]
+    config_path.write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match=re.escape(f"{config_path}: eos_token_id=126081 (the LLaDA default: the field "
+                                                   "is absent) is not a token id of the vocabulary: expected an "
+                                                   "integer in 0..599")):
+        model.load(directory)
+    for value in (126080, "586", True):  # LLaDA-8B's id in a 600-row vocabulary; a string; a bool
+        config_path.write_text(json.dumps(layout.published_config(bos_token_id=value)))
+        with pytest.raises(ValueError, match=re.escape(f"{config_path}: bos_token_id={value!r} is not a token id")):
+            model.load(directory)
+
+
+# --------------------------------------------------------- bos_token_id of checkpoints the upstream code wrote
+
+
+def without_bos(layout, form: str, **overrides) -> dict:
+    """config.json as transformers' save_pretrained writes it for a config without a BOS: the key left out (a
+    value equal to PretrainedConfig's default None is not written) or, from other writers, null."""
+    fields = layout.published_config(**overrides)
+    if form == "absent":
+        del fields["bos_token_id"]
+    else:
+        fields["bos_token_id"] = None
+    return fields
+
+
+@pytest.mark.parametrize("form", ["absent", "null"])
+def test_bos_token_id_comes_from_the_tokenizer(tmp_path, layout, form):
+    """The issue's probe: no bos_token_id in config.json and a 600-row vocabulary loads, with the tokenizer's BOS
+    (<|startoftext|>, id 586 in the tiny tokenizer's files) instead of LLaDA-8B's 126080."""
+    fields = without_bos(layout, form)
+    state = layout.random_state_dict(fields)
+    directory = layout.write_checkpoint(tmp_path / "upstream", fields, state)
+    loaded = model.load(directory)
+    assert loaded.config.bos_token_id == layout.specials["bos_token_id"] == 586
+    assert check(directory).config.bos_token_id == 586
+    assert all(torch.equal(tensor, state[key]) for key, tensor in loaded.network.state_dict().items())
+    saved = model.save(loaded, tmp_path / "saved")
+    assert json.loads((saved / "config.json").read_text())["bos_token_id"] == 586  # written out from now on
+
+
+def test_bos_token_id_comes_from_generation_config_before_the_tokenizer(tmp_path, layout):
+    fields = without_bos(layout, "absent")
+    directory = layout.write_checkpoint(tmp_path / "upstream", fields, layout.random_state_dict(fields))
+    generation = {"_from_model_config": True, "bos_token_id": 5, "eos_token_id": 587, "pad_token_id": 587,
+                  "transformers_version": "4.46.3"}  # as GenerationConfig.save_pretrained writes it
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    assert model.load(directory).config.bos_token_id == 5
+    fields["bos_token_id"] = 7  # config.json's own comes first
+    (directory / "config.json").write_text(json.dumps(fields))
+    assert model.load(directory, tokenizer=False).config.bos_token_id == 7
     del fields["bos_token_id"]
     (directory / "config.json").write_text(json.dumps(fields))
-    with pytest.raises(ValueError, match=r"bos_token_id=126080 \(the LLaDA default: the field is absent\) is outside"):
+    generation_path = directory / "generation_config.json"
+    generation_path.write_text(json.dumps({**generation, "bos_token_id": 600}))
+    with pytest.raises(ValueError, match=re.escape(f"{generation_path}: bos_token_id=600 is not a token id of the "
+                                                   "vocabulary: expected an integer in 0..599")):
         model.load(directory)
+    generation_path.write_text(json.dumps({**generation, "bos_token_id": None}))  # null: the tokenizer's
+    assert model.load(directory, tokenizer=False).config.bos_token_id == 586
+
+
+def test_no_bos_anywhere_stays_none(tmp_path, layout):
+    """Neither file names one and the tokenizer has no bos_token: None, and the model loads and runs."""
+    fields = without_bos(layout, "absent")
+    state = layout.random_state_dict(fields)
+    bare = layout.write_checkpoint(tmp_path / "bare", fields, state, tokenizer=False)
+    assert check(bare).config.bos_token_id is None
+    network = model.load(bare, tokenizer=False).network
+    assert network.config.bos_token_id is None and logits_of(network).shape == (2, 8, 600)
+    resaved = model.save(network, tmp_path / "resaved")
+    assert json.loads((resaved / "config.json").read_text())["bos_token_id"] is None  # written as upstream: null
+    assert check(resaved).config == network.config
+    no_bos_token = layout.write_checkpoint(tmp_path / "no_bos_token", fields, state)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        tokenizer_fields = json.loads((no_bos_token / name).read_text())
+        del tokenizer_fields["bos_token"]
+        (no_bos_token / name).write_text(json.dumps(tokenizer_fields))
+    loaded = model.load(no_bos_token)
+    assert loaded.config.bos_token_id is None and loaded.tokenizer.bos_token is None
+
+
+def test_a_tokenizer_bos_outside_the_embedding_names_the_tokenizer(tmp_path, layout):
+    """A 586-row checkpoint whose config.json names no BOS, with the tiny tokenizer (its BOS is id 586)."""
+    fields = without_bos(layout, "absent", vocab_size=586, embedding_size=586, mask_token_id=1, eos_token_id=2,
+                         pad_token_id=2)
+    directory = layout.write_checkpoint(tmp_path / "small", fields, layout.random_state_dict(fields))
+    with pytest.raises(ValueError, match=re.escape(f"the tokenizer in {directory}: bos_token '<|startoftext|>' "
+                                                   "(id 586) is not a token id of the vocabulary: expected an "
+                                                   "integer in 0..585")):
+        check(directory)
 
 
 def test_unknown_config_field_warns(published_checkpoint, layout):
