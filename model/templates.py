@@ -3,7 +3,9 @@
 The token strings are the upstream ones, so the same code works on the real 126k tokenizer and on
 the tiny checked-in twin. Ids are always looked up in the tokenizer at run time, never hard-coded.
 
-Chat template (LLaDA-8B-Instruct):
+A prompt uses the checkpoint's own chat template when its tokenizer has one (`chat_template`, read from
+tokenizer_config.json or chat_template.jinja), else this one, LLaDA-8B-Instruct's (the tiny and shipped
+tokenizers have none):
 
     <|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>
     <|start_header_id|>assistant<|end_header_id|>\\n\\n
@@ -12,8 +14,8 @@ Chat template (LLaDA-8B-Instruct):
 upstream's `apply_chat_template(..., tokenize=True)` does; the special tokens are added tokens, so
 they are matched before the byte-level BPE runs on the text between them.
 
-Deviations: MMaDA's demo scripts use a single "\\n" after the headers; we use LLaDA's "\\n\\n" for
-both model types. The thinking instruction is our own wording of the MMaDA/R1-style instruction
+Deviations: MMaDA's demo scripts use a single "\\n" after the headers; the fallback uses LLaDA's "\\n\\n"
+for both model types. The thinking instruction is our own wording of the MMaDA/R1-style instruction
 ("reason inside <think> </think>, then answer"), with the answer asked for in \\boxed{} so that
 the math reward can read it.
 """
@@ -119,5 +121,13 @@ def chat_prompt_text(text: str, *, thinking: bool) -> str:
 
 
 def chat_prompt_ids(tokenizer, text: str, *, thinking: bool) -> list[int]:
-    """Token ids of `chat_prompt_text(text, thinking=thinking)` (BOS included, nothing else added)."""
-    return list(tokenizer(chat_prompt_text(text, thinking=thinking), add_special_tokens=False)["input_ids"])
+    """One user turn `user_text(text, thinking=thinking)` and the assistant's opening, as token ids.
+
+    Through the tokenizer's chat template when it has one (as the upstream scripts call it), else the ids
+    of `chat_prompt_text` (BOS included, nothing else added).
+    """
+    if tokenizer.chat_template is None:
+        return list(tokenizer(chat_prompt_text(text, thinking=thinking), add_special_tokens=False)["input_ids"])
+    turn = [{"role": "user", "content": user_text(text, thinking=thinking)}]
+    # return_dict=False: a plain id list on transformers 4.x and 5.x alike (5.x returns a BatchEncoding by default)
+    return list(tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=True, return_dict=False))

@@ -69,6 +69,11 @@ def save_tokenizer(tokenizer, directory: str | Path) -> None:
         config.setdefault("additional_special_tokens", extra)
     elif extra:  # 4.x's dict of named model-specific tokens
         config["extra_special_tokens"] = extra
+    template = tokenizer.chat_template  # 5.x writes it to chat_template.jinja only; 4.x reads it from here
+    if isinstance(template, dict):  # named templates: 4.x's list form
+        config["chat_template"] = [{"name": name, "template": text} for name, text in template.items()]
+    elif template is not None:
+        config["chat_template"] = template
     config.setdefault(
         "added_tokens_decoder",
         {

@@ -1,14 +1,16 @@
-"""The tiny tokenizer (checked in, rebuilt reproducibly) and the chat template of models.md §2."""
+"""The tiny tokenizer (checked in, rebuilt reproducibly) and the chat templates of models.md §2."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from model import templates
 from model.assets import build_tiny_tokenizer
+from model.resolve import REPO
 from model.templates import SpecialTokens, chat_prompt_ids, chat_prompt_text, special_ids
 from model.tokenizer import TINY_TOKENIZER_DIR, load_tiny_tokenizer, load_tokenizer, save_tokenizer
 
@@ -111,6 +113,43 @@ def test_chat_prompt_ids_exact_sequence(tokenizer, thinking):
     assert digits == ["1", "2", "3", "4"]
 
 
+# A checkpoint's own template, unlike LLaDA's (one "\n" after the headers, as MMaDA's demo scripts), so a prompt
+# shows which of the two built it.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n{{ m['content'] }}"
+    "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n{% endif %}"
+)
+
+
+@pytest.fixture
+def templated(tmp_path):
+    """The tiny tokenizer with CHAT_TEMPLATE in its tokenizer_config.json, where transformers 4.x writes it."""
+    directory = tmp_path / "templated"
+    shutil.copytree(TINY_TOKENIZER_DIR, directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}))
+    return load_tokenizer(directory)
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_chat_prompt_ids_use_the_checkpoint_template(tokenizer, templated, thinking):
+    question = "What is 12 * (3 + 4)?"
+    user = (templates.THINKING_INSTRUCTION + "\n" + question) if thinking else question
+    prompt = chat_prompt_ids(templated, question, thinking=thinking)
+    turn = [{"role": "user", "content": user}]
+    assert prompt == templated.apply_chat_template(turn, add_generation_prompt=True, tokenize=True, return_dict=False)
+    rendered = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n" + user
+                + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n")  # CHAT_TEMPLATE by hand
+    assert prompt == encode(tokenizer, rendered)
+    assert prompt != chat_prompt_ids(tokenizer, question, thinking=thinking)  # the fallback is not what ran
+
+
+def test_shipped_tokenizers_have_no_template_so_prompts_stay_llada():
+    """The tiny tokenizer and the shipped policies' take the LLaDA template (the demo's numbers depend on it)."""
+    for directory in (TINY_TOKENIZER_DIR, REPO / "model/assets/demo_policy", REPO / "model/assets/sign_slip_policy"):
+        assert load_tokenizer(directory).chat_template is None, directory
+
+
 def test_special_ids_names_a_missing_token():
     from transformers import PreTrainedTokenizerFast
 
@@ -143,6 +182,20 @@ def test_save_tokenizer_writes_files_that_load_back_the_same(tokenizer, tmp_path
     for text in ROUND_TRIP_TEXTS:
         assert encode(reloaded, text) == encode(tokenizer, text)
     assert special_ids(reloaded) == special_ids(tokenizer)
+
+
+@pytest.mark.parametrize("form", ["single", "named"])
+def test_save_tokenizer_writes_the_chat_template_where_4x_reads_it(templated, tmp_path, form):
+    """tokenizer_config.json carries it (transformers 5 writes chat_template.jinja files only): a string, or
+    4.x's list of {name, template} for named templates; it loads back from tokenizer_config.json alone."""
+    templated.chat_template = CHAT_TEMPLATE if form == "single" else {"default": CHAT_TEMPLATE, "short": "{{ 1 }}"}
+    save_tokenizer(templated, tmp_path / "saved")
+    written = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())["chat_template"]
+    assert written == (CHAT_TEMPLATE if form == "single" else
+                       [{"name": "default", "template": CHAT_TEMPLATE}, {"name": "short", "template": "{{ 1 }}"}])
+    (tmp_path / "saved" / "chat_template.jinja").unlink(missing_ok=True)  # the files 4.x does not read
+    shutil.rmtree(tmp_path / "saved" / "additional_chat_templates", ignore_errors=True)
+    assert load_tokenizer(tmp_path / "saved").chat_template == templated.chat_template
 
 
 def test_load_tokenizer_errors(tmp_path):
