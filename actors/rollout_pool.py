@@ -26,6 +26,10 @@ one; with the `broadcast` backend a member past that deadline fails the sync, na
 `sync` first waits for the samples still in flight (async mode: the next step's, which a worker finishes
 before it applies new weights; a worker past its shard's deadline is replaced first) and reports that wait as
 `perf/weight_sync_wait_s`, so that `perf/weight_sync_s` is the transfer alone.
+
+A shard may also be delivered already (`PendingShard.batch`): `finish` collects a dispatch ahead of its step
+(async mode, before a checkpoint saves its rows), and a resumed run gets the saved rows back as such shards;
+`collect` takes their rows as they are, with the same version and repeated-row checks.
 """
 
 from __future__ import annotations
@@ -65,6 +69,13 @@ class PendingShard:
     dispatched_version: int
     generation: int  # of the worker it was sent to; a newer one means the worker was already replaced
     sent: float = field(default_factory=time.monotonic)  # when `future` was submitted: it is due sample_timeout_s later
+    batch: Any = None  # its RolloutBatch once delivered: `collect` then waits for nothing (requests, future unused)
+
+    @classmethod
+    def delivered(cls, index: int, batch: Any, dispatched_version: int) -> PendingShard:
+        """A shard whose rows are already in: collected ahead of its step (`RolloutPool.finish`), or saved
+        with a checkpoint and read back on resume (docs/architecture.md §5)."""
+        return cls(index, [], 0, None, dispatched_version, generation=-1, batch=batch)
 
 
 class RolloutPool:
@@ -114,8 +125,8 @@ class RolloutPool:
                                                   seed=seed)
 
     def collect(self, pending: list[PendingShard]) -> tuple[list[Any], dict[str, float]]:
-        """Wait for every shard, each until it is due; a shard whose worker died or overran is re-sampled
-        (same seed) on a fresh worker holding the current weights.
+        """Wait for every shard not delivered yet, each until it is due; a shard whose worker died or overran
+        is re-sampled (same seed) on a fresh worker holding the current weights.
 
         Returns the shards' RolloutBatches in request order, each (uid, sample index) once (a row delivered
         again is dropped and counted), and timing/health stats."""
@@ -124,9 +135,10 @@ class RolloutPool:
         started, restarts = time.perf_counter(), 0
         batches = []
         for shard in pending:  # the shards sample concurrently; each is waited for in turn, until it is due
-            while True:
+            while shard.batch is None:
                 outcome = wait_one(shard.future, shard.sent + self.cfg.sample_timeout_s - time.monotonic())
                 if outcome.status == "ok":
+                    shard.batch = outcome.value
                     break
                 if outcome.status == "error":
                     raise RuntimeError(f"sample failed on rollout worker {shard.index}: "
@@ -140,11 +152,11 @@ class RolloutPool:
                     self._restart(shard.index, outcome)
                 shard.generation = self.workers.generations[shard.index]
                 shard.future, shard.sent = self._sample(shard.index, shard.requests, shard.seed), time.monotonic()
-            stale = [v for v in outcome.value.policy_version if v < shard.dispatched_version]
+            stale = [v for v in shard.batch.policy_version if v < shard.dispatched_version]
             if stale:
                 raise RuntimeError(f"worker {shard.index} returned samples at version {min(stale)} for a shard "
                                    f"dispatched at version {shard.dispatched_version}")
-            batches.append(outcome.value)
+            batches.append(shard.batch)
         batches, dropped = drop_repeated_rows(batches)
         if dropped:
             log.warning("dropped %d rollout row(s) delivered more than once (same uid and sample index, same "
@@ -152,6 +164,13 @@ class RolloutPool:
             self.duplicate_rows += dropped
         return batches, {"perf/rollout_collect_s": time.perf_counter() - started,
                          **self.health(), "health/duplicate_rows": float(self.duplicate_rows)}
+
+    def finish(self, pending: list[PendingShard]) -> list[PendingShard]:
+        """`pending` collected now (as `collect` does it, with its deadlines and checks) and returned as
+        delivered shards, one per batch, which a later `collect` takes without waiting. A checkpoint of step s
+        in async mode saves step s+1's shards so (jobs/train.py `save`); the sync of step s has waited for them."""
+        batches, _ = self.collect(pending)
+        return [PendingShard.delivered(k, batch, pending[0].dispatched_version) for k, batch in enumerate(batches)]
 
     def health(self) -> dict[str, float]:
         return {"health/worker_restarts": float(self.restarts), "health/worker_timeouts": float(self.timeouts)}

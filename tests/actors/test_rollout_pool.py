@@ -58,3 +58,25 @@ def test_a_repeated_key_with_other_content_is_an_error_not_a_retry(ray_session):
     with pytest.raises(ValueError, match=r"\(uid, sample_index\) \('a', 0\) is delivered twice with different rows "
                                          r"\(batch 0 row 0, batch 1 row 0: input_ids differs\)"):
         bare_pool().collect([pending(0, shard({"a": 2, "b": 2}, seed=0)), pending(1, other)])
+
+
+def test_finish_collects_ahead_and_a_later_collect_takes_the_same_rows_without_waiting(ray_session):
+    """Async mode, a checkpoint due: `finish` collects the next step's shards (the checkpoint saves them), and
+    the step's `collect` then gets exactly those rows; a repeated row is dropped and counted once."""
+    first, second = shard({"a": 2, "b": 2}, seed=0, version=3), shard({"c": 2}, seed=1, version=3)
+    expected, _ = bare_pool().collect([pending(0, first), pending(1, second)])
+    pool = bare_pool()
+    finished = pool.finish([pending(0, first), pending(1, second), pending(2, pickle.loads(pickle.dumps(second)))])
+    assert [(s.index, s.future, s.dispatched_version) for s in finished] == [(0, None, 0), (1, None, 0)]
+    assert pool.duplicate_rows == 2
+    batches, stats = pool.collect(finished)  # no future to wait for: a wait would fail on None
+    assert stats["health/duplicate_rows"] == 2.0  # counted when the rows came in, not again
+    assert [(b.uid, b.sample_index, b.response) for b in batches] == [(b.uid, b.sample_index, b.response)
+                                                                      for b in expected]
+    assert all(torch.equal(b.input_ids, e.input_ids) for b, e in zip(batches, expected))
+
+
+def test_a_delivered_shard_gets_the_version_check_of_any_shard():
+    stale = PendingShard.delivered(1, shard({"a": 2}, seed=0, version=2), dispatched_version=3)
+    with pytest.raises(RuntimeError, match="worker 1 returned samples at version 2 for a shard dispatched at version 3"):
+        bare_pool().collect([stale])
