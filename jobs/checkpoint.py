@@ -4,6 +4,9 @@ A checkpoint holds:
 - `learner/`: the DeepSpeed state written by every learner rank (model, optimizer partitions);
 - `driver_state.json`: step, data cursor, RNG states, policy version and whatever else the driver needs;
 - `config.yaml`: the resolved config of the run that wrote it;
+- `pending_rollouts.pt` (async mode, not after the last step): the next step's samples, already drawn and
+  sampled when the checkpoint is written (`torch.save` of plain tensors and lists, read back with
+  `torch.load(weights_only=True)`: nothing but tensors and builtins is unpickled; docs/architecture.md §5);
 - `COMPLETE`: the marker, written last: the step, the run id, every file with its size and sha256.
 
 Atomicity: everything is written into `.step_N.tmp-<id>/`; the marker is its last file; then one
@@ -67,6 +70,7 @@ MARKER = "COMPLETE"
 DRIVER_STATE = "driver_state.json"
 CONFIG_FILE = "config.yaml"
 LEARNER_DIR = "learner"
+PENDING_FILE = "pending_rollouts.pt"
 RUN_FILE = "run_id.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TEMPORARY = re.compile(r"^\.(step_\d+\.tmp|step_\d+\.old|trash)-")
@@ -85,6 +89,7 @@ class LoadedCheckpoint:
     step: int
     driver_state: dict[str, Any]
     config_text: str
+    pending_rollouts: Any = None  # what `save` got as `pending_rollouts`; None: the checkpoint has none
 
 
 def sha256_file(path: Path) -> str:
@@ -215,9 +220,10 @@ class CheckpointManager:
 
     # -- saving -------------------------------------------------------------------------------
     def save(self, step: int, *, driver_state: dict[str, Any], config_text: str,
-             save_learner: Callable[[Path], None] | None = None) -> Path:
+             save_learner: Callable[[Path], None] | None = None, pending_rollouts: Any = None) -> Path:
         """Write `step_N/` atomically, then apply retention. `save_learner(dir)` writes the learner state
-        into `dir` (all ranks, a directory they share). Returns the final path."""
+        into `dir` (all ranks, a directory they share); `pending_rollouts` (tensors, lists, dicts, str, numbers,
+        None only) goes into `pending_rollouts.pt`. Returns the final path."""
         if self.run_id is None:
             self._adopt(self._plan_fresh())
         final = self.root / f"step_{step}"
@@ -232,6 +238,8 @@ class CheckpointManager:
         if save_learner is not None:
             (tmp / LEARNER_DIR).mkdir()
             save_learner(tmp / LEARNER_DIR)
+        if pending_rollouts is not None:
+            write_atomic(tmp / PENDING_FILE, lambda file: torch.save(pending_rollouts, file))
         write_atomic(tmp / DRIVER_STATE, json.dumps({**driver_state, "step": step}, indent=1))
         write_atomic(tmp / CONFIG_FILE, config_text)
         files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
@@ -354,14 +362,17 @@ class CheckpointManager:
 
     # -- resuming -----------------------------------------------------------------------------
     def _load(self, path: Path, load_learner: Callable[[Path], None] | None) -> LoadedCheckpoint:
-        """Verify sizes and digests of every file, then (only then) let `load_learner` unpickle."""
+        """Verify sizes and digests of every file, then (only then) read the pending rollouts (tensors and
+        builtins only) and let `load_learner` unpickle."""
         state = verify(path, digests=True)
-        if "sha256" not in read_marker(path):
+        marker = read_marker(path)
+        if "sha256" not in marker:
             log.warning("%s was written before checkpoints recorded digests: only file sizes were checked "
                         "before loading it", path)
+        pending = torch.load(path / PENDING_FILE, weights_only=True) if PENDING_FILE in marker["files"] else None
         if load_learner is not None:
             load_learner(path / LEARNER_DIR)
-        return LoadedCheckpoint(path, int(state["step"]), state, (path / CONFIG_FILE).read_text())
+        return LoadedCheckpoint(path, int(state["step"]), state, (path / CONFIG_FILE).read_text(), pending)
 
     def resume(self, load_learner: Callable[[Path], None] | None = None) -> LoadedCheckpoint | None:
         """Apply `checkpoint.resume`; `load_learner(dir)` restores the learner from `step_N/learner`.

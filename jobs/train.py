@@ -10,10 +10,12 @@ Where this deviates from a textbook synchronous loop, and why:
 - `run.mode: async` samples step s+1 while the learner trains on step s (bounded by
   `run.max_policy_lag`); the update then treats the current policy as π_old for those samples (the
   importance ratio ignores the one-version lag), as asynchronous GRPO implementations do.
-- Resume is exact (bit for bit) in sync mode: a checkpoint holds the data cursor from before the next
-  step's prompts were drawn, and rollout seeds and masks are pure functions of (run seed, step, ...).
-  In async mode the samples of step s+1 in flight at the checkpoint of step s (from π_{s-1}) are not
-  saved: a resumed run draws the same prompts again and samples them with π_s.
+- Resume is exact (bit for bit) in both modes, although step s+1's prompts are drawn before step s is
+  checkpointed. Sync mode samples them with π_s, which the resumed workers hold too: the checkpoint keeps
+  the data cursor from before that draw, and rollout seeds and masks are pure functions of (run seed, step,
+  ...), so the resumed run draws and samples them again alike. Async mode sampled them with π_{s-1}, which
+  a resumed run no longer has: the checkpoint saves those samples (`pending_rollouts.pt`, with the cursor
+  after their draw) and the resumed run trains step s+1 on them (docs/architecture.md §5).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from jobs.train_parts import (
     compute_advantages,
     load_data,
     mean_reward,
+    pending_payload,
     policy_parts,
     print_summary,
     resume,
@@ -95,9 +98,9 @@ class RunState:
     start: int = 0                   # the last step done before this process started (0: a fresh run)
     version: int = 0                 # the learner's policy version: +1 per update, the workers' after a sync
     pending: Any = None              # list[PendingShard]: the next step's prompts being sampled, or None
-    # {"step": s, "data": the cursor before step s's draw}: step s's prompts are drawn before step s-1 is
-    # checkpointed, and its checkpoint keeps this cursor, so a resumed run draws those prompts again.
-    cursor_before: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The cursor before the pending step's draw: a sync-mode checkpoint keeps it, so a resumed run draws
+    # those prompts again (an async one saves their samples instead: `save`).
+    cursor_before: dict[str, Any] | None = None
     export: str | None = None        # the latest policy export
 
 
@@ -114,7 +117,7 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, run_dir) if cfg.data.eval else None  # reads data.eval
     load_image = image_loader(cache_size=4 * cfg.run.prompts_per_step)
     scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), policy.source, cleanup)
-    resumed = resume(checkpoints, learners, pool, stream)  # (step, policy version), or None: a fresh run
+    resumed = resume(checkpoints, learners, pool, stream, cfg)  # (step, version, pending), or None: a fresh run
     state = RunState() if resumed is None else RunState(*resumed)
     metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg),
                             resume_step=state.start if resumed is not None else -1)  # fresh: drop an old run's lines
@@ -125,9 +128,9 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
 
 def dispatch(run: Run, state: RunState, step: int) -> None:
     """Draw step `step`'s prompts and start sampling them; keeps the cursor from before the draw (checkpoints)."""
-    state.cursor_before.update(step=step, data=run.stream.state_dict())
+    state.cursor_before = run.stream.state_dict()
     records = run.stream.next_batch(run.cfg.run.prompts_per_step)
-    requests = build_requests(records, run.tokenizer, run.cfg, run.load_image)  # algo.group_size per record
+    requests = build_requests(records, run.tokenizer, run.cfg, run.load_image, samples=run.cfg.algo.group_size)
     state.pending = run.pool.dispatch(requests, step=step, run_seed=run.cfg.run.seed)
 
 
@@ -175,14 +178,21 @@ def log_step(run: Run, step: int, result: StepResult) -> None:
 
 
 def save(run: Run, state: RunState, step: int, *, force: bool = False) -> None:
-    """Checkpoint every `checkpoint.every` steps and if `force`d, export every `export_every`; both at the end."""
+    """Checkpoint every `checkpoint.every` steps and if `force`d, export every `export_every`; both at the end.
+    Step+1's prompts are drawn already (but after the last step): in sync mode the checkpoint keeps the cursor
+    from before their draw, in async mode their samples (the module docstring says why)."""
     final = step == run.cfg.run.steps
     if run.checkpoints.should_save(step, final=final or force):
-        before = state.cursor_before
-        data = before["data"] if before.get("step") == step + 1 else run.stream.state_dict()
-        driver_state = {"policy_version": state.version, "data": data, "rng": capture_rng_state()}
+        driver_state = {"policy_version": state.version, "data": run.stream.state_dict(), "rng": capture_rng_state()}
+        pending = None
+        if state.pending is not None and run.cfg.run.mode == "async":
+            state.pending = run.pool.finish(state.pending)  # sampled already: this step's sync waited for them
+            pending = pending_payload(step + 1, state.pending)
+            driver_state["pending_step"] = step + 1
+        elif state.pending is not None:
+            driver_state["data"] = state.cursor_before
         run.checkpoints.save(step, driver_state=driver_state, config_text=run.config_path.read_text(),
-                             save_learner=run.learners.save_checkpoint)
+                             save_learner=run.learners.save_checkpoint, pending_rollouts=pending)
     if run.checkpoints.should_export(step, final=final):
         path = run.cfg.run.run_dir / ("export" if final else f"export_step_{step}")
         state.export = str(save_state_dict(run.learners.state_dict_for_sync(), run.backbone, run.tokenizer, path))
@@ -198,7 +208,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         stop = cleanup.enter_context(StopSignal())  # from now on a signal stops the run after a step (after ray.init)
         if state.start == 0 and run.evaluator is not None:  # the starting policy: the curve's first point
             run.metrics.log(0, heldout_metrics(run, 0))
-        if state.start < cfg.run.steps:
+        if state.start < cfg.run.steps and state.pending is None:  # else resumed with its samples (async mode)
             dispatch(run, state, state.start + 1)
         progress = tqdm(range(state.start + 1, cfg.run.steps + 1), initial=state.start, total=cfg.run.steps,
                         desc="unigrpo", dynamic_ncols=True, disable=None)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from jobs.checkpoint import restore_rng_state
+from jobs.checkpoint import CONFIG_FILE, PENDING_FILE, CheckpointError, LoadedCheckpoint, restore_rng_state
 from jobs.config import TrainConfig
 from jobs.configtree import ConfigError
 from jobs.data import PromptDataset, PromptStream, check_training_prompts
@@ -101,20 +101,86 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
     return scorer, learners, pool
 
 
-def resume(checkpoints, learners, pool, stream: PromptStream) -> tuple[int, int] | None:
-    """(step, policy version) of the checkpoint `checkpoint.resume` selects, once the learner weights, the
-    workers (synced to them), the data cursor and the RNG are restored from it; None: a fresh run."""
+def resume(checkpoints, learners, pool, stream: PromptStream, cfg: TrainConfig) -> tuple[int, int, Any] | None:
+    """(step, policy version, the next step's saved samples or None: `saved_pending`) of the checkpoint
+    `checkpoint.resume` selects, once the learner weights, the workers (synced to them), the data cursor and
+    the RNG are restored from it; None: a fresh run."""
     resumed = checkpoints.resume(learners.load_checkpoint)
     if resumed is None:
         return None
     state = resumed.driver_state
     step, version = state["step"], state["policy_version"]
+    pending = saved_pending(resumed, cfg)  # refused if they do not fit: before the workers are synced
     stream.load_state_dict(state["data"])
     restore_rng_state(state["rng"])
     if version > 0:
         pool.sync(learners, version)
-    log.info("resumed from %s (step %d, policy version %d)", resumed.path, step, version)
-    return step, version
+    log.info("resumed from %s (step %d, policy version %d%s)", resumed.path, step, version,
+             "" if pending is None else f", step {step + 1}'s samples as saved")
+    return step, version, pending
+
+
+# -- the next step's samples in a checkpoint (async mode) ------------------------------------------------
+_PENDING_KEYS = ("step", "dispatched_version", "batches")
+
+
+def pending_payload(step: int, shards: list) -> dict[str, Any]:
+    """Step `step`'s delivered shards (`RolloutPool.finish`) as `pending_rollouts.pt` holds them: each batch's
+    `RolloutBatch.to_dict` with its images (H x W x 3 uint8 arrays) as uint8 tensors, so that the file loads
+    with `torch.load(weights_only=True)`; an array several rows share (an mmu group's input) is saved once."""
+    tensors: dict[int, torch.Tensor] = {}  # id(array) -> its tensor
+
+    def as_tensor(image: Any) -> torch.Tensor | None:
+        if image is not None and id(image) not in tensors:
+            tensors[id(image)] = torch.tensor(image, dtype=torch.uint8)  # [H, W, 3]
+        return None if image is None else tensors[id(image)]
+
+    batches = [{**shard.batch.to_dict(), "image": [as_tensor(image) for image in shard.batch.image]}
+               for shard in shards]
+    return {"step": step, "dispatched_version": shards[0].dispatched_version, "batches": batches}
+
+
+def saved_pending(loaded: LoadedCheckpoint, cfg: TrainConfig) -> list | None:
+    """The next step's samples an async run saved with its checkpoint, as delivered shards
+    (`PendingShard.delivered`): the resumed run trains that step on them, as the uninterrupted run did. None
+    when the checkpoint has none (sync mode, the last step, or written before they were saved): the step's
+    prompts are then drawn from the saved cursor. CheckpointError naming the file when they cannot be read
+    or do not fit this run (another step, `run.prompts_per_step`, `algo.group_size`)."""
+    from actors.rollout_pool import PendingShard  # imports Ray: loaded once a run starts
+
+    pending_step, payload = loaded.driver_state.get("pending_step"), loaded.pending_rollouts
+    if pending_step is None and payload is None:
+        return None
+    where = loaded.path / PENDING_FILE
+    if payload is None:
+        raise CheckpointError(f"{loaded.path / 'driver_state.json'} says step {pending_step}'s samples were saved, "
+                              f"but the checkpoint lists no {PENDING_FILE}")
+    try:
+        if sorted(payload) != sorted(_PENDING_KEYS):
+            raise ValueError(f"keys {sorted(payload)}, expected {list(_PENDING_KEYS)}")
+        arrays: dict[int, Any] = {}  # id(tensor) -> its array: rows that shared one array share it again
+        batches = [RolloutBatch.from_dict({**data, "image": [
+            None if image is None else arrays.setdefault(id(image), image.numpy()) for image in data["image"]]})
+            for data in payload["batches"]]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{where} cannot be read as a step's samples ({type(exc).__name__}: {exc}); was it "
+                              "written by another version of this code?") from None
+    groups: dict[str, int] = {}  # uid -> its samples (each (uid, sample index) once: collected so)
+    for batch in batches:
+        for uid in batch.uid:
+            groups[uid] = groups.get(uid, 0) + 1
+    problems = []
+    if not payload["step"] == pending_step == loaded.step + 1:
+        problems.append(f"it holds step {payload['step']}'s samples, driver_state.json names step {pending_step}, "
+                        f"and the step after this checkpoint is {loaded.step + 1}")
+    if len(groups) != cfg.run.prompts_per_step:
+        problems.append(f"{len(groups)} prompts, run.prompts_per_step is {cfg.run.prompts_per_step}")
+    if set(groups.values()) != {cfg.algo.group_size}:
+        problems.append(f"{sorted(set(groups.values()))} samples per prompt, algo.group_size is {cfg.algo.group_size}")
+    if problems:
+        raise CheckpointError(f"{where} does not fit this run: {'; '.join(problems)}. Resume it with the settings "
+                              f"it was written with ({loaded.path / CONFIG_FILE}), or start a fresh run")
+    return [PendingShard.delivered(k, batch, payload["dispatched_version"]) for k, batch in enumerate(batches)]
 
 
 def _ray_was_external() -> bool:

@@ -1,6 +1,6 @@
 """Exact resume after SIGKILL: a run killed mid-step and resumed equals an uninterrupted run.
 
-The reference trains N=4 steps in this process (the session Ray). The same job is then run as
+Sync mode: the reference trains N=4 steps in this process (the session Ray). The same job is then run as
 `python -m jobs.train` subprocesses, each in its own session, so that `os.killpg(SIGKILL)` takes down
 the driver and the local Ray it started (raylet, GCS, learner ranks, rollout workers) at once:
 
@@ -15,6 +15,10 @@ response lengths, the rows consumed (prompt uid, sample index, policy version, r
 weights of both learner ranks. The kill point is made deterministic by the test reward
 (tests/jobs/helpers/length_reward.py): the n-th reward call of a process writes a marker file and
 blocks, and the test kills the process group once the marker is there.
+
+Async mode (3 steps, one kill): step 2's samples, drawn from the weights before update 1, are in flight when
+step 1 is checkpointed; the checkpoint saves them, and a run killed in step 2 and resumed equals the
+uninterrupted async run in the same ways.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jobs.checkpoint import CheckpointManager, verify
+from jobs.checkpoint import PENDING_FILE, CheckpointManager, read_marker, verify
 from jobs.config import load_config
 from jobs.train import train
 
@@ -39,9 +44,10 @@ STEPS = 4
 RUN_TIMEOUT_S = 600  # a shared 2-core machine can be very slow; the marker normally comes within a minute
 
 
-def overrides(tmp_path: Path, name: str) -> list[str]:
-    return [f"run.output_dir={tmp_path}", f"run.name={name}", f"run.steps={STEPS}", "run.prompts_per_step=4",
-            f"data.train={tmp_path / 'eight.jsonl'}", "checkpoint.every=1", "checkpoint.keep_last=3"]
+def overrides(tmp_path: Path, name: str, *, steps: int = STEPS, mode: str = "sync") -> list[str]:
+    return [f"run.output_dir={tmp_path}", f"run.name={name}", f"run.steps={steps}", "run.prompts_per_step=4",
+            f"data.train={tmp_path / 'eight.jsonl'}", "checkpoint.every=1", "checkpoint.keep_last=3",
+            f"run.mode={mode}"]
 
 
 def eight_prompts(tmp_path: Path) -> None:
@@ -50,16 +56,18 @@ def eight_prompts(tmp_path: Path) -> None:
     (tmp_path / "eight.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def run_driver(tmp_path: Path, name: str, *, hang_at_call: int | None, log_name: str) -> subprocess.CompletedProcess | None:
-    """Run the driver CLI in a process group of its own. With `hang_at_call`, SIGKILL the whole group as
-    soon as that reward call started (returns None); without, wait for it to finish."""
+def run_driver(tmp_path: Path, name: str, *, hang_at_call: int | None, log_name: str,
+               **settings: Any) -> subprocess.CompletedProcess | None:
+    """Run the driver CLI in a process group of its own, with `overrides(..., **settings)`. With
+    `hang_at_call`, SIGKILL the whole group as soon as that reward call started (returns None); without,
+    wait for it to finish."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_JOB_ID")}  # a Ray of its own
     marker = tmp_path / f"{log_name}.hang"
     if hang_at_call is not None:
         env.update(UNIGRPO_TEST_HANG_AT_CALL=str(hang_at_call), UNIGRPO_TEST_HANG_MARKER=str(marker))
     log_path = tmp_path / f"{log_name}.log"
     command = [sys.executable, "-m", "jobs.train", "--config", str(CONFIG)]
-    for item in overrides(tmp_path, name):
+    for item in overrides(tmp_path, name, **settings):
         command += ["--set", item]
     with log_path.open("w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -117,6 +125,7 @@ def test_sigkill_and_resume_twice_equals_uninterrupted(tmp_path, ray_session, mo
     run_dir = tmp_path / "killed"
     run_driver(tmp_path, "killed", hang_at_call=2, log_name="first")  # killed in step 2
     assert {k: checkpoint_cursor(run_dir, 1)[k] for k in ("epoch", "position")} == {"epoch": 0, "position": 4}
+    assert PENDING_FILE not in read_marker(run_dir / "checkpoints" / "step_1")["files"]  # sync: prompts drawn again
     run_driver(tmp_path, "killed", hang_at_call=2, log_name="second")  # resumes after step 1, killed in step 3
     assert {k: checkpoint_cursor(run_dir, 2)[k] for k in ("epoch", "position")} == {"epoch": 1, "position": 0}
     run_driver(tmp_path, "killed", hang_at_call=None, log_name="third")  # resumes after step 2, runs to the end
@@ -139,3 +148,40 @@ def test_sigkill_and_resume_twice_equals_uninterrupted(tmp_path, ray_session, mo
     assert summary["start_step"] == 2 and summary["policy_version"] == STEPS
     assert summary["learner_checksums"] == reference["learner_checksums"]  # weights and optimizer restored
     assert summary["worker_checksums"] == reference["worker_checksums"]
+
+
+def test_async_sigkill_after_a_checkpoint_with_samples_in_flight_resumes_exactly(tmp_path, ray_session, monkeypatch):
+    """Step 2's samples come from the weights before update 1 (version 0), which a resumed run no longer has:
+    drawn again, they would be sampled at version 1. Saved with step_1, they are trained on as they were."""
+    eight_prompts(tmp_path)
+    monkeypatch.chdir(REPO)
+    steps = 3
+    reference = train(load_config(CONFIG, overrides(tmp_path, "reference", steps=steps, mode="async")))
+
+    run_dir = tmp_path / "killed"
+    run_driver(tmp_path, "killed", hang_at_call=2, log_name="first", steps=steps, mode="async")  # killed in step 2
+    first_checkpoint = verify(run_dir / "checkpoints" / "step_1")  # complete before the kill; read before the resume
+    run_driver(tmp_path, "killed", hang_at_call=None, log_name="second", steps=steps, mode="async")
+
+    expected_metrics = read_jsonl(tmp_path / "reference" / "metrics.jsonl")
+    expected_rollouts = read_jsonl(tmp_path / "reference" / "rollouts.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    rollouts = read_jsonl(run_dir / "rollouts.jsonl")
+    assert sorted(metrics) == sorted(rollouts) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert rollouts[step]["rows"] == expected_rollouts[step]["rows"], f"step {step}: consumed rows differ"
+        assert compared(metrics[step]) == compared(expected_metrics[step]), f"step {step}: metrics differ"
+    # async: each step's rows come from the weights one update before its own (step 1 and 2: version 0)
+    assert [sorted({row["version"] for row in rollouts[s]["rows"]}) for s in (1, 2, 3)] == [[0], [0], [1]]
+    assert all(metrics[s]["loss/pg_loss"] != 0 for s in range(1, steps + 1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["start_step"] == 1 and summary["policy_version"] == steps
+    assert summary["learner_checksums"] == reference["learner_checksums"]
+    assert summary["worker_checksums"] == reference["worker_checksums"]
+
+    # what made it exact: step_1 holds step 2's samples and the cursor after their draw (all 8 prompts drawn)
+    assert first_checkpoint["pending_step"] == 2 and first_checkpoint["policy_version"] == 1
+    assert {k: first_checkpoint["data"][k] for k in ("epoch", "position")} == {"epoch": 1, "position": 0}
+    assert PENDING_FILE in read_marker(run_dir / "checkpoints" / "step_1")["files"]
+    last = run_dir / "checkpoints" / f"step_{steps}"  # the last step has no next step
+    assert "pending_step" not in verify(last) and PENDING_FILE not in read_marker(last)["files"]
