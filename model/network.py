@@ -48,7 +48,7 @@ class BackboneConfig:
     mask_token_id: int = 126336
     eos_token_id: int = 126081
     pad_token_id: int = 126081
-    bos_token_id: int = 126080
+    bos_token_id: int | None = 126080  # None: the checkpoint names none (model/checkpoint.py resolves it)
     model_type: str = "llada"
     # MMaDA only (None for LLaDA): new_vocab_size, llm_vocab_size, codebook_size, num_vq_tokens, ...
     mmada: dict = field(default_factory=dict)

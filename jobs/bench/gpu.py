@@ -159,7 +159,8 @@ class CudaSideBySideNetwork(SideBySideNetwork):
 
 def plain_ids(config: BackboneConfig) -> int:
     """Ids below this one are ordinary tokens (no [MASK], EOS, pad or BOS)."""
-    return min(config.mask_token_id, config.eos_token_id, config.pad_token_id, config.bos_token_id)
+    specials = (config.mask_token_id, config.eos_token_id, config.pad_token_id, config.bos_token_id)
+    return min(i for i in specials if i is not None)  # a checkpoint may name no BOS
 
 
 def bench_sampler(network, *, device, batch, prompt_length, gen_length, steps, block_length, temperature) -> dict:
