@@ -20,9 +20,11 @@ leave the batch; the learner then needs the kept rows to split evenly over its r
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,8 +94,8 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
     cleanup.callback(scorer.close)
     groups = create_placement_groups(roles, cfg.cluster)
     cleanup.callback(remove_placement_groups, groups)
-    learners = LearnerGroup(cfg.learner, source, total_steps=cfg.run.steps,
-                            placement_group=groups.get("learner"))
+    learners = LearnerGroup(cfg.learner, source, total_steps=cfg.run.steps, placement_group=groups.get("learner"),
+                            checkpoint_timeout_s=cfg.checkpoint.timeout_s)
     cleanup.callback(learners.shutdown)
     pool = RolloutPool(cfg.rollout, source, dtype=cfg.learner.dtype, placement_group=groups.get("rollout"),
                        name=cfg.run.name)
@@ -308,6 +310,36 @@ def mean_reward(batch: RolloutBatch) -> str:
     """The mean total reward of the scorable rows, for the progress bar ("n/a" when none is)."""
     scored = [r for r in batch.total if r is not None]
     return f"{sum(scored) / len(scored):.3f}" if scored else "n/a"
+
+
+def lost_actor_message(exc: BaseException, checkpoints) -> str:
+    """What jobs.train prints when an actor it cannot replace (a learner rank) hung or died: nothing can be saved
+    then, so the message names the last complete checkpoint to resume from (docs/reliability.md §14)."""
+    latest = checkpoints.latest_complete()
+    resume = (f"the last complete checkpoint is {latest}: rerun with checkpoint.resume=auto (the default) to "
+              "resume from it" if latest is not None else "no checkpoint was completed: a rerun starts from step 0")
+    return (f"aborted: {exc}\nnothing was saved (the step cannot be finished, and a hung learner rank cannot be "
+            f"checkpointed: its share of the state lives only in its process); {resume}")
+
+
+def run_summary(run, state) -> dict[str, Any]:
+    """What a finished run reports of itself and its actors (their weights' checksums: workers equal the learner)."""
+    return {"run_dir": str(run.cfg.run.run_dir), "config": str(run.config_path), "start_step": state.start,
+            **({"export": state.export} if state.export else {}), "final_step": run.cfg.run.steps,
+            "policy_version": state.version, "learner_checksums": run.learners.checksums(),
+            "worker_checksums": run.pool.checksums(), "worker_versions": run.pool.versions(),
+            "worker_restarts": run.pool.restarts}
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """`summary` with the held-out history and the learning curve, written to `<run dir>/summary.json`."""
+    from jobs.heldout import eval_history
+    from jobs.plots import learning_curve
+
+    summary = {**summary, "heldout": eval_history(run_dir / "metrics.jsonl"),
+               "learning_curve": str(learning_curve(run_dir))}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def print_summary(summary: dict[str, Any]) -> None:
