@@ -30,7 +30,7 @@ the updates skipped entirely in a row (`learner.max_nonfinite_steps`: the driver
 
 Step functions (`train_step(fn, shards, **common)`) run on every rank with that rank's shard:
 `fn(ctx: LearnerContext, **shard, **common) -> dict[str, float]`. `fn` is the function itself (it travels
-pickled, so a module-level function: `unigrpo_step`, `jobs.sft.sft_step`) or a "module:function" path.
+pickled, so a module-level function: `unigrpo_step`, `rl.sft.sft_step`) or a "module:function" path.
 
 Learning-rate schedule (`learner.lr_warmup_steps`, `lr_decay`, `min_lr_ratio`; `rl/lr_schedule.py`): one
 rate per RL step, set on every rank before that step's update, so the μ optimizer steps of one update share

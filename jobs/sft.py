@@ -5,16 +5,12 @@
 The objective, LLaDA's SFT loss, is rl/sft.py (its docstring has the formula): response positions masked with a
 per-row ratio p_i = eps + (1 - eps) t_i, never the prompt; the masked tokens' cross-entropy weighted 1/(p_i L_i).
 The driver draws a step's masks from (run.seed, step) (jobs/sft_data.py), so they do not depend on the number of
-ranks; the ranks run `sft_step` (named by `STEP_FUNCTION`) and only compute. The config: jobs/sft_config.py.
+ranks; the ranks run `rl.sft.sft_step` and only compute. The config: jobs/sft_config.py.
 
-The phases: `setup`, `train` (`train_step`, a line every `sft.log_every`), `evaluate` (at step 0, every
-`sft.eval_every` steps and the last) and `finish`. `evaluate` pulls learner rank 0's weights and scores the first
-`sft.eval_size` held-out prompts, `sft.eval_samples` responses each, with the `sampler` settings the RL rollouts
-use and seed `run.seed`, by jobs/evaluate.py (the decode + judge of `python -m jobs.eval` and of in-training
-evaluation, so the three agree). The best checkpoint by pass@1 goes to `<run dir>/best_policy/` (its responses to
-`best_samples.jsonl`); training stops after `sft.patience` evaluations without a gain above `sft.min_delta` (not
-before `sft.min_steps`), or at `sft.max_steps`. The run's policy (`run.export_to` copies it) is best_policy, or
-with `sft.select: last` the last step's weights in `<run dir>/last_policy/`. The curve: `sft_metrics.jsonl`.
+The phases: `setup`, `train` (a line every `sft.log_every`), `evaluate` (step 0, every `sft.eval_every` and the
+last; the decode + judge of jobs/evaluate.py, as `python -m jobs.eval` and in-training evaluation) and `finish`.
+The best checkpoint by pass@1 goes to `<run dir>/best_policy/`; training stops after `sft.patience` evaluations
+without a gain above `sft.min_delta` (not before `sft.min_steps`) or at `sft.max_steps` (docs/demo.md §2).
 
 Deviations from LLaDA's recipe: `sft.mask_eps` defaults to LLaDA's 1e-3, but the demo config uses 0.1 — with
 batches of 32, a row with p ~ 1e-3 weights its few masked tokens x1000 and dominates the clipped gradient of most
@@ -39,26 +35,7 @@ import torch
 
 from jobs.sft_config import SFTJobConfig, learning_rate, load_sft_config, tiny_size
 from jobs.sft_data import Example, make_batch, shard, tokenize_examples
-from rl.lr_schedule import set_learning_rate
-from rl.sft import sft_update
-
-# -- the learner ranks' step ----------------------------------------------------------------------
-STEP_FUNCTION = "jobs.sft:sft_step"
-"""How `run` names `sft_step` to the learner group (actors/learner.py: resolve_step imports it on each rank)."""
-
-
-def sft_step(ctx: Any, *, lr: float, num_sequences_global: int, **batch: torch.Tensor | None) -> dict[str, float]:
-    """On each rank (ctx: actors.learner.LearnerContext): set the step's lr, then `rl.sft.sft_update` on the rank's
-    shard (`make_batch`'s tensors); returns the rank's share of the loss (summed over ranks) and masked count."""
-    set_learning_rate(engine_optimizer(ctx.engine), lr)
-    return sft_update(ctx.engine, **batch, num_sequences_global=num_sequences_global,
-                      micro_batch_size=ctx.config.micro_batch_size, device=ctx.device)
-
-
-def engine_optimizer(engine: Any) -> Any:
-    """The optimizer behind an `rl.update.Engine`: a DeepSpeed adapter's engine's, or a PlainEngine's."""
-    deepspeed_engine = getattr(engine, "engine", None)
-    return deepspeed_engine.optimizer if deepspeed_engine is not None else engine.optimizer
+from rl.sft import sft_step
 
 
 # -- driver ---------------------------------------------------------------------------------------
@@ -171,7 +148,7 @@ def train_step(session: Session, progress: Progress) -> None:
     batch = make_batch([session.train_examples[r.uid] for r in records], step=progress.step, cfg=cfg,
                        mask_id=session.ids.mask, pad_id=session.ids.pad)
     lr = learning_rate(progress.step, cfg.sft, cfg.learner.lr)
-    stats = session.group.train_step(STEP_FUNCTION, shard(batch, cfg.learner.num_ranks),
+    stats = session.group.train_step(sft_step, shard(batch, cfg.learner.num_ranks),
                                      num_sequences_global=cfg.sft.batch_size, lr=lr)
     progress.losses.append(sum(s["loss"] for s in stats))
     progress.step += 1

@@ -11,19 +11,14 @@ Where this deviates from a textbook synchronous loop, and why:
   `run.max_policy_lag`); the update then treats the current policy as π_old for those samples (the
   importance ratio ignores the one-version lag), as asynchronous GRPO implementations do.
 - Resume is exact (bit for bit) in both modes, although step s+1's prompts are drawn before step s is
-  checkpointed. Sync mode samples them with π_s, which the resumed workers hold too: the checkpoint keeps
-  the data cursor from before that draw, and rollout seeds and masks are pure functions of (run seed, step,
-  ...), so the resumed run draws and samples them again alike. Async mode sampled them with π_{s-1}, which
-  a resumed run no longer has: the checkpoint saves those samples (`pending_rollouts.pt`, with the cursor
-  after their draw) and the resumed run trains step s+1 on them (docs/architecture.md §5).
+  checkpointed: a sync checkpoint keeps the cursor from before that draw (seeds are pure functions of run seed,
+  step, ...), an async one saves step s+1's samples, made by π_{s-1} (docs/architecture.md §5).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -33,19 +28,19 @@ from typing import Any
 from tqdm import tqdm
 
 from jobs.checkpoint import CheckpointError, CheckpointManager, capture_rng_state
-from jobs.config import CONFIG_DIR, TrainConfig, load_config, write_resolved
+from jobs.config import DEFAULT_CONFIG, TrainConfig, job_parser, load_config, write_resolved
 from jobs.configtree import ConfigError, commented_yaml, to_dict
 from jobs.data import DataError, PromptStream
-from jobs.heldout import HeldoutEvaluator, eval_history, should_evaluate
+from jobs.heldout import HeldoutEvaluator, should_evaluate
 from jobs.metrics import MetricsLogger
 from jobs.multitask import build_requests, image_loader, t2i_grid
-from jobs.plots import learning_curve
 from jobs.stop_signal import Stopped, StopSignal
 from jobs.train_parts import (
     StepResult,
     collect,
     compute_advantages,
     load_data,
+    lost_actor_message,
     mean_reward,
     pending_payload,
     policy_parts,
@@ -53,24 +48,14 @@ from jobs.train_parts import (
     resume,
     rollout_metrics,
     rollout_rows,
+    run_summary,
     sample_rows,
     score,
     start_actors,
     update,
+    write_summary,
 )
 from model.checkpoint import save_state_dict
-
-DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train", description="UniGRPO training on Ray.")
-    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(CONFIG_DIR.parent.parent)})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set algo.mu=4 (repeatable)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config, each key with its doc as a comment, and exit")
-    return parser.parse_args(argv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +187,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the training described by `cfg`; returns a summary of the run."""
     from actors.learner import NonFiniteUpdates  # actors import Ray: loaded once a run starts
 
-    run_dir = cfg.run.run_dir
     with contextlib.ExitStack() as cleanup:  # whatever was started is stopped, in reverse order, on any exit
         run, state = setup(cfg, cleanup)  # a signal here aborts at once: nothing is trained yet
         stop = cleanup.enter_context(StopSignal())  # from now on a signal stops the run after a step (after ray.init)
@@ -228,23 +212,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                        run.checkpoints.root / f"step_{step}")
             if stopping is not None and step < cfg.run.steps:
                 raise Stopped(stopping, step, run.checkpoints.root / f"step_{step}", cfg.checkpoint.resume)
-        summary = {"run_dir": str(run_dir), "config": str(run.config_path), "start_step": state.start,
-                   **({"export": state.export} if state.export else {}), "final_step": cfg.run.steps,
-                   "policy_version": state.version, "learner_checksums": run.learners.checksums(),
-                   "worker_checksums": run.pool.checksums(), "worker_versions": run.pool.versions(),
-                   "worker_restarts": run.pool.restarts}
-    summary["heldout"] = eval_history(run_dir / "metrics.jsonl")
-    summary["learning_curve"] = str(learning_curve(run_dir))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+        summary = run_summary(run, state)  # the actors' checksums: before `cleanup` stops them
+    return write_summary(cfg.run.run_dir, summary)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = job_parser("python -m jobs.train", "UniGRPO training on Ray.").parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config_file = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     try:
-        cfg = load_config(config_file, args.overrides)
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -264,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return exc.exit_code
     except ActorLost as exc:  # an actor the run cannot replace (a learner rank) hung or died: reliability.md §14
-        latest = CheckpointManager(cfg.run.run_dir / "checkpoints", cfg.checkpoint).latest_complete()
-        resume = (f"the last complete checkpoint is {latest}: rerun with checkpoint.resume=auto (the default) to "
-                  "resume from it" if latest is not None else "no checkpoint was completed: a rerun starts from step 0")
-        print(f"aborted: {exc}\nnothing was saved (the step cannot be finished, and a hung learner rank cannot be "
-              f"checkpointed: its share of the state lives only in its process); {resume}", file=sys.stderr)
+        print(lost_actor_message(exc, CheckpointManager(cfg.run.run_dir / "checkpoints", cfg.checkpoint)), file=sys.stderr)
         return exc.exit_code
     print_summary(summary)
     return 0

@@ -15,8 +15,7 @@ above (the learner group's normalisation, actors/learner.py).
 
 Where the randomness lives: the caller draws (t_i, m_ij) with `mask_responses` from a generator seeded by
 `mask_seed(run seed, step)`, so a step's masks do not depend on the number of ranks; the loss and the update
-only compute. Plain PyTorch, like the rest of rl/: the learner-side wrapper that sets the learning rate is
-`jobs.sft:sft_step`.
+only compute. Plain PyTorch, like the rest of rl/; `sft_step` is what jobs.sft runs on every learner rank.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rl.lr_schedule import set_learning_rate
 from rl.update import Engine
 
 
@@ -95,3 +95,18 @@ def sft_update(engine: Engine, *, input_ids: torch.Tensor, noisy_ids: torch.Tens
         total += float(loss.detach())
     engine.step()
     return {"loss": total, "masked_tokens": float(masked.sum())}
+
+
+def sft_step(ctx, *, lr: float, num_sequences_global: int, **batch: torch.Tensor | None) -> dict[str, float]:
+    """On each learner rank (ctx: actors.learner.LearnerContext): set the step's lr, then `sft_update` on the rank's
+    shard (jobs/sft_data.py `make_batch`'s tensors); returns the rank's share of the loss (summed over ranks) and
+    its masked count."""
+    set_learning_rate(engine_optimizer(ctx.engine), lr)
+    return sft_update(ctx.engine, **batch, num_sequences_global=num_sequences_global,
+                      micro_batch_size=ctx.config.micro_batch_size, device=ctx.device)
+
+
+def engine_optimizer(engine: Engine) -> torch.optim.Optimizer:
+    """The optimizer behind an `rl.update.Engine`: a DeepSpeed adapter's engine's, or a PlainEngine's."""
+    deepspeed_engine = getattr(engine, "engine", None)
+    return deepspeed_engine.optimizer if deepspeed_engine is not None else engine.optimizer

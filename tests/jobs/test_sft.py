@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.sft import STEP_FUNCTION, sft_step
 from jobs.sft_config import SFTConfig, learning_rate, load_sft_config
 from jobs.sft_data import Example, collate, make_batch, shard, tokenize_examples
 from model.resolve import DEMO_POLICY
+from rl.sft import sft_step
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "jobs" / "configs" / "sft_demo.yaml"
@@ -67,13 +67,6 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
     losses = [sft_step(ctx, **batch, num_sequences_global=6, lr=1e-2)["loss"] for _ in range(8)]
     assert engine.optimizer.param_groups[0]["lr"] == 1e-2  # set by the step
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
-
-
-def test_the_learner_ranks_find_the_step_function_by_its_path():
-    """`run` sends STEP_FUNCTION, a "module:function" string; each rank imports it (actors/learner.py)."""
-    from actors.learner import resolve_step
-
-    assert resolve_step(STEP_FUNCTION) is sft_step
 
 
 def test_make_batch_masks_are_a_function_of_run_seed_and_step():
