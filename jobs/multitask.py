@@ -47,11 +47,11 @@ def image_loader(cache_size: int) -> Callable[[str], Any]:
     return functools.lru_cache(maxsize=cache_size)(load_image)
 
 
-def build_requests(records: Sequence[Any], tokenizer: Any, cfg: Any, load_image: Callable[[str], Any],
-                   samples: int | None = None) -> list:
-    """`samples` PromptRequests per record (sample indices 0..samples-1; None: `algo.group_size`, the training
-    group), with the record's fields; the group of a prompt shares its uid, its `meta` dict and its image array
-    (each pickled once per shard, module docstring). jobs.rollout builds its requests here too."""
+def build_requests(records: Sequence[Any], tokenizer: Any, cfg: Any, load_image: Callable[[str], Any], *,
+                   samples: int) -> list:
+    """`samples` PromptRequests per record (sample indices 0..samples-1: jobs.train's `algo.group_size`,
+    jobs.rollout's `generate.samples_per_prompt`), with the record's fields; the group of a prompt shares its
+    uid, its `meta` dict and its image array (each pickled once per shard, module docstring)."""
     from actors.rollout import PromptRequest
     from model.templates import chat_prompt_ids
 
@@ -63,7 +63,7 @@ def build_requests(records: Sequence[Any], tokenizer: Any, cfg: Any, load_image:
         else:
             ids = tuple(chat_prompt_ids(tokenizer, record.prompt, thinking=cfg.data.thinking))
         image = load_image(record.image) if kind == "mmu" else None
-        for index in range(cfg.algo.group_size if samples is None else samples):
+        for index in range(samples):
             requests.append(PromptRequest(ids, record.uid, index, kind, task=record.task, prompt=record.prompt,
                                           answer=record.answer, meta=record.meta, image=image))
     return requests

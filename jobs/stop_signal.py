@@ -4,7 +4,7 @@
 saves a checkpoint of that step (even with `checkpoint.every: 0`) and raises `Stopped`, which `main` turns
 into one line and exit status 128 + the signal number (143 for SIGTERM, 130 for SIGINT). The step in progress
 is finished rather than abandoned: its checkpoint is then exactly what a periodic one would be, so resume stays
-bit-exact in sync mode (docs/reliability.md §11).
+bit-exact, in sync and async mode (docs/reliability.md §11, §15).
 
 A second signal while stopping (finishing the step, saving, stopping the actors) is ignored with a message:
 aborting half way would lose the step the first signal asked to keep. To abort at once, send SIGKILL

@@ -84,7 +84,7 @@ def test_requests_per_kind(tmp_path):
         calls.append(path)
         return load_image(path)
 
-    requests = build_requests(records, tokenizer, cfg, load)
+    requests = build_requests(records, tokenizer, cfg, load, samples=2)
     assert calls == [str((tmp_path / "cat.png").resolve())] * 2  # once per mmu record (c, v), not per request
     assert [(r.uid, r.sample_index, r.task, r.kind) for r in requests] == [
         ("q", 0, "text", "text"), ("q", 1, "text", "text"), ("c", 0, "captioning", "mmu"),
