@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from jobs.checkpoint import CheckpointManager
 from jobs.config import load_config
 from jobs.train import main, train
 from tests.actors.test_deadlines import pid_of, release, stopped
-from tests.jobs.test_faults import CONFIG, REPO, logged_steps
+from tests.jobs.test_faults import CONFIG, REPO, logged_steps, wait_for
 
 TIMEOUT_S = 600  # the whole run on a shared 2-core machine; normally about a minute
 DEADLINE_S = 8  # the deadline under test; the tiny run's calls take well under a second
@@ -46,14 +45,6 @@ def in_thread(target) -> tuple[threading.Thread, dict]:
     driver = threading.Thread(target=run, daemon=True)
     driver.start()
     return driver, outcome
-
-
-def wait_for(condition, what: str, driver: threading.Thread, outcome: dict) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
-        if not driver.is_alive() or time.monotonic() > deadline:
-            pytest.fail(f"{what} never happened: {outcome.get('error')!r}")
-        time.sleep(0.02)
 
 
 def pause_in_step_two(tmp_path: Path, run_dir: Path, driver: threading.Thread, outcome: dict) -> None:
