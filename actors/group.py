@@ -1,10 +1,10 @@
 """`ActorGroup` and `wait`: the one way the driver starts, waits on, replaces and stops a role's Ray actors.
 
-The roles using them: learner ranks (actors/learner.py), rollout workers (actors/rollout_pool.py) and reward
-actors (actors/rewards.py); the rollout job's workers (jobs/rollout_shards.py) are to follow. Every wait has a
+The roles using them: learner ranks (actors/learner.py), rollout workers (actors/rollout_pool.py), reward
+actors (actors/rewards.py) and the rollout job's workers (jobs/rollout_shards.py). Every wait has a
 deadline: a call whose actor died, or that is still running when the deadline passes (a hung or stopped
 process), comes back as a failed `Outcome`, never as a hang. What a failure means is the owner's policy:
-the rollout pool replaces the actor (with the current weights) and re-samples its shard, the reward router
+the rollout pool and job replace the actor (with the current weights) and re-sample its shard, the reward router
 re-sends the batch up to `reward_actors.max_attempts`, and the learner group aborts the run (a rank's
 optimizer state cannot be rebuilt by a fresh actor). The deadlines, per role: docs/reliability.md §14.
 """
