@@ -81,15 +81,18 @@ class PlainEngine:
         loss.backward()
 
     def step(self) -> float | None:
-        flags = self._loss_flags + [all_finite(p.grad) for p in self.module.parameters() if p.grad is not None]
-        self._loss_flags = []
+        flags, self._loss_flags = self._loss_flags, []
+        norm = None
+        if self.grad_clip is not None:  # the total norm is non-finite exactly when a gradient is: reuse it
+            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            flags.append(torch.isfinite(norm))
+        else:
+            flags += [all_finite(p.grad) for p in self.module.parameters() if p.grad is not None]
         if flags and not bool(torch.stack(flags).all()):  # one host sync per step
-            self.module.zero_grad(set_to_none=True)
+            self.module.zero_grad(set_to_none=True)  # clipping by a NaN norm poisoned them: dropped either way
             self.skipped_steps += 1
             return None
-        norm = None
-        if self.grad_clip is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip))
+        norm = None if norm is None else float(norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
