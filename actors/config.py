@@ -94,6 +94,36 @@ class RolloutConfig:
         _check_deadline("sample_timeout_s", self.sample_timeout_s)
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+"""The linear layers of a transformer block (model/network.py `Block`) that LoRA adapters may wrap."""
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (peft) trained instead of the full weights; the reference is the base with adapters off."""
+
+    rank: int = 8
+    """Adapter rank r (d1 / diffu-GRPO train LLaDA-8B at 128)."""
+    alpha: float = 16.0
+    """Scaling numerator: the adapter's update is (alpha / rank) * B A x."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during training (0: none, so rollouts and updates see the same policy)."""
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    """Which linear layers of every block get an adapter; names from LORA_TARGETS (the LM head never does)."""
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"rank: {self.rank}; need a positive adapter rank, e.g. 8 or 128")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha: {self.alpha} must be positive, e.g. 2 x rank")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: {self.dropout} must lie in [0, 1)")
+        unknown = [name for name in self.target_modules if name not in LORA_TARGETS]
+        if unknown or not self.target_modules:
+            raise ValueError(f"target_modules: {list(self.target_modules)}; use a non-empty list of "
+                             f"{', '.join(LORA_TARGETS)}")
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     """Data-parallel learner ranks, each a Ray actor running a DeepSpeed engine."""
@@ -137,6 +167,8 @@ class LearnerConfig:
     """Weights and activations dtype; bf16 keeps fp32 master weights in the optimizer."""
     gradient_checkpointing: bool = False
     """Recompute block activations in backward to save memory."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of every weight (null: full fine-tuning), docs/lora.md."""
     max_nonfinite_steps: int = 3
     """A step whose loss or gradient is NaN/inf on any rank is skipped on every rank; this many RL steps in a
     row whose update was skipped entirely stop jobs.train with a checkpoint and exit status 3

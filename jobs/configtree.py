@@ -82,6 +82,8 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
                 return out
             if not rejected and trial and all(p.endswith(_NOT_FINITE) for p in trial):
                 rejected = trial  # a number of the right type but NaN/inf: say that, not "not a valid ..."
+            if not rejected and dataclasses.is_dataclass(candidate) and isinstance(value, dict):
+                rejected = trial  # a mapping for an optional section: name the bad field inside it
         problems.extend(rejected or [f"{key}: {value!r} is not a valid {_type_name(tp)}"])
         return _INVALID
     if origin is Literal:
