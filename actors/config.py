@@ -270,6 +270,9 @@ class LoggingConfig:
     """Write a table of sample generations every K steps (0: never)."""
     sample_table_rows: int = 8
     """Rows in each sample table."""
+    rollout_text: bool = True
+    """`rollouts.jsonl` rows carry each sample's prompt, response, rewards by term, advantage and reveal order
+    (`python -m jobs.show` prints them); false: only uid, sample, task, version and total (huge runs)."""
 
     def __post_init__(self):
         if self.sample_table_every < 0:

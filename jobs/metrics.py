@@ -7,6 +7,10 @@ these fails loudly, so dashboards never silently lose a metric to a typo.
 Files under the run directory:
 - `metrics.jsonl`: `{"step": N, "wall_time": t, "<key>": value, ...}` per `log` call, flushed at once;
   non-finite values are written as null (JSON has no NaN) and kept as NaN in TensorBoard.
+- `rollouts.jsonl`: `{"step": N, "rows": [...], "images": [...]}` per step, one row per sample the step
+  consumed; with `logging.rollout_text` the rows hold the text, rewards, advantage and reveal order and
+  `images` names the step's image grid files (`python -m jobs.show` prints them; fields and size per row:
+  docs/cluster.md §3).
 - `samples.jsonl`: `{"step": N, "rows": [...]}` every `sample_table_every` steps; the same rows go to
   TensorBoard's text tab as a markdown table (cells truncated there, full in the jsonl).
 - `samples/step_N.png` (+ `samples/step_N.json`, the caption of each grid row): a grid of generated
@@ -14,8 +18,10 @@ Files under the run directory:
   `log_image_grid` on the sample-table steps; the same grid goes to TensorBoard's image tab.
 - `tensorboard/`: event files.
 On resume (`resume_step=k`), lines for steps > k (written after the last checkpoint by the run that
-died) and a line torn by the kill are dropped from both jsonl files, and TensorBoard purges its events
+died) and a line torn by the kill are dropped from the jsonl files, and TensorBoard purges its events
 after k, so every step appears once. (A fresh run reusing a run directory passes `resume_step=-1`: every old line goes.)
+W&B: the W&B run's id is the run's own id (`run_id`: jobs.train passes the one in `<run dir>/run_id.json`, which
+a resumed run keeps), so a resumed run continues the same W&B run (`resume="allow"`).
 """
 
 from __future__ import annotations
@@ -123,8 +129,10 @@ class MetricsLogger:
     """Writes each step's metrics to every enabled sink; use as a context manager or call `close()`."""
 
     def __init__(self, run_dir: str | Path, cfg: LoggingConfig, *, run_name: str | None = None,
-                 config: Mapping[str, Any] | None = None, resume_step: int | None = None):
+                 config: Mapping[str, Any] | None = None, resume_step: int | None = None, run_id: str | None = None):
+        """`run_id`: the W&B run id (None: W&B draws one, and a rerun starts a new W&B run)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self._grids: dict[int, list[Path]] = {}  # step -> image grid files written (log_image_grid), for rollouts.jsonl
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
@@ -146,7 +154,7 @@ class MetricsLogger:
             except ImportError as exc:
                 raise ImportError(f"logging.wandb_project={cfg.wandb_project!r} needs the wandb package: "
                                   "pip install -c constraints.txt -e '.[wandb]' (or set it to null)") from exc
-            self._wandb = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(self.run_dir),
+            self._wandb = wandb.init(project=cfg.wandb_project, name=run_name, id=run_id, dir=str(self.run_dir),
                                      config=dict(config or {}), resume="allow")
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -168,10 +176,17 @@ class MetricsLogger:
             self._wandb.log(values, step=step)
 
     def log_rollouts(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Record what a step consumed (uid, sample index, policy version, reward per row) in rollouts.jsonl,
-        so runs can be compared row by row (resume, fault tests) and audited afterwards."""
+        """Record what a step consumed (a dict per row: uid, sample index, policy version, reward, and with
+        `rollout_text` the sample's text: jobs/train_parts.py `rollout_rows`) in rollouts.jsonl, so runs can be
+        compared row by row (resume, fault tests) and read afterwards (`python -m jobs.show`). With
+        `rollout_text`, the image grids `log_image_grid` wrote for this step (call it first) are listed, relative
+        to the run directory."""
+        entry: dict[str, Any] = {"step": step, "rows": list(rows)}
+        grids = self._grids.pop(step, [])
+        if self.cfg.rollout_text and grids:
+            entry["images"] = [str(path.relative_to(self.run_dir)) for path in grids]
         with self.rollouts_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, "rows": list(rows)}) + "\n")
+            handle.write(json.dumps(entry) + "\n")
 
     def should_log_samples(self, step: int) -> bool:
         every = self.cfg.sample_table_every
@@ -210,6 +225,7 @@ class MetricsLogger:
         write_atomic(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
         (directory / f"step_{step}.json").write_text(json.dumps(
             {"step": step, "png": path.name, "rows": [str(c) for c in captions]}, indent=1) + "\n")
+        self._grids.setdefault(step, []).append(path)
         if self._writer is not None:
             self._writer.add_image(tag, grid, step, dataformats="HWC")
             self._writer.add_text(f"{tag}/captions", "\n".join(f"{i}. {c}" for i, c in enumerate(captions)), step)

@@ -104,7 +104,7 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), policy.source, cleanup)
     resumed = resume(checkpoints, learners, pool, stream, cfg)  # (step, version, pending), or None: a fresh run
     state = RunState() if resumed is None else RunState(*resumed)
-    metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg),
+    metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg), run_id=checkpoints.run_id,
                             resume_step=state.start if resumed is not None else -1)  # fresh: drop an old run's lines
     cleanup.callback(metrics.close)
     return Run(cfg, config_path, policy.tokenizer, policy.config, stream, load_image, scorer,
@@ -151,15 +151,15 @@ def heldout_metrics(run: Run, step: int) -> dict[str, float]:
 
 
 def log_step(run: Run, step: int, result: StepResult) -> None:
-    """metrics.jsonl (and TensorBoard), rollouts.jsonl, and when due the sample table and the t2i grid."""
+    """metrics.jsonl (and TensorBoard), the sample table and t2i grid when due, then rollouts.jsonl (naming the grid)."""
     run.metrics.log(step, result.metrics)
-    run.metrics.log_rollouts(step, rollout_rows(result.batch))
     if run.metrics.should_log_samples(step):
         limit = run.cfg.logging.sample_table_rows
         run.metrics.log_samples(step, sample_rows(result.batch, result.kept, result.advantages, limit))
         grid_rows, captions = t2i_grid(result.batch)
         if grid_rows:
             run.metrics.log_image_grid(step, grid_rows, captions)
+    run.metrics.log_rollouts(step, rollout_rows(result, text=run.cfg.logging.rollout_text))
 
 
 def save(run: Run, state: RunState, step: int, *, force: bool = False) -> None:

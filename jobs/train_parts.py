@@ -286,11 +286,30 @@ def rollout_metrics(batch: RolloutBatch, collect_s: float, version: int, step_st
     }
 
 
-def rollout_rows(batch: RolloutBatch) -> list[dict[str, Any]]:
-    """One `rollouts.jsonl` entry per row: what the step consumed, and from which policy version."""
+def rollout_rows(result: StepResult, *, text: bool) -> list[dict[str, Any]]:
+    """One `rollouts.jsonl` entry per row of the step's batch: what the step consumed (uid, sample index, task,
+    policy version, total reward); with `text` (`logging.rollout_text`) also what it takes to read the sample:
+    kind, prompt, gold answer, response, rewards of the row's task's terms (and why one is None), the total's
+    reason, the advantage the update used (None: its group was dropped) and the reveal order (the sampler step
+    that revealed each scored response token; None for t2i rows, whose image slots are no text to read).
+    The fields and their size: docs/cluster.md §3."""
+    batch = result.batch
     columns = zip(batch.uid, batch.sample_index, batch.task, batch.policy_version, batch.total)
-    return [{"uid": uid, "sample": index, "task": task, "version": v, "reward": reward}
+    rows = [{"uid": uid, "sample": index, "task": task, "version": v, "reward": reward}
             for uid, index, task, v, reward in columns]
+    if not text:
+        return rows
+    advantages = dict(zip(zip(result.kept.uid, result.kept.sample_index), result.advantages.tolist()))  # [B'] by key
+    for row, entry in enumerate(rows):
+        terms = [t for t in batch.rewards if batch.reward_reasons[t][row] != "absent"]  # the row's task's terms
+        reveal = batch.reveal_step[row][batch.scored_mask[row]]  # [n] sampler step of each scored token
+        entry.update({
+            "kind": batch.kind[row], "prompt": batch.prompt[row], "answer": batch.answer[row],
+            "response": batch.response[row], "rewards": {t: batch.rewards[t][row] for t in terms},
+            "reasons": {t: batch.reward_reasons[t][row] for t in terms if batch.reward_reasons[t][row] is not None},
+            "total_reason": batch.total_reason[row], "advantage": advantages.get((entry["uid"], entry["sample"])),
+            "reveal": None if batch.kind[row] == "t2i" else reveal.tolist()})
+    return rows
 
 
 def sample_rows(batch: RolloutBatch, kept: RolloutBatch, advantages: torch.Tensor, limit: int) -> list[dict]:

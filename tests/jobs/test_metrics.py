@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -193,3 +195,59 @@ def test_a_fresh_run_in_an_old_run_directory_drops_every_old_line(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(line["step"], line["loss/kl"]) for line in lines] == [(0, 9.0)]
     assert (tmp_path / "rollouts.jsonl").read_text() == ""
+
+
+FAKE_WANDB = '''"""Stand-in for the wandb client (a third-party service): records what the logger asks of it."""
+inits, logged, finished = [], [], []
+
+
+class _Run:
+    def log(self, values, step=None):
+        logged.append((step, dict(values)))
+
+    def finish(self):
+        finished.append(True)
+
+
+def init(**kwargs):
+    inits.append(kwargs)
+    return _Run()
+'''
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    """The W&B run id is the run's id (run_id.json), which a resumed run keeps and a fresh run draws anew:
+    jobs.train's setup passes `CheckpointManager.run_id` to the logger after `resume`, as done here."""
+    from actors.config import CheckpointConfig
+    from jobs.checkpoint import CheckpointManager
+
+    (tmp_path / "site" / "wandb").mkdir(parents=True)
+    (tmp_path / "site" / "wandb" / "__init__.py").write_text(FAKE_WANDB)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    import wandb
+
+    run_dir, cfg = tmp_path / "run", LoggingConfig(wandb_project="proj", tensorboard=False)
+
+    def start(resume: str = "auto") -> tuple[CheckpointManager, int]:
+        checkpoints = CheckpointManager(run_dir / "checkpoints", CheckpointConfig(resume=resume))
+        loaded = checkpoints.resume(lambda directory: None)
+        return checkpoints, -1 if loaded is None else loaded.step
+
+    first, resume_step = start()
+    with MetricsLogger(run_dir, cfg, run_name="r", run_id=first.run_id, resume_step=resume_step) as logger:
+        logger.log(1, {"loss/kl": 0.5})
+    first.save(1, driver_state={"policy_version": 1}, config_text="", save_learner=lambda directory: None)
+    resumed, resume_step = start()
+    assert resume_step == 1
+    with MetricsLogger(run_dir, cfg, run_name="r", run_id=resumed.run_id, resume_step=resume_step) as logger:
+        logger.log(2, {"loss/kl": 0.25})
+    shutil.rmtree(run_dir / "checkpoints")
+    fresh, _ = start("never")
+    with MetricsLogger(run_dir, cfg, run_name="r", run_id=fresh.run_id, resume_step=-1):
+        pass
+    run_id = json.loads((run_dir / "run_id.json").read_text())["run_id"]
+    assert len(first.run_id) == 32 and resumed.run_id == first.run_id != fresh.run_id == run_id
+    assert [(init["id"], init["resume"], init["project"], init["name"]) for init in wandb.inits] == [
+        (first.run_id, "allow", "proj", "r"), (first.run_id, "allow", "proj", "r"), (fresh.run_id, "allow", "proj", "r")]
+    assert wandb.logged == [(1, {"loss/kl": 0.5}), (2, {"loss/kl": 0.25})] and len(wandb.finished) == 3
