@@ -7,7 +7,8 @@ Order of work, and why:
    weights, which are π_old (the weights that sampled the batch). After step 1 the policy has moved, so
    computing them later would give ratios against the wrong policy. Copy 1 needs no extra pass: its
    old log-probs are the first gradient pass's own log-probs, detached (ratio exactly 1 at n = 1).
-   Reference log-probs of all μ copies are computed here too (π_ref is frozen).
+   Reference log-probs of all μ copies are computed here too (π_ref is frozen). With LoRA (docs/lora.md)
+   `ref_network` is the policy network itself and this pass runs with its adapters disabled: the base.
 3. For n = 1..μ: forward/backward every micro-batch of copy n (gradient accumulation), then one
    `engine.step()` (clip, optimizer step, zero grad).
 
@@ -31,6 +32,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from model.lora import adapters_disabled
 from rl.batch import RolloutBatch
 from rl.config import AlgoConfig
 from rl.estimators import MaskedViews, build_views
@@ -176,9 +178,11 @@ def unigrpo_update(
             for m, rows in enumerate(micro):
                 old_logp[n, m] = score_views(policy, batch, views[n - 1], rows, chunk_size=chunk)[0]
         if ref_network is not None:
-            for n in range(1, cfg.mu + 1):
-                for m, rows in enumerate(micro):
-                    ref_logp[n, m] = score_views(ref_network, batch, views[n - 1], rows, chunk_size=chunk)[0].to(device)
+            with adapters_disabled(ref_network):  # with LoRA the reference may be the policy itself, adapters off
+                for n in range(1, cfg.mu + 1):
+                    for m, rows in enumerate(micro):
+                        ref_logp[n, m] = score_views(ref_network, batch, views[n - 1], rows,
+                                                     chunk_size=chunk)[0].to(device)
 
     parts: list[dict[str, float]] = []
     norms: list[float] = []
