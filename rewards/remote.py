@@ -1,22 +1,27 @@
 """`remote`: scores from an HTTP service — a batch scoring endpoint, or an OpenAI-style chat model as a judge.
 
 Standard library only (`urllib`); requests to 127.0.0.1/localhost bypass proxy environment variables.
+The options, a worked judge config and the judge server jobs.train can run: docs/custom_rewards.md §6.
 
 Batch mode (`mode="batch"`, the default): one `POST <url>` per call with
     request  {"samples": [{"task": str, "prompt": str, "response": str, "answer": str|null,
                            "meta": {...}|null}, ...]}           (images are not sent)
     response {"scores": [number|null, ...], "reasons": [str|null, ...]}   ("reasons" optional)
 `scores` must have one entry per sample; `null` means unscorable (the matching `reasons` entry, if any,
-is reported as `remote: <reason>`). HTTP 200 only.
+is reported as `remote: <reason>`). HTTP 200 only. The judge-only options are refused in this mode.
 
 Judge mode (`mode="judge"`): one `POST <url>` per sample to a chat-completions endpoint (e.g.
 `http://host:8000/v1/chat/completions` of `vllm serve`), body
     {"model": <model>, "messages": [{"role": "user", "content": <judge_prompt filled in>}],
      "temperature": 0, "max_tokens": <max_tokens>}
 The reply `choices[0].message.content` is searched with `score_pattern`; the last match's first group
-(or whole match) is the score, unscaled (the term weight scales it). No match -> None (`unparseable_judgement`).
-`judge_prompt` is a `str.format` template over {prompt}, {response}, {answer}, {task}; literal braces
-must be doubled.
+(or whole match) is the score. With `score_range: [lo, hi]` (the range the rubric asks for) it is mapped to
+[0, 1] as (score - lo) / (hi - lo), and a score outside the range is None (`out_of_range`); without it the
+score is used as parsed (the term weight scales it). No match -> None (`unparseable_judgement`), never 0.
+`judge_prompt` (inline) or `judge_prompt_file` (a UTF-8 file, read once at construction) is a `str.format`
+template over {prompt}, {response}, {answer}, {task}; literal braces must be doubled. `url: judge_server`
+stands for the server `reward_actors.judge_server` runs (actors/judge_server.py): jobs.train replaces it
+with that server's URL (`serve_judge`); given to the reward itself it is an error.
 
 Failures never raise from a call: connection errors, HTTP 5xx/429 and timeouts are retried `max_retries`
 times with exponential backoff (`backoff_s`, 2·`backoff_s`, ...) within the time budget; then every affected
@@ -43,9 +48,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Literal
 
 from rewards.base import Sample, Scored, unscorable
+from rewards.config import RewardsConfig
 from rewards.deadline import short_exception
 from rewards.registry import register
 from rewards.secrets import redact, without_userinfo
@@ -61,6 +68,9 @@ DEFAULT_JUDGE_PROMPT = (
 DEFAULT_SCORE_PATTERN = r"(?i)score\s*[:=]\s*(-?\d+(?:\.\d+)?)"
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 _TEMPLATE_FIELDS = ("prompt", "response", "answer", "task")
+JUDGE_SERVER = "judge_server"
+"""The `url` of a judge term that asks for the server of `reward_actors.judge_server` (filled by `serve_judge`)."""
+CHAT_PATH = "/v1/chat/completions"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -87,12 +97,18 @@ class RemoteReward:
         max_retries: int = 2,
         backoff_s: float = 0.5,
         model: str | None = None,
-        judge_prompt: str = DEFAULT_JUDGE_PROMPT,
-        score_pattern: str = DEFAULT_SCORE_PATTERN,
+        judge_prompt: str | None = None,
+        judge_prompt_file: str | None = None,
+        score_pattern: str | None = None,
+        score_range: Sequence[float] | None = None,
         max_tokens: int = 256,
         max_concurrency: int = 8,
         api_key_env: str | None = None,
     ):
+        if url == JUDGE_SERVER:
+            raise ValueError(f"url: {JUDGE_SERVER!r} stands for the server reward_actors.judge_server runs, and "
+                             "jobs.train puts that server's URL in its place; here give the endpoint's URL "
+                             "(http://host:port/v1/chat/completions)")
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"url: got {without_userinfo(url)!r}; expected http://host:port/path or https://...")
@@ -104,30 +120,32 @@ class RemoteReward:
         url = without_userinfo(url)
         if mode not in ("batch", "judge"):
             raise ValueError(f"mode: got {mode!r}; expected 'batch' or 'judge'")
+        judge_only = {"model": model, "judge_prompt": judge_prompt, "judge_prompt_file": judge_prompt_file,
+                      "score_pattern": score_pattern, "score_range": score_range}
+        if mode == "batch" and any(value is not None for value in judge_only.values()):
+            given = ", ".join(key for key, value in judge_only.items() if value is not None)
+            raise ValueError(f"{given}: judge-mode option(s), but mode is 'batch'; set mode: judge or remove them")
         if not timeout_s > 0 or backoff_s < 0 or max_retries < 0 or max_concurrency < 1 or max_tokens < 1:
             raise ValueError(
                 f"timeout_s={timeout_s}, backoff_s={backoff_s}, max_retries={max_retries}, "
                 f"max_concurrency={max_concurrency}, max_tokens={max_tokens}: expected timeout_s > 0, "
                 "backoff_s >= 0, max_retries >= 0, max_concurrency >= 1, max_tokens >= 1"
             )
-        try:
-            judge_prompt.format(**dict.fromkeys(_TEMPLATE_FIELDS, ""))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"judge_prompt: {short_exception(exc)}; fields available: "
-                f"{', '.join('{' + f + '}' for f in _TEMPLATE_FIELDS)} (double literal braces)"
-            ) from exc
-        if "{response}" not in judge_prompt:
-            raise ValueError("judge_prompt: must contain {response}, otherwise the judge never sees the response")
+        judge_prompt = _judge_template(judge_prompt, judge_prompt_file)
+        score_pattern = DEFAULT_SCORE_PATTERN if score_pattern is None else score_pattern
         try:
             self._score_regex = re.compile(score_pattern)
         except re.error as exc:
             raise ValueError(f"score_pattern: {score_pattern!r} is not a valid regex: {exc}") from exc
+        if score_range is not None:
+            low, high = _score_range(score_range)
+            score_range = (low, high)
         if api_key_env is not None and not os.environ.get(api_key_env):
             raise ValueError(f"api_key_env: environment variable {api_key_env!r} is not set or empty")
         self.url, self.mode, self.timeout_s = url, mode, float(timeout_s)
         self.max_retries, self.backoff_s = int(max_retries), float(backoff_s)
         self.model, self.judge_prompt, self.score_pattern = model, judge_prompt, score_pattern
+        self.score_range = score_range
         self.max_tokens, self.max_concurrency, self.api_key_env = int(max_tokens), int(max_concurrency), api_key_env
 
     # ------------------------------------------------------------------------------------------ contract
@@ -211,7 +229,14 @@ class RemoteReward:
             value = float(text)
         except (TypeError, ValueError):
             return Scored(None, f"unparseable_judgement: {text!r} is not a number")
-        return Scored(value) if math.isfinite(value) else Scored(None, f"invalid: judge score {text!r}")
+        if not math.isfinite(value):
+            return Scored(None, f"invalid: judge score {text!r}")
+        if self.score_range is None:
+            return Scored(value)
+        low, high = self.score_range
+        if not low <= value <= high:
+            return Scored(None, f"out_of_range: judge score {text} is outside score_range [{low:g}, {high:g}]")
+        return Scored((value - low) / (high - low))
 
     # ------------------------------------------------------------------------------------------ transport
     def _post_json(self, payload: dict[str, Any], deadline: float | None) -> Any:
@@ -299,6 +324,74 @@ class RemoteReward:
 
     def __repr__(self) -> str:
         return f"RemoteReward(url={self.url!r}, mode={self.mode!r})"
+
+
+# ---------------------------------------------------------------------------------------------- options
+def _judge_template(inline: str | None, path: str | None) -> str:
+    """The judge prompt: `judge_prompt`, the text of `judge_prompt_file`, or the default; checked as a template."""
+    if inline is not None and path is not None:
+        raise ValueError("judge_prompt and judge_prompt_file are both set; give the rubric one way")
+    template, where = DEFAULT_JUDGE_PROMPT if inline is None else inline, "judge_prompt"
+    if path is not None:
+        where = f"judge_prompt_file {os.path.abspath(path)}"
+        try:
+            template = open(path, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{where}: cannot be read ({short_exception(exc)}); give a UTF-8 text file") from exc
+    try:
+        template.format(**dict.fromkeys(_TEMPLATE_FIELDS, ""))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"{where}: {short_exception(exc)}; fields available: "
+            f"{', '.join('{' + f + '}' for f in _TEMPLATE_FIELDS)} (double literal braces)"
+        ) from exc
+    if "{response}" not in template:
+        raise ValueError(f"{where}: must contain {{response}}, otherwise the judge never sees the response")
+    return template
+
+
+def _score_range(score_range: Sequence[float]) -> tuple[float, float]:
+    """`[low, high]` as two finite floats with low < high, else a ValueError naming the option."""
+    try:
+        low, high = (float(bound) for bound in score_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"score_range: got {score_range!r}; expected [low, high], e.g. [0, 10]") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"score_range: got [{low:g}, {high:g}]; expected finite bounds with low < high")
+    return low, high
+
+
+def serve_judge(config: RewardsConfig, base_url: str, model: str) -> RewardsConfig:
+    """`config` with every `url: judge_server` replaced by `<base_url>/v1/chat/completions`, and `model` (the name
+    the server serves) added to those terms that name none."""
+    tasks = {}
+    for task, terms in config.tasks.items():
+        tasks[task] = [replace(term, options={"model": model, **term.options, "url": base_url + CHAT_PATH})
+                       if term.options.get("url") == JUDGE_SERVER else term for term in terms]
+    return RewardsConfig(tasks=tasks)
+
+
+def judge_server_problems(config: RewardsConfig, served: bool) -> list[str]:
+    """What does not fit between the terms that say `url: judge_server` and whether `reward_actors.judge_server`
+    is set (`served`), one line per problem naming its key; [] when all fit."""
+    problems, users = [], 0
+    for task, terms in config.tasks.items():
+        for index, term in enumerate(terms):
+            if term.options.get("url") != JUDGE_SERVER:
+                continue
+            users += 1
+            key = f"rewards.tasks.{task}[{index}]"
+            if term.name != "remote" or term.options.get("mode") != "judge":
+                problems.append(f"{key}: url judge_server is a chat endpoint for the remote reward in judge mode; "
+                                f"got name {term.name!r}, mode {term.options.get('mode', 'batch')!r}")
+            if not served:
+                problems.append(f"{key}.options.url: judge_server needs reward_actors.judge_server (the model to "
+                                "serve and the python of its environment), which is null; set it, or give the "
+                                "endpoint's URL")
+    if served and not users:
+        problems.append("reward_actors.judge_server: set, but no term of rewards.tasks has options.url: judge_server; "
+                        "point a remote judge term at it, or set reward_actors.judge_server to null")
+    return problems
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):

@@ -137,6 +137,56 @@ def test_judge_mode_custom_parser_and_bad_replies(http_server):
     assert scored[0].value is None and "expected choices[0].message.content" in scored[0].reason
 
 
+def test_judge_rubric_file_and_score_range(http_server, tmp_path):
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Grade {{strictly}} from 0 to 5.\nQ: {prompt}\nA: {response}\nEnd with 'Score: n'.\n")
+    reward = rewards.get("remote", url=http_server.base_url + "/v1/chat/completions", mode="judge",
+                         judge_prompt_file=str(rubric), score_range=[0, 5])
+    samples = [Sample("text", "q1", "a weak answer"), Sample("text", "q2", "correct, says the response"),
+               Sample("text", "q3", "garble")]
+    scored = reward.score_detailed(samples)
+    # the stand-in judge: "Score: 2" (-> 2 / 5), "Score: 7" when the prompt holds "correct" (outside [0, 5]),
+    # no score at all for "garble"
+    assert scored[0] == Scored(0.4)
+    assert scored[1] == Scored(None, "out_of_range: judge score 7 is outside score_range [0, 5]")
+    assert scored[2].value is None and scored[2].category == "unparseable_judgement"
+    sent = [json.loads(raw)["messages"][0]["content"] for path, _, raw in http_server.requests[-3:]]
+    assert "Grade {strictly} from 0 to 5.\nQ: q1\nA: a weak answer\nEnd with 'Score: n'.\n" in sent
+    shifted = rewards.get("remote", url=http_server.base_url + "/v1/chat/completions", mode="judge",
+                          judge_prompt="{response}", score_range=[-10, 10])
+    assert shifted([Sample("text", "q", "correct")]) == [(7 + 10) / 20]
+
+
+def test_judge_server_terms_are_checked_and_filled():
+    from rewards.config import RewardsConfig, RewardTermConfig
+    from rewards.remote import judge_server_problems, serve_judge
+
+    judge = RewardTermConfig("remote", 1.0, {"url": "judge_server", "mode": "judge", "score_range": [0, 10]})
+    named = RewardTermConfig("remote", 1.0, {"url": "judge_server", "mode": "judge", "model": "mine"})
+    config = RewardsConfig(tasks={"text": [RewardTermConfig("format", 0.5), judge], "other": [named]})
+    assert judge_server_problems(config, served=True) == []
+    filled = serve_judge(config, "http://127.0.0.1:8123", "org/judge-7b")
+    assert filled.tasks["text"][0] == config.tasks["text"][0]
+    assert filled.tasks["text"][1].options == {"url": "http://127.0.0.1:8123/v1/chat/completions", "mode": "judge",
+                                               "score_range": [0, 10], "model": "org/judge-7b"}
+    assert filled.tasks["other"][0].options["model"] == "mine"  # a model the term names is kept
+    assert judge_server_problems(filled, served=False) == []
+
+    assert judge_server_problems(config, served=False) == [
+        f"rewards.tasks.{task}[{index}].options.url: judge_server needs reward_actors.judge_server (the model to "
+        "serve and the python of its environment), which is null; set it, or give the endpoint's URL"
+        for task, index in (("text", 1), ("other", 0))]
+    batch = RewardsConfig(tasks={"text": [RewardTermConfig("remote", 1.0, {"url": "judge_server"})]})
+    assert judge_server_problems(batch, served=True) == [
+        "rewards.tasks.text[0]: url judge_server is a chat endpoint for the remote reward in judge mode; "
+        "got name 'remote', mode 'batch'"]
+    unused = RewardsConfig(tasks={"text": [RewardTermConfig("format", 0.5)]})
+    assert judge_server_problems(unused, served=True) == [
+        "reward_actors.judge_server: set, but no term of rewards.tasks has options.url: judge_server; point a "
+        "remote judge term at it, or set reward_actors.judge_server to null"]
+    assert judge_server_problems(unused, served=False) == []
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -144,9 +194,19 @@ def test_judge_mode_custom_parser_and_bad_replies(http_server):
         ({"url": "http://h/x", "mode": "chat"}, "mode: got 'chat'"),
         ({"url": "http://h/x", "timeout_s": 0}, "expected timeout_s > 0"),
         ({"url": "http://h/x", "max_retries": -1}, "max_retries >= 0"),
-        ({"url": "http://h/x", "judge_prompt": "{question} {response}"}, r"judge_prompt: KeyError: 'question'"),
-        ({"url": "http://h/x", "judge_prompt": "rate {prompt}"}, r"must contain \{response\}"),
-        ({"url": "http://h/x", "score_pattern": "("}, "score_pattern: '\\(' is not a valid regex"),
+        ({"url": "http://h/x", "mode": "judge", "judge_prompt": "{question} {response}"},
+         r"judge_prompt: KeyError: 'question'"),
+        ({"url": "http://h/x", "mode": "judge", "judge_prompt": "rate {prompt}"}, r"must contain \{response\}"),
+        ({"url": "http://h/x", "mode": "judge", "score_pattern": "("}, "score_pattern: '\\(' is not a valid regex"),
+        ({"url": "http://h/x", "judge_prompt": "{response}", "score_range": [0, 10]},
+         "judge_prompt, score_range: judge-mode option\\(s\\), but mode is 'batch'"),
+        ({"url": "http://h/x", "mode": "judge", "judge_prompt": "{response}", "judge_prompt_file": "r.txt"},
+         "judge_prompt and judge_prompt_file are both set"),
+        ({"url": "http://h/x", "mode": "judge", "judge_prompt_file": "/nonexistent/rubric.txt"},
+         "judge_prompt_file /nonexistent/rubric.txt: cannot be read \\(FileNotFoundError"),
+        ({"url": "http://h/x", "mode": "judge", "score_range": [10, 0]}, r"score_range: got \[10, 0\]; expected finite"),
+        ({"url": "http://h/x", "mode": "judge", "score_range": [0]}, r"score_range: got \[0\]; expected \[low, high\]"),
+        ({"url": "judge_server", "mode": "judge"}, "url: 'judge_server' stands for the server reward_actors"),
         ({"url": "http://h/x", "api_key_env": "UNIGRPO_SURELY_UNSET_VAR"}, "UNIGRPO_SURELY_UNSET_VAR' is not set"),
     ],
 )
@@ -200,6 +260,10 @@ def test_url_userinfo_is_basic_auth_and_never_shown(http_server):
 
 
 def test_pickles(http_server):
-    reward = rewards.get("remote", url=http_server.base_url + "/score", score_pattern=r"S=(\d+)")
-    copy = pickle.loads(pickle.dumps(reward))
-    assert copy(SAMPLES) == [1.0, 0.0, None] and copy._score_regex.pattern == r"S=(\d+)"
+    reward = rewards.get("remote", url=http_server.base_url + "/score")
+    assert pickle.loads(pickle.dumps(reward))(SAMPLES) == [1.0, 0.0, None]
+    judge = rewards.get("remote", url=http_server.base_url + "/v1/chat/completions", mode="judge",
+                        score_pattern=r"Score: (\d+)", score_range=[0, 10])
+    copy = pickle.loads(pickle.dumps(judge))
+    # the default rubric asks about "correctness", so the stand-in judge answers "Score: 7": 7 / 10
+    assert copy(SAMPLES[:1]) == [0.7] and copy._score_regex.pattern == r"Score: (\d+)"
