@@ -83,11 +83,26 @@ class RunConfig(NamedRun):
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Prompt datasets (jsonl or parquet rows: prompt, answer, task, image, uid, extra fields)."""
+class DataSource:
+    """One file of a weighted training mixture (`data.train`)."""
 
-    train: str = ""
-    """Training prompts file (.jsonl or .parquet)."""
+    path: str = ""
+    """The prompts file (.jsonl or .parquet)."""
+    weight: float = 1.0
+    """Its share of the drawn prompts: weight / the sum of the weights (> 0)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Prompt datasets (jsonl or parquet rows: prompt, answer, task, image, uid, extra fields; docs/data.md)."""
+
+    train: str | list[str | DataSource] = ""
+    """Training prompts: a file (.jsonl or .parquet), a list of files (their union), or a list of `{path,
+    weight}` (a weighted mixture: each prompt drawn comes from a file with probability proportional to its
+    weight). Read it through `train_files` and `train_weights`."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Column names in the files for our fields named differently there, e.g. `{prompt: question}`: prompt,
+    answer, task, image, uid, and response (SFT's reference response)."""
     eval: str | None = None
     """Held-out prompts file for periodic evaluation (None: no evaluation)."""
     shuffle: bool = True
@@ -103,10 +118,25 @@ class DataConfig:
     when its row has an image and `text` otherwise. The task name itself selects the reward terms."""
 
     def __post_init__(self):
-        problems = []
-        for key, value in (("train", self.train), ("eval", self.eval)):
+        from jobs.data import check_fields
+
+        problems = check_fields(self.fields)
+        train = [self.train] if isinstance(self.train, str) else self.train
+        weighted = [isinstance(item, DataSource) for item in train]
+        if any(weighted) and not all(weighted):
+            problems.append("train: mixes plain files and {path, weight} entries; give every file a weight, or none")
+        named = [(f"train[{i}]" if isinstance(self.train, list) else "train", getattr(item, "path", item))
+                 for i, item in enumerate(train)]
+        for key, value in [*named, ("eval", self.eval)]:
             if value and not value.endswith((".jsonl", ".parquet")):
                 problems.append(f"{key}: {value!r} must be a .jsonl or .parquet file")
+        for index, item in enumerate(train):
+            if isinstance(self.train, list) and not getattr(item, "path", item).strip():
+                problems.append(f"train[{index}]: no file; give a .jsonl or .parquet path")
+            if isinstance(item, DataSource) and item.weight <= 0:
+                problems.append(f"train[{index}].weight: {item.weight}; need a weight > 0 (remove the file to skip it)")
+            if getattr(item, "path", item) in [path for _, path in named[:index]]:
+                problems.append(f"train[{index}]: {getattr(item, 'path', item)!r} is listed twice")
         for task, kind in self.task_kinds.items():
             if not task.strip():
                 problems.append(f"task_kinds: empty task name (mapped to {kind!r}); use the dataset's task names")
@@ -115,6 +145,19 @@ class DataConfig:
                                 f"(remove the entry, or give your task another name)")
         if problems:
             raise ValueError("\n".join(problems))
+
+    @property
+    def train_files(self) -> list[str]:
+        """The training files, in order, whichever form `train` takes."""
+        train = [self.train] if isinstance(self.train, str) else self.train
+        return [getattr(item, "path", item) for item in train]
+
+    @property
+    def train_weights(self) -> list[float] | None:
+        """The mixture weights, one per file of `train_files` (None: the files are one union)."""
+        if isinstance(self.train, str) or not self.train or not isinstance(self.train[0], DataSource):
+            return None
+        return [item.weight for item in self.train]
 
     def kind_of(self, task: str, has_image: bool) -> str:
         """The sampler kind (text, mmu, t2i) of a row of `task`; see `task_kinds`."""

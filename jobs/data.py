@@ -1,10 +1,12 @@
 """Prompt datasets (jsonl / parquet) validated on load, and a deterministic, checkpointable prompt stream.
 
-A record has `prompt` (non-empty text), `task` (non-empty; `default_task` for rows without one),
-optional `answer` (gold answer; numbers are turned into text), optional `image` (a path, relative to the
-data file's folder, that must exist) and `uid` (default: `<file name>:<row>`, stable as long as the
-file is). Columns may be renamed with `fields` (e.g. `{"prompt": "question"}` for GSM8K); every other
-column is kept in `meta`. The `data` config section (jobs/config.py) supplies the arguments.
+A record has `prompt` (non-empty text, or chat messages: `model.templates.ChatPrompt`, a str holding the
+last user message), `task` (non-empty; `default_task` for rows without one), optional `answer` (gold
+answer; numbers are turned into text), optional `image` (a path, relative to the data file's folder, that
+must exist) and `uid` (default: `<file name>:<row>`, stable as long as the file is). Columns may be renamed
+with `fields` (e.g. `{"prompt": "question"}` for GSM8K); every other column is kept in `meta`, a column
+renamed to one of `META_FIELDS` (SFT's reference `response`) under that name. The `data` config section
+(jobs/config.py) supplies the arguments; formats, chat prompts and mixtures: docs/data.md.
 
 Rows of the tasks listed in `image_tasks` (the multimodal-understanding kinds, e.g. captioning) must
 have an image. `load_image(path)` reads one as the HxWx3 uint8 RGB array that rewards and rollout workers
@@ -25,6 +27,9 @@ the mask token, the way bad rows are reported at load.
 Shuffling: epoch e visits the records in the order of blake2b(seed, e, uid), a pure function of the
 seed, the epoch and the record, independent of library versions. The cursor (epoch, position) is
 the whole state: a batch may span an epoch boundary, and every record is drawn exactly once per epoch.
+Several files are one such union, unless they are weighted (`data.train` as `{path, weight}` mixtures):
+then the n-th prompt drawn comes from file i with probability weight_i / sum(weights), decided by
+blake2b(seed, n), and each file keeps its own epochs and cursor (docs/data.md §4).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("prompt", "answer", "task", "image", "uid")
+META_FIELDS = ("response",)  # read from `meta` by the job that needs them (SFT's reference response)
+FIELDS = RECORD_FIELDS + META_FIELDS  # the names `fields` (data.fields) may rename
 MAX_REPORTED = 20  # problems listed in full in a log line or error; the rest are counted
 
 
@@ -47,7 +54,7 @@ MAX_REPORTED = 20  # problems listed in full in a log line or error; the rest ar
 class PromptRecord:
     uid: str
     task: str
-    prompt: str
+    prompt: str  # text, or a model.templates.ChatPrompt (chat messages; as a str, the last user message)
     answer: str | None = None
     image: str | None = None  # absolute path
     meta: dict[str, Any] = field(default_factory=dict)
@@ -125,9 +132,41 @@ def _text(value: Any, name: str, *, required: bool) -> str | None:
     return text
 
 
+def _prompt(value: Any, name: str) -> str:
+    """The prompt column: text, or a list of chat messages (a ChatPrompt). Raises ValueError saying what is wrong."""
+    if not isinstance(value, list):
+        return _text(value, name, required=True)
+    from model.templates import ChatPrompt
+
+    for index, message in enumerate(value):  # a lone surrogate in a message is as bad as in text
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            _text(message["content"], f"{name}[{index}].content", required=False)
+    try:
+        return ChatPrompt(value)
+    except ValueError as exc:
+        raise ValueError(f"'{name}': {exc}") from None
+
+
+def check_fields(fields: Mapping[str, str]) -> list[str]:
+    """What is wrong with a `fields` mapping (our field -> column name), one line per problem."""
+    problems = []
+    if unknown := sorted(set(fields) - set(FIELDS)):
+        problems.append(f"fields: unknown field(s) {unknown}; valid: {', '.join(FIELDS)}")
+    for name, column in fields.items():
+        if not isinstance(column, str) or not column.strip():
+            problems.append(f"fields.{name}: {column!r}; give the column name in the data files")
+    columns: dict[str, list[str]] = {}
+    for name in FIELDS:
+        columns.setdefault(fields.get(name, name), []).append(name)
+    for column, names in columns.items():
+        if len(names) > 1:
+            problems.append(f"fields: {' and '.join(names)} both read the column {column!r}; map each to its own")
+    return problems
+
+
 def _record(path: Path, row_no: int, row: dict, column: dict[str, str], default_task: str | None,
             image_tasks: Collection[str] = (), read_image: Callable[[Path], None] | None = None) -> PromptRecord:
-    prompt = _text(row.get(column["prompt"]), column["prompt"], required=True)
+    prompt = _prompt(row.get(column["prompt"]), column["prompt"])
     answer = _text(row.get(column["answer"]), column["answer"], required=False)
     task = row.get(column["task"])
     if task is None:
@@ -151,16 +190,18 @@ def _record(path: Path, row_no: int, row: dict, column: dict[str, str], default_
         uid = f"{path.name}:{row_no}"
     elif not uid.strip():
         raise ValueError(f"'{column['uid']}' is empty")
-    meta = {k: v for k, v in row.items() if k not in column.values()}
+    renamed = {column[name]: name for name in META_FIELDS}  # kept in meta under our name
+    meta = {renamed.get(k, k): v for k, v in row.items() if k not in column.values() or k in renamed}
+    meta.update({name: row[col] for col, name in renamed.items() if col in row})  # over a column of that name
     return PromptRecord(uid, task, prompt, answer, image, meta, f"{path}:{row_no}")
 
 
 class PromptDataset:
     """All good records of `paths`, in file order; `problems` lists the skipped rows.
 
-    paths: one data file or several (.jsonl / .parquet), read in order.
+    paths: one data file or several (.jsonl / .parquet), read in order (`paths` keeps them).
     default_task: task of rows without one (None: such rows are bad).
-    fields: our field -> column name in the files, for the fields named differently there.
+    fields: our field (one of FIELDS) -> column name in the files, for the fields named differently there.
     format: "auto" (from each file's suffix), "jsonl" or "parquet".
     image_tasks: tasks whose rows must have an image (rows without one are bad rows).
     read_images: read every row's image at load (False: only check that the file exists; for jobs that
@@ -176,11 +217,12 @@ class PromptDataset:
         if format not in FORMATS:
             raise ValueError(f"format {format!r}; valid: {', '.join(FORMATS)}")
         fields = dict(fields or {})
-        if unknown := sorted(set(fields) - set(RECORD_FIELDS)):
-            raise ValueError(f"fields: unknown record field(s) {unknown}; valid: {', '.join(RECORD_FIELDS)}")
+        if problems := check_fields(fields):
+            raise ValueError("\n".join(problems))
         if default_task is not None and not default_task.strip():
             raise ValueError("default_task: empty string; use None or a task name such as 'text'")
-        column = {name: fields.get(name, name) for name in RECORD_FIELDS}
+        column = {name: fields.get(name, name) for name in FIELDS}
+        self.paths = [str(Path(p)) for p in paths]  # as in each record's `source`
         self.records: list[PromptRecord] = []
         self.problems: list[str] = []
         seen: dict[str, str] = {}
@@ -196,7 +238,11 @@ class PromptDataset:
                     self.problems.append(f"{path}:{row_no}: {exc}")
                     continue
                 if record.uid in seen:
-                    self.problems.append(f"{path}:{row_no}: duplicate uid {record.uid!r} (first at {seen[record.uid]})")
+                    hint = "" if record.uid != f"{path.name}:{row_no}" else (
+                        f"; a row without '{column['uid']}' is <file name>:<row>: rename one of the files, or "
+                        "give the rows uids")
+                    self.problems.append(f"{path}:{row_no}: duplicate uid {record.uid!r} (first at "
+                                         f"{seen[record.uid]}){hint}")
                     continue
                 seen[record.uid] = record.source
                 self.records.append(record)
@@ -236,16 +282,21 @@ def check_prompt_records(records: Sequence[PromptRecord], tokenizer: Any, *, max
     the chat template (`model.templates.chat_prompt_ids`, with the thinking instruction when `thinking`), and
     must fit `max_sequence_length - gen_length` tokens, an mmu prompt with its `image_tokens` (`<|mmu|>`,
     `<|soi|>`, the image codes, `<|eoi|>`) included; kind `t2i` gets the plain text ids (the worker cuts them
-    to its text length). No prompt may fail to tokenize or hold the mask token.
+    to its text length), so its prompt must be text, not chat messages. No prompt may fail to tokenize or hold
+    the mask token.
     kind_of: the sampler kind of a record (None: every record is `text`).
     """
-    from model.templates import MASK_TOKEN, chat_prompt_ids, special_ids
+    from model.templates import MASK_TOKEN, ChatPrompt, chat_prompt_ids, special_ids
 
     mask_id = special_ids(tokenizer).mask
     room = max_sequence_length - gen_length
     kept, problems = [], []
     for record in records:
         kind = "text" if kind_of is None else kind_of(record)
+        if kind == "t2i" and isinstance(record.prompt, ChatPrompt):
+            problems.append(f"{record.source}: a t2i prompt is the text the image is drawn from; give text, not "
+                            f"{len(record.prompt.messages)} chat messages")
+            continue
         try:
             if kind == "t2i":
                 ids = list(tokenizer(record.prompt, add_special_tokens=False)["input_ids"])
@@ -326,16 +377,40 @@ def _listing(problems: list[str]) -> str:
 
 
 class PromptStream:
-    """Draws batches of records epoch after epoch; `(epoch, position)` is the checkpointable cursor."""
+    """Draws batches of records epoch after epoch; `(epoch, position)` is the checkpointable cursor.
 
-    def __init__(self, dataset: PromptDataset, *, seed: int = 0, shuffle: bool = True):
+    weights: one per data file of `dataset` (`dataset.paths`, in order), each > 0, for a weighted mixture
+    (module docstring; each file then has its own cursor); None: the files are one union.
+    """
+
+    def __init__(self, dataset: PromptDataset, *, seed: int = 0, shuffle: bool = True,
+                 weights: Sequence[float] | None = None):
         self.dataset, self.seed, self.shuffle = dataset, seed, shuffle
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, []
+        self.weights = None if weights is None else [float(w) for w in weights]
+        if self.weights is not None:
+            self._mixture_sources()
 
-    def epoch_order(self, epoch: int) -> list[int]:
-        """Record indices in the order epoch `epoch` visits them."""
-        indices = list(range(len(self.dataset)))
+    def _mixture_sources(self) -> None:
+        """Per file: the indices of its records, (epoch, position) and its epoch order, cached."""
+        paths = self.dataset.paths
+        if len(self.weights) != len(paths) or not all(w > 0 for w in self.weights):
+            raise ValueError(f"weights {self.weights}: need one weight > 0 per data file ({len(paths)}: {paths})")
+        by_path: dict[str, list[int]] = {path: [] for path in paths}
+        for index, record in enumerate(self.dataset.records):
+            by_path[record.source.rpartition(":")[0]].append(index)
+        if empty := [path for path, members in by_path.items() if not members]:
+            raise DataError(f"mixture: no usable rows left in {', '.join(empty)}, which has weight > 0; fix its "
+                            "rows (the reasons were logged) or remove it from data.train")
+        self._members = list(by_path.values())
+        self._cursors = [[0, 0] for _ in paths]
+        self._drawn = 0
+        self._member_orders: dict[tuple[int, int], list[int]] = {}
+
+    def epoch_order(self, epoch: int, members: Sequence[int] | None = None) -> list[int]:
+        """Record indices (of `members`, default all records) in the order epoch `epoch` visits them."""
+        indices = list(range(len(self.dataset))) if members is None else list(members)
         if not self.shuffle:
             return indices
 
@@ -354,6 +429,8 @@ class PromptStream:
         """The next `size` records; crosses into the next epoch when this one runs out."""
         if size < 1:
             raise ValueError(f"batch size {size}; need at least 1")
+        if self.weights is not None:
+            return [self._next_of_mixture() for _ in range(size)]
         batch: list[PromptRecord] = []
         while len(batch) < size:
             order = self._order_of_current_epoch()
@@ -364,17 +441,55 @@ class PromptStream:
                 self.epoch, self.position = self.epoch + 1, 0
         return batch
 
+    def source_of_draw(self, draw: int) -> int:
+        """The file the `draw`-th prompt of a mixture comes from: blake2b(seed, draw) as u in [0, 1), against
+        the cumulative weights."""
+        digest = hashlib.blake2b(f"{self.seed}\0mixture\0{draw}".encode(), digest_size=8).digest()
+        u = int.from_bytes(digest, "big") / 2**64 * sum(self.weights)
+        cumulative = 0.0
+        for source, weight in enumerate(self.weights):
+            cumulative += weight
+            if u < cumulative:
+                return source
+        return len(self.weights) - 1  # u within rounding of the total
+
+    def _next_of_mixture(self) -> PromptRecord:
+        source = self.source_of_draw(self._drawn)
+        epoch, position = self._cursors[source]
+        if (source, epoch) not in self._member_orders:  # the current epoch's order of each file, cached
+            self._member_orders = {k: v for k, v in self._member_orders.items() if k[0] != source}
+            self._member_orders[source, epoch] = self.epoch_order(epoch, self._members[source])
+        order = self._member_orders[source, epoch]
+        record = self.dataset.records[order[position]]
+        self._cursors[source] = [epoch + 1, 0] if position + 1 == len(order) else [epoch, position + 1]
+        self._drawn += 1
+        self.epoch = min(cursor[0] for cursor in self._cursors)  # epochs every file has completed
+        return record
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle,
-                "num_records": len(self.dataset), "fingerprint": self.dataset.fingerprint()}
+        state = {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle,
+                 "num_records": len(self.dataset), "fingerprint": self.dataset.fingerprint()}
+        if self.weights is not None:
+            state.update(weights=list(self.weights), drawn=self._drawn, cursors=[list(c) for c in self._cursors])
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the cursor; refuses a state saved for a different dataset or shuffle."""
+        """Restore the cursor; refuses a state saved for a different dataset, shuffle or mixture."""
         mine = self.state_dict()
-        for key in ("fingerprint", "num_records", "seed", "shuffle"):
-            if state.get(key) != mine[key]:
+        for key in ("fingerprint", "num_records", "seed", "shuffle", "weights"):
+            if state.get(key) != mine.get(key):
                 raise DataError(f"data cursor: saved {key}={state.get(key)!r} but the current data has "
-                                f"{key}={mine[key]!r}; resume with the same data files, data.seed and data.shuffle")
+                                f"{key}={mine.get(key)!r}; resume with the same data files (and weights), "
+                                "data.seed and data.shuffle")
+        if self.weights is not None:
+            cursors = state["cursors"]
+            for source, (epoch, position) in enumerate(cursors):
+                if not 0 <= position < len(self._members[source]) or epoch < 0:
+                    raise DataError(f"data cursor: {self.dataset.paths[source]}: epoch={epoch}, position={position} "
+                                    f"is outside 0 <= position < {len(self._members[source])}")
+            self._cursors = [[int(e), int(p)] for e, p in cursors]
+            self._drawn, self.epoch = int(state["drawn"]), int(state["epoch"])
+            return
         position = state["position"]
         if not 0 <= position < len(self.dataset) or state["epoch"] < 0:
             raise DataError(f"data cursor: epoch={state['epoch']}, position={position} is outside "

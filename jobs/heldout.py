@@ -41,7 +41,7 @@ def heldout_records(cfg) -> tuple[list, list[str]]:
     from jobs.data import DataError, PromptDataset
 
     try:
-        dataset = PromptDataset(cfg.data.eval, default_task=cfg.data.default_task)
+        dataset = PromptDataset(cfg.data.eval, default_task=cfg.data.default_task, fields=cfg.data.fields)
     except DataError as exc:  # a missing file, or no usable row: say which key names it
         raise DataError(f"data.eval: {exc}") from exc
     records = dataset.records[:cfg.eval.limit] if cfg.eval.limit else dataset.records

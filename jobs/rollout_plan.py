@@ -39,7 +39,7 @@ class Shard:
 class Plan:
     """Everything decided before any actor starts."""
 
-    prompts: str  # the prompt file
+    prompts: list[str]  # the prompt files
     records: list[Any]  # the usable PromptRecords
     shards: list[Shard]
     bad_rows: list[str]
@@ -50,8 +50,10 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------------------------- prompts
-def prompts_file(cfg: Any) -> str:
-    return cfg.generate.prompts or cfg.data.train
+def prompts_files(cfg: Any) -> list[str]:
+    """`generate.prompts`, else the files of `data.train` in order (a mixture's weights do not apply: every
+    prompt is sampled)."""
+    return [cfg.generate.prompts] if cfg.generate.prompts else cfg.data.train_files
 
 
 def make_plan(cfg: Any) -> Plan:
@@ -64,21 +66,22 @@ def make_plan(cfg: Any) -> Plan:
     from jobs.multitask import check_tasks, image_tasks
     from jobs.train_parts import policy_parts
 
-    path = prompts_file(cfg)
+    paths = prompts_files(cfg)
     policy = policy_parts(cfg)
-    dataset = PromptDataset(path, default_task=cfg.data.default_task, image_tasks=image_tasks(cfg.data))
+    dataset = PromptDataset(paths, default_task=cfg.data.default_task, fields=cfg.data.fields,
+                            image_tasks=image_tasks(cfg.data))
     fingerprint = data_fingerprint(dataset.records)
     check_training_prompts(dataset, cfg, policy.tokenizer, policy.config)
     problems = check_tasks(cfg, dataset.records, policy.config)
     if not cfg.generate.score:  # reward terms matter only to scoring
         problems = [p for p in problems if not p.startswith("rewards.tasks:")]
     if problems:
-        raise ConfigError(problems, path)
+        raise ConfigError(problems, ", ".join(paths))
     records, size = dataset.records, cfg.generate.shard_size
     shards = [Shard(k, tuple(records[k * size:(k + 1) * size])) for k in range(-(-len(records) // size))]
     # a checkpoint as an absolute path: a worker's working directory may not be ours
     source = os.path.abspath(policy.source) if isinstance(policy.source, str) else policy.source
-    return Plan(path, records, shards, list(dataset.problems), fingerprint, source, policy.tokenizer,
+    return Plan(paths, records, shards, list(dataset.problems), fingerprint, source, policy.tokenizer,
                 sorted({r.task for r in records}))
 
 
@@ -86,7 +89,8 @@ def data_fingerprint(records: list[Any]) -> str:
     """Identifies the rows as read (before the prompt checks): uid, task, prompt, answer, image, extra fields."""
     digest = hashlib.blake2b(digest_size=16)
     for r in records:
-        digest.update(json.dumps([r.uid, r.task, r.prompt, r.answer, r.image, r.meta], sort_keys=True,
+        prompt = getattr(r.prompt, "messages", r.prompt)  # a chat prompt's whole conversation
+        digest.update(json.dumps([r.uid, r.task, prompt, r.answer, r.image, r.meta], sort_keys=True,
                                  default=str).encode())
     return digest.hexdigest()
 
@@ -138,7 +142,7 @@ def _leaves(key: str, value: Any) -> dict[str, Any]:
 def make_manifest(cfg: Any, plan: Plan) -> dict[str, Any]:
     """The content of DIR/manifest.json: what a rerun into DIR must repeat to resume."""
     return {"version": MANIFEST_VERSION, "settings": identity(cfg),
-            "data": {"path": os.path.abspath(plan.prompts), "fingerprint": plan.fingerprint,
+            "data": {"path": ", ".join(map(os.path.abspath, plan.prompts)), "fingerprint": plan.fingerprint,
                      "prompts": len(plan.records), "bad_rows": len(plan.bad_rows)},
             "shards": len(plan.shards)}
 

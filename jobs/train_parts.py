@@ -58,15 +58,15 @@ def load_data(cfg: TrainConfig, backbone, tokenizer) -> tuple[PromptStream, list
     """The training prompts (bad rows, and prompts the policy cannot take, reported and skipped) and their
     stream; a ConfigError when the data's tasks do not fit the config (reward terms, model, image tokenizer),
     raised before Ray starts."""
-    dataset = PromptDataset(cfg.data.train, default_task=cfg.data.default_task,
+    dataset = PromptDataset(cfg.data.train_files, default_task=cfg.data.default_task, fields=cfg.data.fields,
                             image_tasks=image_tasks(cfg.data))
     for problem in dataset.problems:
         log.warning("skipped %s", problem)
     check_training_prompts(dataset, cfg, tokenizer, backbone)  # logs what it skips; before the stream's fingerprint
-    stream = PromptStream(dataset, seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    stream = PromptStream(dataset, seed=cfg.run.seed, shuffle=cfg.data.shuffle, weights=cfg.data.train_weights)
     problems = check_tasks(cfg, dataset.records, backbone)
     if problems:
-        raise ConfigError(problems, str(cfg.data.train))
+        raise ConfigError(problems, ", ".join(cfg.data.train_files))
     return stream, dataset.records
 
 

@@ -10,7 +10,10 @@ tokenizers have none):
     <|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>
     <|start_header_id|>assistant<|end_header_id|>\\n\\n
 
-(without the line break after `<|eot_id|>`). The prompt string is tokenised as a whole, as
+(without the line break after `<|eot_id|>`). A prompt given as chat messages (`ChatPrompt`: system, user and
+assistant turns, the last from the user) gets one `<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>`
+per message after the BOS, then the assistant's opening; a text prompt is the one user message. The thinking
+instruction goes in front of the first user message. The prompt string is tokenised as a whole, as
 upstream's `apply_chat_template(..., tokenize=True)` does; the special tokens are added tokens, so
 they are matched before the byte-level BPE runs on the text between them.
 
@@ -107,27 +110,82 @@ def special_ids(tokenizer) -> SpecialTokens:
     return SpecialTokens(pad=ids["eos"] if pad is None else pad, **ids)
 
 
+ROLES = ("system", "user", "assistant")  # the roles a chat prompt's messages may have
+
+
+class ChatPrompt(str):
+    """A prompt given as chat messages (`[{"role": "system" | "user" | "assistant", "content": str}, ...]`, the
+    OpenAI / HF chat format), validated here: at least one message, each with exactly `role` and non-empty
+    text `content`, the last one from the user.
+
+    As a str it is the last user message's text: what rewards, logs and the batch's `prompt` column read (a
+    record's prompt has one type, str, on every path); `messages` keeps the whole conversation, which
+    `chat_prompt_ids` formats (docs/data.md §3). Pickles (to rollout workers) with its messages.
+    """
+
+    messages: tuple[dict[str, str], ...]
+
+    def __new__(cls, messages) -> ChatPrompt:
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise ValueError(f"chat messages: got {messages!r:.60}; need a non-empty list of "
+                             '{"role": ..., "content": ...} objects')
+        checked = []
+        for index, message in enumerate(messages):
+            where = f"message {index + 1}"
+            if not isinstance(message, dict):
+                raise ValueError(f"{where}: expected an object with 'role' and 'content', got {message!r:.60}")
+            if extra := sorted(set(message) - {"role", "content"}):
+                raise ValueError(f"{where}: unknown key(s) {extra}; a message has 'role' and 'content' only")
+            role, content = message.get("role"), message.get("content")
+            if role not in ROLES:
+                raise ValueError(f"{where}: role {role!r}; valid: {', '.join(ROLES)}")
+            if not isinstance(content, str) or not content.strip():
+                raise ValueError(f"{where} ({role}): content {content!r:.60} must be non-empty text")
+            checked.append({"role": role, "content": content})
+        if checked[-1]["role"] != "user":
+            raise ValueError(f"message {len(checked)}: the last message is from the {checked[-1]['role']}; "
+                             "a prompt ends with a user message (the policy writes the assistant's answer)")
+        prompt = super().__new__(cls, checked[-1]["content"])
+        prompt.messages = tuple(checked)
+        return prompt
+
+    def __reduce__(self):
+        return ChatPrompt, (list(self.messages),)
+
+    def __repr__(self) -> str:
+        return f"ChatPrompt({list(self.messages)!r})"
+
+
 def user_text(text: str, *, thinking: bool) -> str:
     """The user turn's content: the thinking instruction (if asked) prepended to `text`."""
     return f"{THINKING_INSTRUCTION}{THINKING_SEPARATOR}{text}" if thinking else text
 
 
-def chat_prompt_text(text: str, *, thinking: bool) -> str:
-    """One user turn in the LLaDA chat template, ending where the assistant's answer starts."""
-    return (
-        f"{BOS_TOKEN}{START_HEADER_TOKEN}user{END_HEADER_TOKEN}\n\n{user_text(text, thinking=thinking)}"
-        f"{EOT_TOKEN}{START_HEADER_TOKEN}assistant{END_HEADER_TOKEN}\n\n"
-    )
+def chat_messages(prompt: str, *, thinking: bool) -> list[dict[str, str]]:
+    """The conversation of `prompt` (a `ChatPrompt`'s messages; a text prompt: one user message), with the
+    thinking instruction (if asked) in front of the first user message."""
+    messages = [dict(m) for m in prompt.messages] if isinstance(prompt, ChatPrompt) else [
+        {"role": "user", "content": prompt}]
+    first_user = next(m for m in messages if m["role"] == "user")
+    first_user["content"] = user_text(first_user["content"], thinking=thinking)
+    return messages
 
 
-def chat_prompt_ids(tokenizer, text: str, *, thinking: bool) -> list[int]:
-    """One user turn `user_text(text, thinking=thinking)` and the assistant's opening, as token ids.
+def chat_prompt_text(prompt: str, *, thinking: bool) -> str:
+    """`chat_messages(prompt)` in the LLaDA chat template, ending where the assistant's answer starts."""
+    turns = "".join(f"{START_HEADER_TOKEN}{m['role']}{END_HEADER_TOKEN}\n\n{m['content']}{EOT_TOKEN}"
+                    for m in chat_messages(prompt, thinking=thinking))
+    return f"{BOS_TOKEN}{turns}{START_HEADER_TOKEN}assistant{END_HEADER_TOKEN}\n\n"
+
+
+def chat_prompt_ids(tokenizer, prompt: str, *, thinking: bool) -> list[int]:
+    """`chat_messages(prompt, thinking=thinking)` and the assistant's opening, as token ids.
 
     Through the tokenizer's chat template when it has one (as the upstream scripts call it), else the ids
     of `chat_prompt_text` (BOS included, nothing else added).
     """
     if tokenizer.chat_template is None:
-        return list(tokenizer(chat_prompt_text(text, thinking=thinking), add_special_tokens=False)["input_ids"])
-    turn = [{"role": "user", "content": user_text(text, thinking=thinking)}]
+        return list(tokenizer(chat_prompt_text(prompt, thinking=thinking), add_special_tokens=False)["input_ids"])
+    messages = chat_messages(prompt, thinking=thinking)
     # return_dict=False: a plain id list on transformers 4.x and 5.x alike (5.x returns a BatchEncoding by default)
-    return list(tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=True, return_dict=False))
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))

@@ -154,7 +154,8 @@ def test_file_errors_name_the_file(tmp_path):
 
 def test_argument_checks(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", good_rows(1))
-    with pytest.raises(ValueError, match=r"fields: unknown record field\(s\) \['question'\]"):
+    with pytest.raises(ValueError, match=r"fields: unknown field\(s\) \['question'\]; valid: prompt, answer, task, "
+                                         r"image, uid, response"):
         PromptDataset(path, fields={"question": "q"})
     with pytest.raises(ValueError, match="default_task: empty"):
         PromptDataset(path, default_task=" ")
@@ -208,3 +209,145 @@ def test_cursor_refuses_other_data_or_seed(dataset, tmp_path):
         PromptStream(dataset, seed=1).load_state_dict({**state, "position": 10})
     with pytest.raises(ValueError, match="batch size 0"):
         PromptStream(dataset).next_batch(0)
+
+
+# -- data.fields, chat prompts, several files and mixtures (docs/data.md) ------------------------------------
+def test_fields_rename_record_and_response_columns_and_are_checked_at_config_load(tmp_path):
+    from jobs.config import load_config
+    from jobs.configtree import ConfigError
+
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"q": "What is 2+2?", "gold": 4, "completion": "<think>2+2</think>\\boxed{4}", "response": "ignored", "k": 1}])
+    cfg = load_config(None, [f"data.train={path}", "data.fields={prompt: q, answer: gold, response: completion}"])
+    (record,) = PromptDataset(cfg.data.train_files, fields=cfg.data.fields, default_task="text").records
+    assert (record.prompt, record.answer) == ("What is 2+2?", "4")
+    # the mapped column is SFT's response, under our name (over a column that happens to be called so)
+    assert record.meta == {"response": "<think>2+2</think>\\boxed{4}", "k": 1}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"data.train={path}", "data.fields={promt: x, answer: q, task: q, uid: ' '}"])
+    assert info.value.problems == [
+        "data.fields: unknown field(s) ['promt']; valid: prompt, answer, task, image, uid, response",
+        "data.fields.uid: ' '; give the column name in the data files",
+        "data.fields: answer and task both read the column 'q'; map each to its own",
+    ]
+
+
+def test_chat_message_prompts_load_and_bad_ones_are_reported_by_row(tmp_path):
+    from model.templates import ChatPrompt
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": chat, "task": "text"},                                                  # 1 good
+        {"prompt": [], "task": "text"},                                                    # 2 empty list
+        {"prompt": [{"role": "robot", "content": "x"}], "task": "text"},                   # 3 bad role
+        {"prompt": [{"role": "user"}], "task": "text"},                                    # 4 no content
+        {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "task": "text"},  # 5
+        {"prompt": [{"role": "user", "content": "q", "name": "x"}], "task": "text"},       # 6 unknown key
+        {"prompt": ["hi"], "task": "text"},                                                # 7 not an object
+        {"prompt": [{"role": "user", "content": "a\ud800"}], "task": "text"},             # 8 lone surrogate
+    ])
+    data = PromptDataset(path)
+    (record,) = data.records
+    assert isinstance(record.prompt, ChatPrompt) and record.prompt == "And 3+3?"  # the text: the last user message
+    assert list(record.prompt.messages) == chat
+    assert data.problems == [
+        f"{path}:2: 'prompt': chat messages: got []; need a non-empty list of {{\"role\": ..., \"content\": ...}} objects",
+        f"{path}:3: 'prompt': message 1: role 'robot'; valid: system, user, assistant",
+        f"{path}:4: 'prompt': message 1 (user): content None must be non-empty text",
+        f"{path}:5: 'prompt': message 2: the last message is from the assistant; a prompt ends with a user message "
+        "(the policy writes the assistant's answer)",
+        f"{path}:6: 'prompt': message 1: unknown key(s) ['name']; a message has 'role' and 'content' only",
+        f"{path}:7: 'prompt': message 1: expected an object with 'role' and 'content', got 'hi'",
+        f"{path}:8: 'prompt[0].content' holds a lone surrogate U+D800 at character 2, which no tokenizer can encode; "
+        "write the character itself, or both halves of its surrogate pair (e.g. \"\\ud83d\\ude00\")",
+    ]
+
+
+def test_files_of_one_name_report_the_default_uid_collision(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    rows = [{"prompt": "p", "task": "text"}]
+    first, second = write_jsonl(tmp_path / "a" / "t.jsonl", rows), write_jsonl(tmp_path / "b" / "t.jsonl", rows)
+    data = PromptDataset([first, second])
+    assert [r.uid for r in data.records] == ["t.jsonl:1"]
+    assert data.problems == [f"{second}:1: duplicate uid 't.jsonl:1' (first at {first}:1); a row without 'uid' is "
+                             "<file name>:<row>: rename one of the files, or give the rows uids"]
+
+
+def test_train_forms_and_their_config_errors():
+    from jobs.config import DataSource, load_config
+    from jobs.configtree import ConfigError
+
+    one = load_config(None, ["data.train=a.jsonl"]).data
+    assert (one.train_files, one.train_weights) == (["a.jsonl"], None)
+    union = load_config(None, ["data.train=[a.jsonl, b.parquet]"]).data
+    assert (union.train_files, union.train_weights) == (["a.jsonl", "b.parquet"], None)
+    mixture = load_config(None, ["data.train=[{path: a.jsonl, weight: 3}, {path: b.jsonl}]"]).data
+    assert mixture.train == [DataSource("a.jsonl", 3.0), DataSource("b.jsonl", 1.0)]
+    assert (mixture.train_files, mixture.train_weights) == (["a.jsonl", "b.jsonl"], [3.0, 1.0])
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.train=[{path: a.jsonl, weight: 0}, b.jsonl, b.jsonl, c.csv, '']"])
+    assert info.value.problems == [
+        "data.train: mixes plain files and {path, weight} entries; give every file a weight, or none",
+        "data.train[3]: 'c.csv' must be a .jsonl or .parquet file",
+        "data.train[0].weight: 0.0; need a weight > 0 (remove the file to skip it)",
+        "data.train[2]: 'b.jsonl' is listed twice",
+        "data.train[4]: no file; give a .jsonl or .parquet path",
+    ]
+
+
+def mixture(tmp_path, sizes=(6, 3)):
+    paths = [write_jsonl(tmp_path / f"s{k}.jsonl", [{"prompt": f"q{i}", "task": "text", "uid": f"s{k}-{i}"}
+                                                     for i in range(n)]) for k, n in enumerate(sizes)]
+    return PromptDataset(paths)
+
+
+def test_a_union_of_files_draws_each_record_once_per_epoch(tmp_path):
+    stream = PromptStream(mixture(tmp_path), seed=5)
+    drawn = [r.uid for r in stream.next_batch(9)]
+    assert sorted(drawn) == sorted([f"s0-{i}" for i in range(6)] + [f"s1-{i}" for i in range(3)])
+    assert (stream.epoch, stream.position) == (1, 0)
+
+
+def test_a_mixture_draws_by_weight_each_file_once_per_its_epoch(tmp_path):
+    import hashlib
+
+    data = mixture(tmp_path)
+    stream = PromptStream(data, seed=5, weights=[3.0, 1.0])
+    drawn = [r.uid for r in stream.next_batch(400)]
+    # the source of draw n, worked out from the rule: u = blake2b(seed, n) / 2^64 against 3/4
+    expected = ["s0" if int.from_bytes(hashlib.blake2b(f"5\0mixture\0{n}".encode(), digest_size=8).digest(), "big")
+                / 2**64 < 0.75 else "s1" for n in range(400)]
+    assert [uid.split("-")[0] for uid in drawn] == expected
+    assert 0.70 < expected.count("s0") / 400 < 0.80
+    for source, size in (("s0", 6), ("s1", 3)):  # within a file, every record once per epoch of that file
+        mine = [uid for uid in drawn if uid.startswith(source)]
+        for epoch in range(len(mine) // size):
+            assert sorted(mine[epoch * size:(epoch + 1) * size]) == sorted(f"{source}-{i}" for i in range(size))
+    with pytest.raises(ValueError, match=r"weights \[1.0\]: need one weight > 0 per data file \(2: "):
+        PromptStream(data, weights=[1.0])
+
+
+@pytest.mark.parametrize("consumed", [1, 7, 23])
+def test_a_mixture_cursor_resumes_exactly(tmp_path, consumed):
+    data = mixture(tmp_path)
+    reference = PromptStream(data, seed=2, weights=[1.0, 2.0])
+    expected = [r.uid for r in reference.next_batch(consumed)], [r.uid for r in reference.next_batch(20)]
+    first = PromptStream(data, seed=2, weights=[1.0, 2.0])
+    assert [r.uid for r in first.next_batch(consumed)] == expected[0]
+    state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint stores
+    resumed = PromptStream(data, seed=2, weights=[1.0, 2.0])
+    resumed.load_state_dict(state)
+    assert [r.uid for r in resumed.next_batch(20)] == expected[1]
+    assert resumed.state_dict() == reference.state_dict()
+    with pytest.raises(DataError, match=r"saved weights=\[1.0, 2.0\] but the current data has weights=\[2.0, 1.0\]"):
+        PromptStream(data, seed=2, weights=[2.0, 1.0]).load_state_dict(state)
+    with pytest.raises(DataError, match="s1.jsonl: epoch=0, position=3 is outside 0 <= position < 3"):
+        PromptStream(data, seed=2, weights=[1.0, 2.0]).load_state_dict({**state, "cursors": [[0, 0], [0, 3]]})
+
+
+def test_a_mixture_file_left_without_rows_is_refused(tmp_path):
+    data = mixture(tmp_path)
+    data.records = [r for r in data.records if r.uid.startswith("s0")]  # as check_prompts may leave it
+    with pytest.raises(DataError, match=r"mixture: no usable rows left in .*s1.jsonl, which has weight > 0"):
+        PromptStream(data, weights=[1.0, 1.0])

@@ -191,3 +191,32 @@ def test_the_rollout_job_reports_a_lone_surrogate_row_and_samples_the_rest(tmp_p
     assert [r.uid for r in plan.records] == ["a"]
     assert plan.bad_rows[0].startswith(f"{path}:2: 'prompt' holds a lone surrogate U+D800")
     assert plan.bad_rows[1].startswith(f"{path}:3: the chat prompt has")
+
+
+def test_chat_prompts_are_measured_whole_and_refused_for_t2i(tmp_path, tokenizer):
+    """A chat row is checked (and sampled, jobs/multitask.py: build_requests) as its whole conversation; a t2i
+    row must be text, so chat messages there are a bad row."""
+    from jobs.config import load_config
+    from jobs.data import check_training_prompts
+    from jobs.multitask import build_requests
+
+    chat = [{"role": "system", "content": "Answer with a number."}, {"role": "user", "content": "Compute 2+2."}]
+    path = write_rows(tmp_path / "d.jsonl", [{"uid": "c", "task": "text", "prompt": chat},
+                                             {"uid": "s", "task": "t2i", "prompt": chat},
+                                             {"uid": "t", "task": "text", "prompt": "Compute 2+2."}])
+    cfg = load_config(None, [f"data.train={path}", "data.thinking=false", "rollout.sampler.gen_length=16",
+                             "rollout.sampler.block_length=16", "rollout.sampler.steps=16", "algo.group_size=2"])
+    data = PromptDataset(path)
+    whole = chat_prompt_ids(tokenizer, data.records[0].prompt, thinking=False)
+    assert len(whole) > len(chat_prompt_ids(tokenizer, "Compute 2+2.", thinking=False)) + 4  # the system turn counts
+    short = types.SimpleNamespace(max_sequence_length=len(whole) + 15, mmada={})
+    assert check_training_prompts(data, cfg, tokenizer, short) == [
+        f"{path}:1: the chat prompt has {len(whole)} tokens, but max_sequence_length {len(whole) + 15} - gen_length "
+        f"16 leaves {len(whole) - 1}; shorten the prompt by 1 tokens or lower gen_length",
+        f"{path}:2: a t2i prompt is the text the image is drawn from; give text, not 2 chat messages"]
+    data = PromptDataset(path)
+    fits = types.SimpleNamespace(max_sequence_length=len(whole) + 16, mmada={})
+    assert len(check_training_prompts(data, cfg, tokenizer, fits)) == 1 and [r.uid for r in data.records] == ["c", "t"]
+    requests = build_requests(data.records[:1], tokenizer, cfg, lambda path: None, samples=2)
+    assert [list(r.prompt_ids) for r in requests] == [whole, whole]
+    assert [r.prompt for r in requests] == ["Compute 2+2.", "Compute 2+2."]  # the row's text: the last user message

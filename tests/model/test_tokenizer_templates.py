@@ -207,3 +207,54 @@ def test_load_tokenizer_errors(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(ValueError, match=f"could not load the tokenizer in {tmp_path}"):
         load_tokenizer(tmp_path)
+
+
+CHAT = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "5"}, {"role": "user", "content": "And 12 * 7?"}]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_chat_messages_take_the_llada_template_with_their_roles(tokenizer, thinking):
+    from model.templates import ChatPrompt
+
+    prompt = ChatPrompt(CHAT)
+    first = (templates.THINKING_INSTRUCTION + "\n" + "What is 2 + 3?") if thinking else "What is 2 + 3?"
+    assert chat_prompt_text(prompt, thinking=thinking) == (  # the instruction goes to the first user message only
+        "<|startoftext|><|start_header_id|>system<|end_header_id|>\n\nAnswer briefly.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n" + first + "<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n5<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nAnd 12 * 7?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    ids = chat_prompt_ids(tokenizer, prompt, thinking=thinking)
+    assert ids == encode(tokenizer, chat_prompt_text(prompt, thinking=thinking))
+    assert ids.count(special_ids(tokenizer).start_header) == 5 and ids[0] == special_ids(tokenizer).bos
+    # one user message is exactly the text prompt's path (the demo's prompts do not move)
+    single = ChatPrompt([{"role": "user", "content": "What is 2 + 3?"}])
+    assert chat_prompt_ids(tokenizer, single, thinking=thinking) == chat_prompt_ids(tokenizer, "What is 2 + 3?",
+                                                                                     thinking=thinking)
+    assert prompt == "And 12 * 7?"  # as text (rewards, logs): the last user message
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_chat_messages_use_the_checkpoint_template(templated, thinking):
+    from model.templates import ChatPrompt
+
+    messages = [dict(m) for m in CHAT]
+    if thinking:
+        messages[1]["content"] = templates.THINKING_INSTRUCTION + "\n" + messages[1]["content"]
+    prompt = chat_prompt_ids(templated, ChatPrompt(CHAT), thinking=thinking)
+    assert prompt == templated.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False)
+    rendered = "<|startoftext|>" + "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n{m['content']}<|eot_id|>"
+                                           for m in messages) + "<|start_header_id|>assistant<|end_header_id|>\n"
+    assert templated.decode(prompt) == rendered  # CHAT_TEMPLATE by hand
+
+
+def test_a_chat_prompt_pickles_with_its_messages():
+    import pickle
+
+    from model.templates import ChatPrompt
+
+    copy = pickle.loads(pickle.dumps(ChatPrompt(CHAT)))  # as requests travel to rollout workers
+    assert type(copy) is ChatPrompt and list(copy.messages) == CHAT and copy == "And 12 * 7?"
+    assert json.dumps({"prompt": copy}) == '{"prompt": "And 12 * 7?"}'
