@@ -31,6 +31,7 @@ from actors.config import (
     RolloutConfig,
 )
 from jobs.configtree import ConfigError, apply_overrides, build, commented_yaml, read_yaml, write_yaml
+from jobs.paths import resolve_input, resolve_inputs
 from rewards.config import RewardsConfig
 from rl.config import AlgoConfig
 from rl.kinds import KINDS, Kind
@@ -365,9 +366,12 @@ class TrainConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """YAML file (None: all defaults) + dotted overrides -> validated TrainConfig, or one ConfigError."""
-    raw = read_yaml(path) if path is not None else {}
-    return build(TrainConfig, apply_overrides(raw, list(overrides)), source=str(path) if path else None)
+    """YAML file (None: all defaults) + dotted overrides -> validated TrainConfig, or one ConfigError.
+
+    Relative input paths (the file itself, `jobs.paths.INPUT_KEYS`) are found from the current directory, else
+    in the installed project (jobs/paths.py)."""
+    raw = read_yaml(resolve_input(str(path))) if path is not None else {}
+    return build(TrainConfig, resolve_inputs(apply_overrides(raw, list(overrides))), source=str(path) if path else None)
 
 
 def write_resolved(cfg: TrainConfig, run_dir: str | Path) -> Path:
