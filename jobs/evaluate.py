@@ -15,12 +15,20 @@ Seeds: sample k of the problems in the batch starting at problem s is drawn with
 `stable_seed(seed, "eval", k, s)` and `generate_text` derives each row's generator from (that seed, row), so a
 run is reproducible from (seed, batch size); a different batch size draws different (equally valid) samples.
 Greedy low-confidence decoding draws nothing random: with K > 1 all K samples are identical.
+
+Progress goes to stderr (stdout keeps the callers' result lines): a bar over the answers in a terminal, else a
+line per batch ("eval: 128/256 answers"), and a line when the evaluation starts and when it ends.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
+import time
 from collections import defaultdict
+
+log = logging.getLogger("unigrpo.eval")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -48,6 +56,7 @@ def response_length(ids: list[int], stop_ids: set[int]) -> int:
 def generate_all(loaded, records, *, samples: int, sampler: dict, thinking: bool, seed: int, batch_size: int):
     """One row per (problem, sample index): dicts with the response text, its token ids and length."""
     import torch
+    from tqdm import tqdm
 
     import model
     from model.templates import chat_prompt_ids, special_ids
@@ -58,6 +67,8 @@ def generate_all(loaded, records, *, samples: int, sampler: dict, thinking: bool
     prompts = [chat_prompt_ids(loaded.tokenizer, r.prompt, thinking=thinking) for r in records]
     network = loaded.network.eval()
     rows: list[dict] = [None] * (len(records) * samples)  # type: ignore[list-item]
+    bar = tqdm(total=len(rows), desc="eval", unit=" answers", file=sys.stderr, disable=None, leave=False,
+               dynamic_ncols=True)  # shown in a terminal only (disable=None)
     for sample_index in range(samples):
         for start in range(0, len(records), batch_size):
             batch_seed = stable_seed(seed, "eval", sample_index, start)
@@ -76,6 +87,11 @@ def generate_all(loaded, records, *, samples: int, sampler: dict, thinking: bool
                     "response": loaded.tokenizer.decode(ids, skip_special_tokens=True),
                     "response_tokens": response_length(ids, stop_ids), "sampler_forwards": forwards,
                 }
+            bar.update(len(responses))
+            if bar.disable:  # no terminal (a log file, a submitted job): a line per batch instead of the bar
+                done = sample_index * len(records) + start + len(responses)
+                log.info("eval: %d/%d answers", done, len(rows))
+    bar.close()
     return rows
 
 
@@ -127,7 +143,13 @@ def evaluate_policy(loaded, records, *, samples: int, sampler: dict, thinking: b
 
     records, _ = check_prompt_records(records, loaded.tokenizer, max_sequence_length=loaded.config.max_sequence_length,
                                       gen_length=sampler["gen_length"], thinking=thinking)
+    started = time.perf_counter()
+    log.info("eval: %d problems x %d sample(s), %d-token responses, batches of %d", len(records), samples,
+             sampler["gen_length"], batch_size)
     rows = generate_all(loaded, records, samples=samples, sampler=sampler, thinking=thinking, seed=seed,
                         batch_size=batch_size)
     score_rows(rows)
-    return rows, summarise(rows, samples=samples, ks=list(ks))
+    summary = summarise(rows, samples=samples, ks=list(ks))
+    log.info("eval: done in %.1f s: %s on %d problems", time.perf_counter() - started,
+             ", ".join(f"pass@{k} {value:.3f}" for k, value in summary["pass_at_k"].items()), summary["n_problems"])
+    return rows, summary

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger("unigrpo.eval")
 
 
 def eval_sampler(cfg) -> dict[str, Any]:
@@ -99,6 +102,7 @@ class HeldoutEvaluator:
         from model.checkpoint import LoadedModel
 
         started = time.perf_counter()
+        log.info("held-out evaluation of the policy at step %d (data.eval: %s)", step, self.cfg.data.eval)
         missing, unexpected = self.network.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise RuntimeError(f"held-out evaluation at step {step}: the learner's weights do not match the policy "

@@ -88,18 +88,25 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
     roles = [learner_role(cfg.learner), rollout_role(cfg.rollout)]
     if not ray.is_initialized() and cfg.cluster.address is None and not _ray_was_external():
         cleanup.callback(ray.shutdown)  # the local Ray this run starts (a no-op if it never starts)
+    started = time.perf_counter()  # progress: a line per start-up phase, on stderr (the log)
+    log.info("start-up: Ray (%s)", cfg.cluster.address or os.environ.get("RAY_ADDRESS") or "a local instance")
     # an impossible resource request fails here, before any actor exists (reward actors included)
     init_ray(cfg.cluster, roles + reward_actor_roles(cfg, tasks))
     scorer = reward_scorer(cfg, tasks)  # heavy terms (clip, image_reward): Ray actors; else in-process
     cleanup.callback(scorer.close)
     groups = create_placement_groups(roles, cfg.cluster)
     cleanup.callback(remove_placement_groups, groups)
+    log.info("start-up: Ray and reward scorer ready after %.1f s; %d learner rank(s) loading the policy",
+             time.perf_counter() - started, cfg.learner.num_ranks)
     learners = LearnerGroup(cfg.learner, source, total_steps=cfg.run.steps, placement_group=groups.get("learner"),
                             checkpoint_timeout_s=cfg.checkpoint.timeout_s)
     cleanup.callback(learners.shutdown)
+    log.info("start-up: learner ready after %.1f s; %d rollout worker(s) loading the policy",
+             time.perf_counter() - started, cfg.rollout.num_workers)
     pool = RolloutPool(cfg.rollout, source, dtype=cfg.learner.dtype, placement_group=groups.get("rollout"),
                        name=cfg.run.name)
     cleanup.callback(pool.shutdown)
+    log.info("start-up: rollout workers ready after %.1f s", time.perf_counter() - started)
     return scorer, learners, pool
 
 

@@ -25,10 +25,13 @@ Deviations from upstream, on purpose:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
+import sys
 import tempfile
+import time
 import uuid
 import warnings
 from dataclasses import dataclass, replace
@@ -38,6 +41,7 @@ import torch
 
 from model.network import MODEL_TYPES, BackboneConfig, MaskedDiffusionLM
 
+log = logging.getLogger("unigrpo.model")
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 INDEX_NAME = "model.safetensors.index.json"
@@ -379,7 +383,11 @@ def load(path, dtype=None, *, tokenizer: bool = True, device="cpu") -> LoadedMod
         default = _SAFETENSORS_DTYPES.get(wte_dtype, torch.float32)
     target_dtype = resolve_dtype(dtype, default)
 
+    shards, started = sorted(set(checked.files.values())), time.perf_counter()
+    log.info("loading %s: %d weight file(s), %.2f GB, as %s", path, len(shards),
+             sum(f.stat().st_size for f in shards) / 1e9, str(target_dtype).removeprefix("torch."))
     network = _assign_weights(checked.config, checked.files, target_dtype, device)
+    log.info("loaded the weights of %s in %.1f s", path, time.perf_counter() - started)
     loaded_tokenizer = None
     if tokenizer:
         from model.tokenizer import load_tokenizer
@@ -438,10 +446,13 @@ def bos_from_other_files(path: Path, num_embeddings: int) -> int | None:
 def _assign_weights(config: BackboneConfig, files: dict[str, Path], dtype: torch.dtype, device) -> MaskedDiffusionLM:
     """Build on meta, then assign each shard's tensors (peak memory: the model plus one tensor)."""
     from safetensors import safe_open
+    from tqdm import tqdm
 
     with torch.device("meta"):
         network = MaskedDiffusionLM(config)
-    for file in sorted(set(files.values())):
+    shards = sorted(set(files.values()))  # a bar in a terminal (stderr) for a sharded checkpoint; the log says the rest
+    for file in tqdm(shards, desc="weights", unit="file", file=sys.stderr, disable=None if len(shards) > 1 else True,
+                     leave=False):
         with safe_open(str(file), framework="pt", device=str(device)) as handle:
             shard = {key: handle.get_tensor(key).to(dtype) for key, key_file in files.items() if key_file == file}
         network.load_state_dict(shard, strict=False, assign=True)
