@@ -2,9 +2,11 @@
 
 Each `LearnerRank` builds the policy from a `NetworkSource`, keeps a frozen copy of it as the
 reference policy (eval, no grad, never updated), and wraps the policy in a DeepSpeed engine with ZeRO
-stage 0-3 from `LearnerConfig`: gloo on CPU (DS_ACCELERATOR=cpu), NCCL on GPU. Rank 0 opens the
-rendezvous socket on its node IP (127.0.0.1 on a loopback cluster) and serves the group's store on it;
-nothing listens on all interfaces (`actors/rendezvous.py`).
+stage 0-3 from `LearnerConfig`. With `learner.lora` (docs/lora.md) the engine trains the adapters only
+and there is no copy: the reference is the same network with its adapters disabled; weight syncs send the
+adapter tensors, `state_dict_for_sync` the merged weights. Engines run on gloo on CPU (DS_ACCELERATOR=cpu),
+NCCL on GPU. Rank 0 opens the rendezvous socket on its node IP (127.0.0.1 on a loopback cluster) and serves
+the group's store on it; nothing listens on all interfaces (`actors/rendezvous.py`).
 
 Update normalisation (why a 2-rank ZeRO update equals a single-process one):
 the `rl` update computes, per rank, `loss_r = sum_{i in shard r} l_i / N_global`, so that
@@ -71,6 +73,7 @@ from actors.weight_sync import (
     plan_buckets,
     stream_buckets,
 )
+from model.lora import is_adapter_key, merged_state_dict
 from rl.lr_schedule import check_schedule, learning_rate, set_learning_rate
 from rl.update import all_finite
 
@@ -291,18 +294,23 @@ class LearnerRank:
                                              timeout=timeout)
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout,
                                    rank=self.rank, world_size=self.world_size)  # adopts the group above
-        network, _ = build_network(self.source, self.cfg.dtype)
+        network, _ = build_network(self.source, self.cfg.dtype, self.cfg.lora)
         network = network.to(self.device)
-        self.ref_network = copy.deepcopy(network).eval().requires_grad_(False)
+        if self.cfg.lora is None:  # with LoRA the reference is the policy itself, adapters disabled (rl.update)
+            self.ref_network = copy.deepcopy(network).eval().requires_grad_(False)
         network.gradient_checkpointing = self.cfg.gradient_checkpointing
         network.train()
+        trainable = [param for param in network.parameters() if param.requires_grad]  # LoRA: the adapters only
         optimizer = None
         if self.cfg.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(network.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
+            optimizer = torch.optim.AdamW(trainable, lr=self.cfg.lr, betas=self.cfg.betas,
                                           eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=network, optimizer=optimizer,
+                                               model_parameters=trainable if self.cfg.lora else None,
                                                config=deepspeed_config(self.cfg, self.world_size))
         self.adapter = DeepSpeedEngineAdapter(self.engine, self.world_size)
+        if self.cfg.lora is not None:
+            self.ref_network = self.engine.module
 
     # -- training -------------------------------------------------------------------------------
     def train_step(self, step_fn: str | StepFunction, shard: Mapping[str, Any], common: Mapping[str, Any],
@@ -323,20 +331,31 @@ class LearnerRank:
         return float(self.engine.optimizer.param_groups[0]["lr"])
 
     # -- full weights ---------------------------------------------------------------------------
-    def _specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-        module = self.engine.module
+    # Which tensors: "all" (the module's parameters and persistent buffers), "synced" (what a weight sync sends:
+    # all, or with LoRA the adapter tensors only), "base" (all but the adapters: with LoRA, the reference).
+    def _wanted(self, which: str) -> Callable[[str], bool]:
+        lora = self.cfg.lora is not None
+        return {"all": lambda name: True,
+                "synced": lambda name: not lora or is_adapter_key(name),
+                "base": lambda name: not is_adapter_key(name)}[which]
+
+    def _specs(self, which: str = "synced") -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        module, wanted = self.engine.module, self._wanted(which)
         params = [(n, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for n, p in module.named_parameters()]
-        return params + [(n, b.dtype, tuple(b.shape)) for n, b in self._buffers()]
+        specs = params + [(n, b.dtype, tuple(b.shape)) for n, b in self._buffers()]
+        return [spec for spec in specs if wanted(spec[0])]
 
     def _buffers(self) -> list[tuple[str, torch.Tensor]]:
         names = set(self.engine.module.state_dict(keep_vars=True))
         return [(n, b) for n, b in self.engine.module.named_buffers() if n in names]
 
-    def _full_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, full tensor) in `_specs` order; under ZeRO-3 every rank must iterate (gathers). The
-        tensor is valid until the next item is requested."""
-        module = self.engine.module
+    def _full_tensors(self, which: str = "synced") -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) of the tensors `which` names, in `_specs` order; under ZeRO-3 every rank must
+        iterate (gathers). The tensor is valid until the next item is requested."""
+        module, wanted = self.engine.module, self._wanted(which)
         for name, param in module.named_parameters():
+            if not wanted(name):
+                continue
             if self.cfg.zero_stage == 3:
                 import deepspeed
 
@@ -344,22 +363,32 @@ class LearnerRank:
                     yield name, param.detach()
             else:
                 yield name, param.detach()
-        yield from self._buffers()
+        yield from ((name, buffer) for name, buffer in self._buffers() if wanted(name))
 
-    def _follow_gathers(self) -> None:
+    def _follow_gathers(self, which: str = "synced") -> None:
         """Ranks other than 0 take part in the ZeRO-3 gathers of a full-weights pass (nothing to do otherwise)."""
         if self.cfg.zero_stage == 3:
-            for _ in self._full_tensors():
+            for _ in self._full_tensors(which):
                 pass
 
     def state_dict_for_sync(self) -> dict[str, torch.Tensor] | None:
-        """Full weights as CPU tensors on rank 0 (None on other ranks, which help gather under ZeRO-3)."""
+        """The policy's full weights under the published keys as CPU tensors on rank 0 (what held-out evaluation
+        and exports read; with LoRA merged, W + (alpha / rank) · B A: model/lora.py); None on other ranks, which
+        help gather under ZeRO-3."""
         if self.rank != 0:
-            return self._follow_gathers()
-        return {name: tensor.to("cpu", copy=True) for name, tensor in self._full_tensors()}
+            return self._follow_gathers("all")
+        state = {name: tensor.to("cpu", copy=True) for name, tensor in self._full_tensors("all")}
+        return state if self.cfg.lora is None else merged_state_dict(state, self.cfg.lora)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """With LoRA, the adapter tensors as CPU tensors on rank 0 (for the PEFT-format export; model/lora.py)."""
+        if self.rank != 0:
+            return self._follow_gathers("synced")
+        return {name: tensor.to("cpu", copy=True) for name, tensor in self._full_tensors("synced")}
 
     def publish_weights(self, version: int, bucket_mb: float) -> tuple[WeightManifest, list[ray.ObjectRef]] | None:
-        """Rank 0: pack the full weights into buckets in the object store; returns (manifest, refs)."""
+        """Rank 0: pack the synced weights (LoRA: the adapters) into buckets in the object store; returns
+        (manifest, refs)."""
         if self.rank != 0:
             return self._follow_gathers()
         manifest = plan_buckets(self._specs(), version, bucket_mb)
@@ -388,11 +417,16 @@ class LearnerRank:
         return plan_buckets(self._specs(), version, bucket_mb)
 
     def checksum(self) -> str:
-        """sha256 of this rank's full weights (all ranks at once under ZeRO-3)."""
-        return checksum((name, tensor.to("cpu", copy=True)) for name, tensor in self._full_tensors())
+        """sha256 of this rank's full weights, with LoRA the frozen base and the adapters under the adapted
+        network's keys (all ranks at once under ZeRO-3)."""
+        return checksum((name, tensor.to("cpu", copy=True)) for name, tensor in self._full_tensors("all"))
 
     def ref_checksum(self) -> str:
-        return checksum(self.ref_network.state_dict().items())
+        """sha256 of the reference's weights: the frozen copy, or with LoRA the base (every tensor but the
+        adapters; all ranks at once under ZeRO-3)."""
+        if self.cfg.lora is None:
+            return checksum(self.ref_network.state_dict().items())
+        return checksum((name, tensor.to("cpu", copy=True)) for name, tensor in self._full_tensors("base"))
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, directory: str) -> None:
@@ -493,6 +527,21 @@ class LearnerGroup:
 
     def state_dict_for_sync(self) -> dict[str, torch.Tensor]:
         return self._all("state_dict_for_sync")[0]
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return self._all("adapter_state_dict")[0]
+
+    def export_policy(self, path: str | Path, backbone: Any, tokenizer: Any) -> Path:
+        """Write the policy into `path` (on this, the driver's, machine) in the published format
+        (`model.checkpoint.save_state_dict`: LoRA merged), and with LoRA its adapter in PEFT's layout in
+        `path/adapter/` (`model.lora.save_adapter`; docs/lora.md)."""
+        from model.checkpoint import save_state_dict
+        from model.lora import save_adapter
+
+        path = save_state_dict(self.state_dict_for_sync(), backbone, tokenizer, path)
+        if self.cfg.lora is not None:
+            save_adapter(self.adapter_state_dict(), self.cfg.lora, path / "adapter")
+        return path
 
     def publish_weights(self, version: int, bucket_mb: float) -> tuple[WeightManifest, list[ray.ObjectRef]]:
         return self._all("publish_weights", version, bucket_mb)[0]

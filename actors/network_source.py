@@ -4,6 +4,8 @@ A `NetworkSource` is either a checkpoint directory in the published format (load
 `model.load`) or a picklable zero-argument callable returning an `nn.Module` or a `LoadedModel`
 (e.g. `functools.partial(model.tiny.tiny_backbone, ..., seed=0)`). Every process builds its own copy,
 so a callable must be deterministic (seeded): data-parallel ranks must start from the same weights.
+With `learner.lora` the network gets its LoRA adapters here, after the cast (model/lora.py, docs/lora.md):
+learner ranks and rollout workers build the same adapted network.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ NetworkSource = str | os.PathLike | Callable[[], Any]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def build_network(source: NetworkSource, dtype: str | None = None) -> tuple[nn.Module, Any]:
-    """(network, tokenizer or None) from `source`, cast to `dtype` ("fp32" | "bf16") when given."""
+def build_network(source: NetworkSource, dtype: str | None = None, lora: Any = None) -> tuple[nn.Module, Any]:
+    """(network, tokenizer or None) from `source`, cast to `dtype` ("fp32" | "bf16") when given, with the
+    adapters of `lora` (an `actors.config.LoraConfig`; None: none)."""
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype] if dtype else None
@@ -29,7 +32,18 @@ def build_network(source: NetworkSource, dtype: str | None = None) -> tuple[nn.M
         import model
 
         loaded = model.load(os.fspath(source), dtype=torch_dtype)
-        return loaded.network, loaded.tokenizer
+        network, tokenizer = loaded.network, loaded.tokenizer
+    else:
+        network, tokenizer = _built(source, torch_dtype)
+    if lora is not None:
+        from model.lora import add_lora
+
+        add_lora(network, lora)
+    return network, tokenizer
+
+
+def _built(source: Callable[[], Any], torch_dtype: torch.dtype | None) -> tuple[nn.Module, Any]:
+    """(network, tokenizer or None) from a factory, cast to `torch_dtype` when given."""
     if not callable(source):
         raise TypeError(f"network source {source!r}: expected a checkpoint path or a callable returning a network")
     built = source()

@@ -14,11 +14,12 @@ import pytest
 import ray
 import torch
 
-from actors.config import CheckpointConfig, LearnerConfig
+from actors.config import CheckpointConfig, LearnerConfig, LoraConfig
 from actors.learner import LearnerContext, LearnerGroup, deepspeed_config, resolve_step, unigrpo_step
 from actors.rollout import PromptRequest, RolloutWorker
 from actors.weight_sync import checksum
 from jobs.checkpoint import CheckpointManager
+from model.lora import adapter_state, adapters_disabled, add_lora, is_adapter_key, merged_state_dict
 from rl.advantages import group_advantages
 from rl.config import AlgoConfig
 from rl.lr_schedule import set_learning_rate
@@ -45,23 +46,32 @@ def plain_engine(network: torch.nn.Module, cfg: LearnerConfig) -> PlainEngine:
 
 def masked_ce_step(ctx: LearnerContext, *, input_ids, masked, num_sequences_global, optimizer_steps=2):
     """A supervised step of the same shape as rl's update: per-sequence mean CE over masked positions,
-    summed over this shard's rows and divided by the global row count; micro-batches; then step."""
+    summed over this shard's rows and divided by the global row count; micro-batches; then step. Afterwards
+    the reference's loss (`loss_ref`, as rl.update computes it: no grad, adapters disabled), which must be
+    the policy's loss before the first step."""
     network = ctx.engine.module
     mask_id = network.config.mask_token_id
+
+    def loss_of(module, rows):
+        ids, where = input_ids[rows], masked[rows]  # [b, T] each
+        logits = module(ids.masked_fill(where, mask_id)).float()  # [b, T, V]
+        token_ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # [b, T]
+        per_row = (token_ce * where).sum(1) / where.sum(1)  # [b]
+        return per_row.sum() / num_sequences_global
+
+    micro = torch.arange(input_ids.shape[0]).split(ctx.config.micro_batch_size)
     losses, norm = [], None
     for _ in range(optimizer_steps):
         total = 0.0
-        for rows in torch.arange(input_ids.shape[0]).split(ctx.config.micro_batch_size):
-            ids, where = input_ids[rows], masked[rows]  # [b, T] each
-            logits = network(ids.masked_fill(where, mask_id)).float()  # [b, T, V]
-            token_ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # [b, T]
-            per_row = (token_ce * where).sum(1) / where.sum(1)  # [b]
-            loss = per_row.sum() / num_sequences_global
+        for rows in micro:
+            loss = loss_of(network, rows)
             ctx.engine.backward(loss)
             total += float(loss.detach())
         norm = ctx.engine.step()
         losses.append(total)
-    stats = {"loss_first": losses[0], "loss_last": losses[-1],
+    with torch.no_grad(), adapters_disabled(ctx.ref_network):
+        loss_ref = sum(float(loss_of(ctx.ref_network, rows)) for rows in micro)
+    stats = {"loss_first": losses[0], "loss_last": losses[-1], "loss_ref": loss_ref,
              "gradient_checkpointing": float(network.gradient_checkpointing)}
     return stats if norm is None else {**stats, "grad_norm": norm}
 
@@ -189,14 +199,20 @@ def test_a_failing_rank_fails_the_call_naming_it(zero2):
         zero2.train_step(unigrpo_step, [{}])
 
 
-@pytest.mark.parametrize("stage,optimizer", [(3, "deepspeed_adamw"), (0, "adamw")])
-def test_zero3_and_zero0_equal_single_process_and_gather_full_weights(ray_session, kit, stage, optimizer):
-    cfg = learner_cfg(zero_stage=stage, optimizer=optimizer)
+@pytest.mark.parametrize("stage,optimizer,lora", [(3, "deepspeed_adamw", None), (0, "adamw", None),
+                                                  (3, "adamw", LoraConfig(rank=4, alpha=8.0))])
+def test_zero3_and_zero0_equal_single_process_and_gather_full_weights(ray_session, kit, stage, optimizer, lora):
+    """With LoRA (ZeRO-3, 2 ranks): only the adapters train, the reference is the base with adapters disabled,
+    and the gathered weights are the merged ones (model/lora.py)."""
+    cfg = learner_cfg(zero_stage=stage, optimizer=optimizer, lora=lora)
     initial = kit.policy_source(0)()
     input_ids, masked = mlm_data(initial.config.vocab_size)
     network = copy.deepcopy(initial).train()
-    ctx = LearnerContext(plain_engine(network, cfg), None, 0, 1, cfg, torch.device("cpu"))
+    if lora is not None:
+        add_lora(network, lora)
+    ctx = LearnerContext(plain_engine(network, cfg), copy.deepcopy(initial), 0, 1, cfg, torch.device("cpu"))
     expected = masked_ce_step(ctx, input_ids=input_ids, masked=masked, num_sequences_global=8)
+    assert expected["loss_ref"] == pytest.approx(expected["loss_first"], rel=1e-6)
 
     group = LearnerGroup(cfg, kit.policy_source(0))
     try:
@@ -204,13 +220,27 @@ def test_zero3_and_zero0_equal_single_process_and_gather_full_weights(ray_sessio
         stats = group.train_step(f"{__name__}:masked_ce_step", shards, num_sequences_global=8)
         assert sum(s["loss_first"] for s in stats) == pytest.approx(expected["loss_first"], rel=1e-6)
         assert sum(s["loss_last"] for s in stats) == pytest.approx(expected["loss_last"], rel=1e-6)
+        assert sum(s["loss_ref"] for s in stats) == pytest.approx(expected["loss_first"], rel=1e-6)
         if stage == 3:  # ZeRO-0 reports no norm
             assert stats[0]["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
-        weights = group.state_dict_for_sync()
-        assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in network.state_dict().items()}
-        for name, value in network.state_dict().items():
+        weights = group.state_dict_for_sync()  # the published keys; with LoRA merged
+        published = initial.state_dict() if lora is None else merged_state_dict(network.state_dict(), lora)
+        assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in published.items()}
+        for name, value in (network.state_dict() if lora is None else published).items():
             torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=TOLERANCE, msg=name)
-        assert group.checksums() == [checksum(weights.items())] * 2
+        sums = group.checksums()
+        assert sums[0] == sums[1]
+        if lora is None:
+            assert sums[0] == checksum(weights.items())
+        else:  # the ranks hash base + adapters; the base never moved; the adapters are what a sync sends
+            base = {k: v for k, v in network.state_dict().items() if not is_adapter_key(k)}
+            assert ray.get([r.ref_checksum.remote() for r in group.ranks]) == [checksum(base.items())] * 2
+            adapters = group.adapter_state_dict()
+            assert sorted(adapters) == sorted(adapter_state(network)) and len(adapters) == 28
+            for name, value in adapter_state(network).items():
+                torch.testing.assert_close(adapters[name], value, rtol=1e-5, atol=TOLERANCE, msg=name)
+            manifest = ray.get(group.ranks[0].weights_manifest.remote(1, 1.0))
+            assert manifest.names() == set(adapters)
     finally:
         group.shutdown()
 
