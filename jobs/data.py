@@ -34,7 +34,9 @@ blake2b(seed, n), and each file keeps its own epochs and cursor (docs/data.md §
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -446,12 +448,8 @@ class PromptStream:
         the cumulative weights."""
         digest = hashlib.blake2b(f"{self.seed}\0mixture\0{draw}".encode(), digest_size=8).digest()
         u = int.from_bytes(digest, "big") / 2**64 * sum(self.weights)
-        cumulative = 0.0
-        for source, weight in enumerate(self.weights):
-            cumulative += weight
-            if u < cumulative:
-                return source
-        return len(self.weights) - 1  # u within rounding of the total
+        cumulative = list(itertools.accumulate(self.weights))
+        return min(bisect.bisect_right(cumulative, u), len(cumulative) - 1)  # min: u within rounding of the total
 
     def _next_of_mixture(self) -> PromptRecord:
         source = self.source_of_draw(self._drawn)

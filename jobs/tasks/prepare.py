@@ -12,7 +12,7 @@ Each writes `train.jsonl` and `test.jsonl` under `--out`, one row per problem:
 - MATH (`problem`, `solution`, `level`, `type`): the content of the solution's last `\\boxed{...}` (nested
   braces balanced, `rewards.extract.last_boxed`, the extraction the correctness reward uses).
 
-`--src` is the directory of the download (or one of its files), in any of the published layouts: GSM8K's
+`--src` is the directory of the download, in any of the published layouts: GSM8K's
 `train.jsonl` / `test.jsonl` (OpenAI's grade-school-math release) or the Hugging Face parquet layout
 (`main/train-00000-of-00001.parquet`; `socratic/` is not read); MATH's per-problem JSON files in
 `train/<subject>/` and `test/<subject>/` (the original release), or JSON lines / parquet files whose names
@@ -38,35 +38,37 @@ class PrepareError(ValueError):
     """The source cannot be turned into a split (no files found, or no usable row)."""
 
 
+def _question_and_solution(row: dict[str, Any], question: str, solution: str) -> tuple[str, str]:
+    """The record's question (non-empty) and worked solution texts, from the columns so named; ValueError."""
+    texts = row.get(question), row.get(solution)
+    if not isinstance(texts[0], str) or not texts[0].strip():
+        raise ValueError(f"no '{question}' text (got {texts[0]!r:.60})")
+    if not isinstance(texts[1], str):
+        raise ValueError(f"no '{solution}' text (got {texts[1]!r:.60})")
+    return texts[0].strip(), texts[1]
+
+
 def gsm8k_row(row: dict[str, Any]) -> dict[str, Any]:
     """Our row of a GSM8K record; ValueError saying what is missing."""
     from rewards.extract import last_hash_answer
 
-    question, solution = row.get("question"), row.get("answer")
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"no 'question' text (got {question!r:.60})")
-    if not isinstance(solution, str):
-        raise ValueError(f"no 'answer' text (got {solution!r:.60})")
+    question, solution = _question_and_solution(row, "question", "answer")
     final = last_hash_answer(solution)
     answer = "" if final is None else final.strip().replace(",", "")
     if not answer:
         raise ValueError(f"the 'answer' has no final answer after '####' ({solution[-60:]!r})")
-    return {"prompt": question.strip(), "answer": answer, "task": TASK}
+    return {"prompt": question, "answer": answer, "task": TASK}
 
 
 def math_row(row: dict[str, Any]) -> dict[str, Any]:
     """Our row of a MATH record; ValueError saying what is missing."""
     from rewards.extract import last_boxed
 
-    problem, solution = row.get("problem"), row.get("solution")
-    if not isinstance(problem, str) or not problem.strip():
-        raise ValueError(f"no 'problem' text (got {problem!r:.60})")
-    if not isinstance(solution, str):
-        raise ValueError(f"no 'solution' text (got {solution!r:.60})")
+    problem, solution = _question_and_solution(row, "problem", "solution")
     boxed = last_boxed(solution)
     if boxed is None or not boxed.strip():
         raise ValueError(f"the 'solution' has no \\boxed{{...}} answer ({solution[-60:]!r})")
-    return {"prompt": problem.strip(), "answer": boxed.strip(), "task": TASK,
+    return {"prompt": problem, "answer": boxed.strip(), "task": TASK,
             **{key: row[key] for key in ("level", "type") if row.get(key) is not None}}
 
 
@@ -74,8 +76,6 @@ def split_files(src: Path, split: str) -> list[Path]:
     """The files of `split` under `src`, in sorted order: `<split>*.jsonl` / `<split>*.parquet` anywhere below
     it (below `main/` when there is one: GSM8K's Hugging Face copy also holds the `socratic/` variant of the
     same problems), else the per-problem `*.json` files of a `<split>/` directory (MATH's original layout)."""
-    if src.is_file():
-        return [src] if src.name.startswith(split) else []
     if (src / "main").is_dir():
         src = src / "main"
     tables = sorted(p for suffix in (".jsonl", ".parquet") for p in src.rglob(f"{split}*{suffix}"))
@@ -129,6 +129,8 @@ DATASETS: dict[str, Callable[[dict], dict]] = {"gsm8k": gsm8k_row, "math": math_
 def prepare(name: str, src: Path, out: Path) -> tuple[dict[str, int], list[str]]:
     """Write `<out>/<split>.jsonl` for both splits; (rows written per split, bad rows as `file:row: reason`).
     PrepareError when a split has no files or no usable row (nothing is written then)."""
+    if not src.is_dir():
+        raise PrepareError(f"--src {src}: not a directory; give the folder of the {name} download")
     problems: list[str] = []
     splits = {}
     for split in SPLITS:

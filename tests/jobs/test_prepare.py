@@ -18,6 +18,7 @@ GSM8K_TRAIN = [
     {"question": "Lost 5 of 2 coins?", "answer": "2-5=-3\n#### -3"},
     {"question": "No final answer here.", "answer": "It is 4."},  # bad: no '####'
     {"question": "  ", "answer": "#### 1"},  # bad: empty question
+    {"question": "Where is the answer?"},  # bad: no answer
 ]
 GSM8K_TEST = [{"question": "What is 6 times 7?", "answer": "6*7=42\n#### 42"}]
 GSM8K_GOLD = ["7", "13750", "-3"]  # '####' line, commas removed, by hand
@@ -56,7 +57,8 @@ def test_gsm8k_in_both_published_layouts(tmp_path, layout, capsys):
                                          "task": "text"}]
     err = capsys.readouterr().err.splitlines()
     assert err == [f"skipped {train_file}:4: the 'answer' has no final answer after '####' ('It is 4.')",
-                   f"skipped {train_file}:5: no 'question' text (got '  ')"]
+                   f"skipped {train_file}:5: no 'question' text (got '  ')",
+                   f"skipped {train_file}:6: no 'answer' text (got None)"]
     data = PromptDataset(out / "train.jsonl")  # our loader takes it as it is
     assert [r.answer for r in data.records] == GSM8K_GOLD and data.problems == []
 
@@ -77,6 +79,7 @@ def test_math_as_per_problem_json_files(tmp_path):
             {"problem": problem, "level": "Level 2", "type": subject.title(), "solution": solution}))
     (src / "train" / "algebra" / "2.json").write_text(json.dumps({"problem": "No box?", "solution": "It is 4."}))
     (src / "train" / "algebra" / "5.json").write_text("{broken")
+    (src / "train" / "algebra" / "6.json").write_text("[1, 2]")
     counts, problems = prepare("math", src, tmp_path / "out")
     assert counts == {"train": 3, "test": 1}
     train = {r["uid"]: r for r in read(tmp_path / "out" / "train.jsonl")}
@@ -87,7 +90,8 @@ def test_math_as_per_problem_json_files(tmp_path):
                                              "task": "text", "level": "Level 2", "type": "Algebra"}
     assert problems[0] == f"{src}/train/algebra/2.json:1: the 'solution' has no \\boxed{{...}} answer ('It is 4.')"
     assert problems[1].startswith(f"{src}/train/algebra/5.json:1: not a JSON problem file (")
-    assert len(problems) == 2
+    assert problems[2] == f"{src}/train/algebra/6.json:1: expected a JSON object, got list"
+    assert len(problems) == 3
     records = PromptDataset(tmp_path / "out" / "train.jsonl").records
     assert records[0].meta == {"level": "Level 2", "type": "Algebra"}  # kept for rewards (Sample.meta)
 
@@ -106,4 +110,7 @@ def test_math_as_jsonl_and_a_source_without_usable_rows(tmp_path, capsys):
     assert main(["math", "--src", str(tmp_path / "hf"), "--out", str(tmp_path / "out")]) == 0
     assert [r["answer"] for r in read(tmp_path / "out" / "train.jsonl")] == ["2", "\\frac{1}{2}", "\\{1, \\{2\\}\\}"]
     assert main(["gsm8k", "--src", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert f"--src {tmp_path / 'nothing'}: not a directory; give the folder of the gsm8k download" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["gsm8k", "--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no train files of gsm8k found; expected train*.jsonl or train*.parquet below it" in capsys.readouterr().err
