@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from jobs.config import load_config
@@ -30,6 +31,7 @@ from jobs.train import main, train
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests/jobs/configs/tiny_lengths.yaml"
+LENGTH_TERM = "tests/jobs/helpers/length_reward.py:response_length"  # the config's reward term, as rows name it
 
 
 def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_session, monkeypatch, socket_watch):
@@ -66,6 +68,21 @@ def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_sess
     rollouts = [json.loads(line) for line in (tmp_path / "train" / "rollouts.jsonl").read_text().splitlines()]
     records = {json.loads(line)["uid"]: json.loads(line)["prompt"]
                for line in (REPO / cfg.data.train).read_text().splitlines()}
+    # readable rollouts (logging.rollout_text): the sample's text, its reward by term (the length reward is the
+    # response's length in characters), the group z-score the update used (by a loop), the reveal order
+    for step in rollouts:
+        groups: dict[str, list[dict]] = {}
+        for row in step["rows"]:
+            groups.setdefault(row["uid"], []).append(row)
+            assert row["prompt"] == records[row["uid"]] and row["kind"] == "text" and row["answer"] is not None
+            assert row["rewards"] == {LENGTH_TERM: float(len(row["response"]))} == {LENGTH_TERM: row["reward"]}
+            assert row["reasons"] == {} and row["total_reason"] is None
+            assert 1 <= len(row["reveal"]) <= 16 and all(0 <= s < 8 for s in row["reveal"])  # 8 forwards, 16 slots
+        for members in groups.values():
+            mean = sum(r["reward"] for r in members) / len(members)
+            std = (sum((r["reward"] - mean) ** 2 for r in members) / len(members)) ** 0.5
+            expected = [0.0 if std == 0 else (r["reward"] - mean) / (std + 1e-6) for r in members]
+            assert [r["advantage"] for r in members] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     seen = {t for step in rollouts for row in step["rows"]
             for t in chat_prompt_ids(initial.tokenizer, records[row["uid"]], thinking=cfg.data.thinking)}
     seen.add(initial.config.mask_token_id)
