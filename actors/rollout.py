@@ -100,13 +100,15 @@ class RolloutWorker:
     """Holds a policy copy; run it as a Ray actor (`ray.remote(RolloutWorker)`) or in-process."""
 
     def __init__(self, network_source: NetworkSource, *, policy_version: int = 0, dtype: str | None = None,
-                 device: str = "auto", image_tokenizer: str | os.PathLike | None = None):
+                 device: str = "auto", image_tokenizer: str | os.PathLike | None = None, lora: Any = None):
         """image_tokenizer: directory of a MAGVIT-v2 tokenizer (`model.load_image_tokenizer`), needed for
-        mmu and t2i requests; its codebook must be the network's and num_vq_tokens a square."""
+        mmu and t2i requests; its codebook must be the network's and num_vq_tokens a square. lora: the
+        learner's `learner.lora` (`actors.config.LoraConfig` or None): the worker holds the base once with the
+        same adapters, unmerged, and syncs carry the adapter tensors only (docs/lora.md)."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        network, self.tokenizer = build_network(network_source, dtype)
+        network, self.tokenizer = build_network(network_source, dtype, lora)
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.receiver = WeightReceiver(self.network, policy_version)
         self.broadcast: BroadcastGroup | None = None
@@ -345,8 +347,9 @@ def _text_config(text: TextSamplerConfig | None, **knobs) -> TextSamplerConfig |
 
 
 def start_workers(cfg: RolloutConfig, network_source: NetworkSource, *, policy_version: int = 0,
-                  dtype: str | None = None, placement_group: Any = None) -> list[Any]:
-    """`cfg.num_workers` RolloutWorker actors, each on its bundle of `placement_group` when given."""
+                  dtype: str | None = None, placement_group: Any = None, lora: Any = None) -> list[Any]:
+    """`cfg.num_workers` RolloutWorker actors, each on its bundle of `placement_group` when given (lora: the
+    learner's adapters, see `RolloutWorker`)."""
     actor = ray.remote(RolloutWorker)
     workers = []
     for index in range(cfg.num_workers):
@@ -354,5 +357,5 @@ def start_workers(cfg: RolloutConfig, network_source: NetworkSource, *, policy_v
         if placement_group is not None:
             options["scheduling_strategy"] = bundle_strategy(placement_group, index)
         workers.append(actor.options(**options).remote(network_source, policy_version=policy_version, dtype=dtype,
-                                                        image_tokenizer=cfg.image_tokenizer))
+                                                        image_tokenizer=cfg.image_tokenizer, lora=lora))
     return workers

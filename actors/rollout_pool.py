@@ -82,11 +82,13 @@ class RolloutPool:
     """`num_workers` RolloutWorker actors (an `ActorGroup`) sampling one step's requests in parallel."""
 
     def __init__(self, cfg: RolloutConfig, source: NetworkSource, *, dtype: str | None = None,
-                 placement_group: Any = None, max_restarts_per_step: int = 2, name: str | None = None):
+                 placement_group: Any = None, max_restarts_per_step: int = 2, name: str | None = None,
+                 lora: Any = None):
         """`name`: when given, worker k's actor is named `<name>-rollout-<k>.<generation>` (generation 0,
         then 1, 2, ... after restarts) so operators and fault tests can find it with `ray.get_actor`."""
         self.cfg, self.source, self.dtype, self.placement_group = cfg, source, dtype, placement_group
         self.max_restarts_per_step, self.name = max_restarts_per_step, name
+        self.lora = lora  # learner.lora: the workers carry the same adapters (actors/rollout.py RolloutWorker)
         self.workers = ActorGroup("rollout worker", cfg.num_workers, self._start)
         try:
             self._await_start(range(cfg.num_workers))  # so that no deadline of a step includes a start
@@ -185,7 +187,8 @@ class RolloutPool:
         if self.name is not None:
             options["name"] = self.worker_name(index, generation)
         return ray.remote(RolloutWorker).options(**options).remote(self.source, dtype=self.dtype,
-                                                                   image_tokenizer=self.cfg.image_tokenizer)
+                                                                   image_tokenizer=self.cfg.image_tokenizer,
+                                                                   lora=self.lora)
 
     def _await_start(self, indices: Sequence[int]) -> None:
         gather([self.workers[index].version.remote() for index in indices], "start", "rollout worker",

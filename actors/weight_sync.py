@@ -1,5 +1,8 @@
 """Version-tagged, bucketed transfer of the learner's full weights to the rollout workers.
 
+With LoRA (docs/lora.md) a version is the adapter tensors only: both ends hold the same base, which never
+changes, and `synced_state` names what moves.
+
 The plan (`WeightManifest`) is made from names, dtypes and shapes alone, so both ends know every
 bucket's layout before any byte moves: tensors are packed back to back (8-byte aligned) into flat
 uint8 buckets of at most `bucket_mb` (a larger tensor travels alone). Two transports share it:
@@ -119,8 +122,16 @@ def stream_buckets(manifest: WeightManifest, named_tensors: Iterable[tuple[str, 
 
 
 def named_state(network: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Parameters and persistent buffers in state-dict order (what a sync transfers)."""
+    """Parameters and persistent buffers in state-dict order (what a full sync transfers)."""
     yield from network.state_dict(keep_vars=True).items()
+
+
+def synced_state(network: nn.Module) -> dict[str, torch.Tensor]:
+    """What a sync transfers into `network`: with LoRA adapters the adapter tensors only (the base never
+    changes; model/lora.py), else every tensor of `named_state`."""
+    from model.lora import adapter_state, has_lora
+
+    return adapter_state(network) if has_lora(network) else dict(named_state(network))
 
 
 def checksum(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -148,7 +159,7 @@ class WeightReceiver:
         if self.version is not None and manifest.version <= self.version:
             raise WeightSyncError(f"refused weight version {manifest.version}: this worker already holds version "
                                   f"{self.version} (versions must increase)")
-        mine = dict(named_state(self.network))
+        mine = synced_state(self.network)
         theirs = manifest.names()
         if missing := sorted(set(mine) - theirs):
             raise WeightSyncError(f"refused partial weight version {manifest.version}: {len(missing)} tensor(s) "
@@ -170,7 +181,7 @@ class WeightReceiver:
               bucket_count: int | None = None) -> int:
         """Check the manifest, then copy bucket after bucket (`fetch(spec)` returns its flat uint8 tensor)."""
         self.check(manifest, bucket_count)
-        targets = dict(named_state(self.network))
+        targets = synced_state(self.network)
         self.version = None  # from here on a failure leaves no valid version
         with torch.no_grad():
             for spec in manifest.buckets:
@@ -188,7 +199,7 @@ class WeightReceiver:
         """Apply a complete state dict as `version` (same refusals as a bucketed version)."""
         manifest = plan_buckets(((n, t.dtype, tuple(t.shape)) for n, t in state_dict.items()), version, 2.0**40)
         self.check(manifest)
-        targets = dict(named_state(self.network))
+        targets = synced_state(self.network)
         self.version = None
         with torch.no_grad():
             for name, tensor in state_dict.items():

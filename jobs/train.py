@@ -55,7 +55,6 @@ from jobs.train_parts import (
     update,
     write_summary,
 )
-from model.checkpoint import save_state_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +179,7 @@ def save(run: Run, state: RunState, step: int, *, force: bool = False) -> None:
                              save_learner=run.learners.save_checkpoint, pending_rollouts=pending)
     if run.checkpoints.should_export(step, final=final):
         path = run.cfg.run.run_dir / ("export" if final else f"export_step_{step}")
-        state.export = str(save_state_dict(run.learners.state_dict_for_sync(), run.backbone, run.tokenizer, path))
+        state.export = str(run.learners.export_policy(path, run.backbone, run.tokenizer))  # LoRA: + adapter/
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

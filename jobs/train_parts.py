@@ -104,7 +104,7 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
     log.info("start-up: learner ready after %.1f s; %d rollout worker(s) loading the policy",
              time.perf_counter() - started, cfg.rollout.num_workers)
     pool = RolloutPool(cfg.rollout, source, dtype=cfg.learner.dtype, placement_group=groups.get("rollout"),
-                       name=cfg.run.name)
+                       name=cfg.run.name, lora=cfg.learner.lora)
     cleanup.callback(pool.shutdown)
     log.info("start-up: rollout workers ready after %.1f s", time.perf_counter() - started)
     return scorer, learners, pool

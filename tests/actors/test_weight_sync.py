@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from actors.cluster import create_placement_groups, learner_role, remove_placement_groups, rollout_role
-from actors.config import ClusterConfig, LearnerConfig, RolloutConfig
+from actors.config import ClusterConfig, LearnerConfig, LoraConfig, RolloutConfig
 from actors.learner import LearnerContext, LearnerGroup
 from actors.rollout import PromptRequest, start_workers
 from actors.weight_sync import (
@@ -127,6 +127,32 @@ def test_receiver_refuses_partial_or_foreign_versions_before_touching_weights():
     with pytest.raises(WeightSyncError, match="bucket indices are not 0..n-1"):
         receiver.check(shuffled)
     assert receiver.version == 0 and checksum(named_state(target)) == before
+
+
+def test_a_lora_worker_takes_adapter_only_versions_and_then_equals_the_learner(kit):
+    """The learner's adapted network sends its adapter tensors; the worker (same base, same adapters at B = 0)
+    applies them and then holds exactly the learner's network: base + adapters, unmerged."""
+    from actors.rollout import RolloutWorker
+    from model.lora import adapter_state, add_lora
+
+    lora = LoraConfig(rank=2, alpha=4.0)
+    learner = add_lora(kit.policy_source(0)(), lora)
+    with torch.no_grad():
+        for tensor in adapter_state(learner).values():
+            tensor.add_(0.01)  # a trained adapter: B no longer 0
+    worker = RolloutWorker(kit.policy_source(0), lora=lora, device="cpu")
+    assert worker.checksum() != checksum(named_state(learner))
+    adapters = list(adapter_state(learner).items())
+    manifest = plan_buckets([(n, t.dtype, tuple(t.shape)) for n, t in adapters], 1, 1 / 2**10)  # 1 KiB buckets
+    assert len(manifest.buckets) > 1
+    flats = dict((spec.index, flat) for spec, flat in stream_buckets(manifest, adapters))
+    assert worker.receiver.apply(manifest, lambda spec: flats[spec.index], bucket_count=len(flats)) == 1
+    assert worker.checksum() == checksum(named_state(learner))
+    full = plan_buckets(specs(learner), 2, 1.0)  # a full version is not what a LoRA worker takes
+    with pytest.raises(WeightSyncError, match=r"refused weight version 2: unknown tensor\(s\) \['model\.transformer"):
+        worker.check_weights(full)
+    synced = sum(b.nbytes for b in manifest.buckets)
+    assert synced == sum(t.numel() * 4 for _, t in adapters) < sum(b.nbytes for b in full.buckets) / 10
 
 
 def test_a_failure_while_copying_leaves_no_valid_version():
