@@ -351,3 +351,24 @@ def test_a_mixture_file_left_without_rows_is_refused(tmp_path):
     data.records = [r for r in data.records if r.uid.startswith("s0")]  # as check_prompts may leave it
     with pytest.raises(DataError, match=r"mixture: no usable rows left in .*s1.jsonl, which has weight > 0"):
         PromptStream(data, weights=[1.0, 1.0])
+
+
+def test_the_jobs_read_fields_and_mixtures_from_the_config(tmp_path):
+    """The training driver's load (jobs/train_parts.py: load_data) and the held-out reader (jobs/heldout.py) take
+    `data.fields`; the driver's stream is the mixture of `data.train`."""
+    from jobs.config import load_config
+    from jobs.heldout import heldout_records
+    from jobs.train_parts import load_data, policy_parts
+
+    files = [write_jsonl(tmp_path / f"{name}.jsonl", [{"question": f"Compute {i} + 1.", "gold": i + 1, "uid": f"{name}{i}"}
+                                                       for i in range(3)]) for name in ("a", "b")]
+    cfg = load_config(None, [f"data.train=[{{path: {files[0]}, weight: 1}}, {{path: {files[1]}, weight: 3}}]",
+                             f"data.eval={files[1]}", "data.fields={prompt: question, answer: gold}", "model.path=tiny"])
+    policy = policy_parts(cfg)
+    stream, records = load_data(cfg, policy.config, policy.tokenizer)
+    assert [(r.uid, r.prompt, r.answer) for r in records[:2]] == [("a0", "Compute 0 + 1.", "1"), ("a1", "Compute 1 + 1.", "2")]
+    assert stream.weights == [1.0, 3.0]
+    assert [r.uid[0] for r in stream.next_batch(12)] == ["ab"[stream.source_of_draw(n)] for n in range(12)]
+    heldout, skipped = heldout_records(cfg)
+    assert [r.prompt for r in heldout] == [f"Compute {i} + 1." for i in range(3)] and skipped == []
+
