@@ -2,10 +2,10 @@
 
     cfg = load_config("jobs/configs/demo.yaml", ["algo.mu=4", "learner.num_ranks=2"])
 
-Sections (each owned by the package that uses it): `run`, `data`, `model`, `eval`, `sample`, `generate`
+Sections (each owned by the package that uses it): `run`, `data`, `model`, `eval`, `sample`, `generate`, `sft`
 (here), `rollout`, `learner`, `cluster`, `checkpoint`, `logging`, `reward_actors` (`actors.config`), `algo`
-(`rl.config`), `rewards` (`rewards.config`). `jobs.train`, `jobs.eval`, `jobs.sample` and `jobs.rollout` read
-this tree (`--config`, `--set`, `--print-config`; `job_parser` and `job_main`). Importing this module imports no
+(`rl.config`), `rewards` (`rewards.config`). `jobs.train`, `jobs.eval`, `jobs.sample`, `jobs.rollout` and `jobs.sft`
+read this tree (`--config`, `--set`, `--print-config`; `job_parser` and `job_main`). Importing this module imports no
 Ray (tests/jobs/test_config_imports.py): the config is read, checked and printed before, and without, any cluster.
 The whole tree is validated before anything starts: an unknown key or a bad value is a `ConfigError` naming the
 dotted key and what would be right. `write_resolved` stores the resolved tree next to the run's outputs, and
@@ -260,9 +260,50 @@ class GenerateConfig:
             raise ValueError("\n".join(problems))
 
 
+@dataclass(frozen=True)
+class SFTConfig:
+    """`python -m jobs.sft` (masked-diffusion SFT, docs/demo.md §2): its optimisation and early stopping. The rest
+    of an SFT run is the tree's: `run`, `data` (`train` rows with a reference response, in the column that
+    `data.fields.response` names; held-out `eval`), `model`, `rollout.sampler` (responses are padded to its
+    `gen_length`) and `eval` for held-out pass@1, `learner` (its lr schedule spans `max_steps`), `cluster`."""
+
+    max_steps: int = 4000
+    """Optimizer steps at most; `learner.lr_decay` reaches `learner.min_lr_ratio` here."""
+    batch_size: int = 32
+    """Sequences per optimizer step (global: a multiple of `learner.num_ranks`, checked when jobs.sft starts)."""
+    mask_eps: float = 1e-3
+    """eps: mask ratios are p = eps + (1 - eps) t, t ~ U(0, 1)."""
+    log_every: int = 25
+    """Write a train line (mean loss since the last line) every N steps."""
+    patience: int = 4
+    """Stop after this many evaluations (`eval.every`) in a row without a pass@1 gain above `min_delta`..."""
+    min_steps: int = 0
+    """...but never before this step (a policy from scratch sits at 0% for its first evaluations)."""
+    min_delta: float = 0.0
+    """Smallest pass@1 gain that counts as an improvement."""
+    select: Literal["best", "last"] = "best"
+    """The run's policy (what `export_to` copies): "best", the checkpoint of the best held-out evaluation
+    (`<run dir>/best_policy/`), or "last", the weights after the last step (`<run dir>/last_policy/`; for a
+    fine-tune meant to change a policy's behaviour, such as a weak-teacher cold start, whose held-out accuracy
+    may go down)."""
+    export_to: str | None = None
+    """Also copy the run's policy (`select`) here at the end (e.g. model/assets/demo_policy); null: don't."""
+
+    def __post_init__(self):
+        problems = [f"{name}: {getattr(self, name)}; need at least 1"
+                    for name in ("max_steps", "batch_size", "log_every", "patience") if getattr(self, name) < 1]
+        if not 0 < self.mask_eps < 1:
+            problems.append(f"mask_eps: {self.mask_eps} must lie in (0, 1), e.g. 1e-3")
+        if self.min_steps < 0:
+            problems.append(f"min_steps: {self.min_steps} must be >= 0")
+        if problems:
+            raise ValueError("\n".join(problems))
+
+
 TINY_SIZES = {
-    "tiny": ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size"),
-    "tiny-mmada": ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "codebook_size", "num_vq_tokens"),
+    "tiny": ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "rope_theta"),
+    "tiny-mmada": ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "rope_theta", "codebook_size",
+                   "num_vq_tokens"),
 }
 """`model.path` values that build a random tiny twin -> the `model.tiny_size` keys each accepts."""
 
@@ -275,10 +316,11 @@ class ModelConfig:
     """A checkpoint directory in the published format, or a random tiny twin seeded by `run.seed` (tests,
     demos): 'tiny' (LLaDA layout) or 'tiny-mmada' (MMaDA layout: image codes after the text vocabulary).
     Weights are cast to `learner.dtype` on the learner and the rollout workers."""
-    tiny_size: dict[str, int] = field(default_factory=dict)
+    tiny_size: dict[str, int | float] = field(default_factory=dict)
     """Sizes of a tiny twin (model.tiny.tiny_model / tiny_mmada_model keywords): d_model, n_layers, n_heads,
-    n_kv_heads, mlp_hidden_size; for 'tiny-mmada' also codebook_size and num_vq_tokens, which must match the
-    image tokenizer (its number of codes, and codes per image). Empty: model.tiny's defaults."""
+    n_kv_heads, mlp_hidden_size (whole numbers), rope_theta (the RoPE base, a float; model/resolve.py
+    `tiny_twin`); for 'tiny-mmada' also codebook_size and num_vq_tokens, which must match the image tokenizer
+    (its number of codes, and codes per image). Empty: model.tiny's defaults."""
 
     def __post_init__(self):
         if not self.tiny_size:
@@ -290,9 +332,12 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"tiny_size: unknown key(s) {unknown} for path {self.path!r}; valid: "
                              f"{', '.join(TINY_SIZES[self.path])}")
-        bad = {k: v for k, v in self.tiny_size.items() if v < 1}
+        bad = {k: v for k, v in self.tiny_size.items() if k != "rope_theta" and (not isinstance(v, int) or v < 1)}
         if bad:
             raise ValueError(f"tiny_size: {bad} must be positive integers")
+        if self.tiny_size.get("rope_theta", 1.0) <= 0:
+            raise ValueError(f"tiny_size.rope_theta: {self.tiny_size['rope_theta']} must be a positive RoPE base, "
+                             "e.g. 10000.0")
 
 
 @dataclass(frozen=True)
@@ -327,6 +372,8 @@ class TrainConfig:
     """The prompts and output directory of `python -m jobs.sample`."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     """The prompt file, samples per prompt, shards and output directory of `python -m jobs.rollout`."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """The steps, batch, masking, early stopping and export of `python -m jobs.sft`."""
 
     def __post_init__(self):
         # Cross-section checks; each line names the key to change.
@@ -383,12 +430,13 @@ def write_resolved(cfg: TrainConfig, run_dir: str | Path) -> Path:
 _ALIAS = "set:"  # argparse dest prefix of an alias flag: "set:<dotted key>"
 
 
-def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The arguments of a job that reads the tree: `--config`, repeatable `--set`, `--print-config`."""
+def job_parser(prog: str, description: str, default_config: Path = DEFAULT_CONFIG) -> argparse.ArgumentParser:
+    """The arguments of a job that reads the tree: `--config` (`default_config` when not given), repeatable
+    `--set`, `--print-config`."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(CONFIG_DIR.parent.parent)})")
+    parser.add_argument("--config", default=default_config, metavar="FILE",
+                        help=f"YAML config (default: {default_config.relative_to(CONFIG_DIR.parent.parent)})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set rollout.sampler.steps=40 (repeatable)")
     parser.add_argument("--print-config", action="store_true",
@@ -420,7 +468,7 @@ def job_main(parser: argparse.ArgumentParser, argv: list[str] | None,
     A ConfigError, or one of `errors` (bad data, an unusable model), is printed as `error: ...` and exits 2."""
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = load_config(args.config or DEFAULT_CONFIG, job_overrides(args))
+        cfg = load_config(args.config, job_overrides(args))
         if args.print_config:
             print(commented_yaml(cfg), end="")
             return 0

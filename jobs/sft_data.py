@@ -1,7 +1,7 @@
 """SFT's training data (jobs/sft.py): tokenised (prompt, response) pairs, batches in the sampler's layout with a
 step's masks, and their split over the learner ranks.
 
-A response is its tokens then EOS up to `sampler.gen_length` (the padding is a target: the policy learns to stop);
+A response is its tokens then EOS up to `rollout.sampler.gen_length` (the padding is a target: the policy learns to stop);
 prompts are left-padded to the batch's longest, as the sampler lays them out, and hidden by the attention mask.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jobs.sft_config import SFTJobConfig
+from jobs.config import TrainConfig
 from rl.sft import mask_responses, mask_seed
 
 
@@ -25,21 +25,24 @@ class Example:
     answer: str | None
 
 
-def tokenize_examples(records, tokenizer, *, response_field: str, thinking: bool, gen_length: int,
+def tokenize_examples(records, tokenizer, *, column: str, thinking: bool, gen_length: int,
                       eos_id: int) -> list[Example]:
-    """Chat-template prompts and EOS-padded responses; a response longer than gen_length is an error."""
+    """Chat-template prompts and EOS-padded responses; a response longer than gen_length is an error.
+
+    The reference response is `meta["response"]` (jobs.data keeps it there, read from the file's column
+    `column`, `data.fields.response`); `column` names it in the error of a row without one."""
     from model.templates import chat_prompt_ids
 
     examples = []
     for record in records:
-        response = record.meta.get(response_field)
+        response = record.meta.get("response")
         if not isinstance(response, str) or not response.strip():
-            raise ValueError(f"{record.source}: no reference response in column {response_field!r} "
-                             f"(got {response!r:.60}); SFT rows need one (set data.response_field)")
+            raise ValueError(f"{record.source}: no reference response in column {column!r} (got {response!r:.60}); "
+                             "SFT rows need one (data.fields.response names the column)")
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
         if len(response_ids) >= gen_length:
-            raise ValueError(f"{record.source}: the response has {len(response_ids)} tokens, but sampler.gen_length="
-                             f"{gen_length} leaves no room for an EOS; raise sampler.gen_length above it")
+            raise ValueError(f"{record.source}: the response has {len(response_ids)} tokens, but rollout.sampler."
+                             f"gen_length={gen_length} leaves no room for an EOS; raise it above that")
         padded = tuple(response_ids) + (eos_id,) * (gen_length - len(response_ids))
         prompt = tuple(chat_prompt_ids(tokenizer, record.prompt, thinking=thinking))
         examples.append(Example(record.uid, prompt, padded, record.answer))
@@ -67,10 +70,9 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor | No
             "attention_mask": None if bool(attention_mask.all()) else attention_mask}
 
 
-
-
-def make_batch(examples: list[Example], *, step: int, cfg: SFTJobConfig, mask_id: int, pad_id: int) -> dict:
-    """Collated tensors plus step `step`'s masks, drawn from (run.seed, step) (rl.sft.mask_responses)."""
+def make_batch(examples: list[Example], *, step: int, cfg: TrainConfig, mask_id: int, pad_id: int) -> dict:
+    """Collated tensors plus step `step`'s masks, drawn from (run.seed, step) at `sft.mask_eps`
+    (rl.sft.mask_responses)."""
     batch = collate(examples, pad_id)
     generator = torch.Generator().manual_seed(mask_seed(cfg.run.seed, step))
     noisy, masked, ratio = mask_responses(batch["input_ids"], batch["response_mask"], mask_id=mask_id,

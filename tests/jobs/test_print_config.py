@@ -1,4 +1,4 @@
-"""`python -m jobs.train --print-config` (and `jobs.eval`'s, `jobs.sample`'s, `jobs.rollout`'s: the same tree): every field of the
+"""`python -m jobs.train --print-config` (and `jobs.eval`'s, `jobs.sample`'s, `jobs.rollout`'s, `jobs.sft`'s: the same tree): every field of the
 resolved tree printed with its doc as a YAML comment, read from the dataclasses' source
 (`jobs.configtree.field_docs`); the text loads back to the same config, and no field of any section is left
 without a doc."""
@@ -34,7 +34,8 @@ def printed(capsys, argv: list[str]) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("config, overrides", [(DEMO, []), (CONFIG_DIR / "toy_t2i.yaml", []), (DEMO, TRICKY)])
+@pytest.mark.parametrize("config, overrides", [(DEMO, []), (CONFIG_DIR / "toy_t2i.yaml", []), (DEMO, TRICKY),
+                                               (CONFIG_DIR / "sft_demo.yaml", [])])
 def test_printed_config_loads_back_to_the_same_config(capsys, tmp_path, config, overrides):
     text = printed(capsys, ["--config", str(config), *[a for o in overrides for a in ("--set", o)]])
     (tmp_path / "printed.yaml").write_text(text)

@@ -1,25 +1,26 @@
-"""jobs/sft.py, jobs/sft_data.py, jobs/sft_config.py: batching, the step function the learner ranks run, the
-schedule, config errors, one end-to-end run on the learner group, and the shipped demo policy's held-out accuracy
-(docs/demo.md), measured by the evaluation `python -m jobs.eval` runs. The objective itself: tests/rl/test_sft.py."""
+"""jobs/sft.py, jobs/sft_data.py and the `sft` section of the one config tree (jobs/config.py): batching, the step
+function the learner ranks run, the config (loading, printing, errors), one end-to-end run on the learner group,
+and the shipped demo policy's held-out accuracy (docs/demo.md), measured by the evaluation `python -m jobs.eval`
+runs. The objective itself: tests/rl/test_sft.py; the learning-rate schedule: tests/rl/test_lr_schedule.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from jobs.sft_config import SFTConfig, learning_rate, load_sft_config
+from jobs.config import load_config
+from jobs.sft import SFT_CONFIG, check_sft, main
 from jobs.sft_data import Example, collate, make_batch, shard, tokenize_examples
 from model.resolve import DEMO_POLICY
 from rl.sft import sft_step
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "jobs" / "configs" / "sft_demo.yaml"
+TRAIN_ONLY = ["data.train=x.jsonl"]  # the tree's defaults, plus the one key every job needs
 MASK, PAD = 588, 587  # tiny tokenizer: <|mdm_mask|>, <|endoftext|>
 
 
@@ -30,12 +31,15 @@ def tiny():
     return tiny_model(0, d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64)
 
 
-def sft_evaluation(loaded, records, cfg, *, batch_size: int):
-    """What `jobs.sft.run` evaluates with: jobs.evaluate's decode + judge under the config's sampler and seed."""
-    from jobs.evaluate import evaluate_policy
+def sft_evaluation(loaded, config: Path, *, limit: int):
+    """What `jobs.sft.run` evaluates with (jobs/heldout.py, as in training and `python -m jobs.eval`) on the first
+    `limit` held-out problems of `config`, in one batch: (records, scored rows, summary)."""
+    from jobs.heldout import evaluate_heldout, heldout_records
 
-    return evaluate_policy(loaded, records, samples=cfg.sft.eval_samples, sampler=dataclasses.asdict(cfg.sampler),
-                           thinking=cfg.data.thinking, seed=cfg.run.seed, batch_size=batch_size)
+    cfg = load_config(config, [f"eval.limit={limit}", f"eval.batch_size={limit}",
+                               f"data.eval={REPO / load_config(config).data.eval}"])
+    records, _ = heldout_records(cfg)
+    return (records, *evaluate_heldout(cfg, loaded, records))
 
 
 def examples_of(*pairs) -> list[Example]:
@@ -62,7 +66,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
     cfg = LearnerConfig(micro_batch_size=3)
     ctx = LearnerContext(engine, network, 0, 1, cfg, torch.device("cpu"))
     examples = examples_of(*[([5 + i, 6], [20 + i, 30, 40, PAD, PAD]) for i in range(6)])
-    job_cfg = load_sft_config(None, ["sft.batch_size=6"])
+    job_cfg = load_config(None, [*TRAIN_ONLY, "sft.batch_size=6"])
     batch = make_batch(examples, step=0, cfg=job_cfg, mask_id=MASK, pad_id=PAD)
     losses = [sft_step(ctx, **batch, num_sequences_global=6, lr=1e-2)["loss"] for _ in range(8)]
     assert engine.optimizer.param_groups[0]["lr"] == 1e-2  # set by the step
@@ -71,7 +75,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
 
 def test_make_batch_masks_are_a_function_of_run_seed_and_step():
     examples = examples_of(*[([5 + i, 6], [20 + i, 30, 40, PAD, PAD]) for i in range(4)])
-    cfg = load_sft_config(None, ["sft.batch_size=4", "sft.mask_eps=0.5"])
+    cfg = load_config(None, [*TRAIN_ONLY, "sft.batch_size=4", "sft.mask_eps=0.5"])
     first, again = (make_batch(examples, step=3, cfg=cfg, mask_id=MASK, pad_id=PAD) for _ in range(2))
     assert all(torch.equal(first[k], again[k]) for k in ("noisy_ids", "masked", "mask_ratio"))
     assert not torch.equal(first["mask_ratio"], make_batch(examples, step=4, cfg=cfg, mask_id=MASK,
@@ -85,59 +89,83 @@ def test_shard_splits_rows_evenly():
     assert [p["a"].flatten().tolist() for p in parts] == [[0, 1, 2], [3, 4, 5]] and parts[1]["b"] is None
 
 
-def test_learning_rate_schedule():
-    cfg = SFTConfig(max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
-    assert learning_rate(0, cfg, 1.0) == pytest.approx(0.1)  # (0 + 1) / 10
-    assert learning_rate(9, cfg, 1.0) == pytest.approx(1.0)
-    assert learning_rate(60, cfg, 1.0) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
-    assert learning_rate(110, cfg, 1.0) == pytest.approx(0.1)
-    assert learning_rate(10, SFTConfig(warmup_steps=0), 2.0) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(
-        math.pi * 10 / 4000))))
-
-
 def test_tokenize_examples_pads_with_eos_and_rejects_bad_rows(tiny):
     from jobs.data import PromptRecord
 
     tokenizer = tiny.tokenizer
     good = PromptRecord("u1", "text", "Compute 1 + 2.", "3", meta={"response": "<think>1+2=3</think>\\boxed{3}"})
-    [example] = tokenize_examples([good], tokenizer, response_field="response", thinking=False, gen_length=24,
+    [example] = tokenize_examples([good], tokenizer, column="response", thinking=False, gen_length=24,
                                   eos_id=PAD)
     body = tokenizer(good.meta["response"], add_special_tokens=False)["input_ids"]
     assert example.response_ids == tuple(body) + (PAD,) * (24 - len(body)) and len(example.response_ids) == 24
     with pytest.raises(ValueError, match="leaves no room for an EOS"):
-        tokenize_examples([good], tokenizer, response_field="response", thinking=False, gen_length=len(body),
+        tokenize_examples([good], tokenizer, column="response", thinking=False, gen_length=len(body),
                           eos_id=PAD)
     missing = PromptRecord("u2", "text", "Compute 1 + 2.", "3", source="f.jsonl:7")
     with pytest.raises(ValueError, match="f.jsonl:7: no reference response"):
-        tokenize_examples([missing], tokenizer, response_field="response", thinking=False, gen_length=24, eos_id=PAD)
+        tokenize_examples([missing], tokenizer, column="response", thinking=False, gen_length=24, eos_id=PAD)
 
 
-def test_config_loads_and_errors_name_the_key():
-    from jobs.configtree import ConfigError
+def test_the_sft_demo_config_loads_into_the_sections_of_the_tree():
+    cfg = load_config(DEMO_CONFIG)
+    assert (cfg.run.name, cfg.run.seed, cfg.data.train, cfg.data.eval, cfg.data.thinking) == (
+        "sft_demo", 0, "data/arithmetic/train.jsonl", "data/arithmetic/heldout.jsonl", False)
+    assert cfg.model.path == "tiny" and cfg.model.tiny_size == {
+        "d_model": 128, "n_layers": 4, "n_heads": 4, "mlp_hidden_size": 384, "rope_theta": 10000.0}
+    assert (cfg.sft.max_steps, cfg.sft.min_steps, cfg.sft.batch_size, cfg.sft.mask_eps, cfg.sft.log_every,
+            cfg.sft.patience, cfg.sft.select, cfg.sft.export_to) == (10000, 5000, 32, 0.1, 25, 4, "best", None)
+    sampler = cfg.rollout.sampler
+    assert (sampler.gen_length, sampler.steps, sampler.block_length) == (40, 20, 8)
+    assert (cfg.eval.every, cfg.eval.limit, cfg.eval.batch_size, cfg.eval.samples, cfg.eval.temperature,
+            cfg.eval.torch_threads) == (500, 256, 128, 1, 0.0, 1)
+    learner = cfg.learner
+    assert (learner.num_ranks, learner.zero_stage, learner.lr, learner.lr_warmup_steps, learner.lr_decay,
+            learner.min_lr_ratio, learner.weight_decay, learner.grad_clip, learner.micro_batch_size) == (
+        1, 0, 2e-3, 100, "cosine", 0.1, 0.01, 1.0, 32)
+    assert cfg.cluster.num_cpus == 2
+    check_sft(cfg)  # and the SFT-only checks pass
 
-    cfg = load_sft_config(DEMO_CONFIG)
-    assert cfg.sampler.gen_length == 40 and cfg.learner.num_ranks == 1 and not cfg.data.thinking
-    for override, message in [("sft.batch_size=3", "learner.num_ranks"), ("sft.mask_eps=0", "sft.mask_eps"),
-                              ("data.train=x.csv", "data.train"), ("sampler.block_length=7", "sampler.gen_length"),
-                              ("sft.bogus=1", "sft.bogus: unknown key"),
-                              ("sft.eval_samples=0", "sft.eval_samples: 0; need at least 1"),
-                              ("sft.select=final", "sft.select: 'final'; use 'best'")]:
-        overrides = [override, "learner.num_ranks=2"] if override.startswith("sft.batch_size") else [override]
-        with pytest.raises(ConfigError, match=message):
-            load_sft_config(DEMO_CONFIG, overrides)
+
+def test_print_config_shows_the_sft_section_with_its_docs(capsys):
+    assert main(["--print-config", "--set", "sft.patience=7"]) == 0  # no --config: sft_demo.yaml
+    printed = capsys.readouterr().out
+    assert "\nsft:  # The steps, batch, masking" in printed and "  patience: 7  # Stop after this many evaluations" in printed
+    assert "  select: best  # The run's policy" in printed and "  max_steps: 10000  # Optimizer steps at most" in printed
+    assert "  name: sft_demo  #" in printed
+    assert SFT_CONFIG == DEMO_CONFIG
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["sft.bogus=1"], "sft.bogus: unknown key; valid keys here: batch_size, export_to"),
+    (["sft.batch_size=3", "learner.num_ranks=2"],
+     "sft.batch_size: 3 is not divisible by learner.num_ranks=2; every rank needs an equal shard"),
+    (["data.eval=null", "eval.every=0"], "data.eval: SFT picks its policy by held-out pass@1; set it"),
+    (["sft.mask_eps=0"], "sft.mask_eps: 0.0 must lie in (0, 1)"),
+    (["sft.min_steps=-1"], "sft.min_steps: -1 must be >= 0"),
+    (["sft.patience=0", "sft.max_steps=0"], "sft.max_steps: 0; need at least 1\n  sft.patience: 0; need at least 1"),
+    (["sft.select=final"], "sft.select: 'final' is not one of the valid choices 'best', 'last'"),
+    (["model.tiny_size={d_model: 1.5}"], "model.tiny_size: {'d_model': 1.5} must be positive integers"),
+    (["model.tiny_size={rope_theta: 0.0}"], "model.tiny_size.rope_theta: 0.0 must be a positive RoPE base"),
+])
+def test_config_errors_name_the_key_and_exit_2(overrides, message, capsys):
+    """Errors of the tree's load (sft, model) and of jobs.sft's own checks, printed as the other jobs print them."""
+    assert main(["--config", str(DEMO_CONFIG), *[x for o in overrides for x in ("--set", o)]]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: invalid config") and message in error, error
+    assert "Traceback" not in error
 
 
 def test_the_tiny_policy_is_sized_by_the_model_section_and_a_bad_path_names_the_key(tmp_path):
     from jobs.sft import run
-    from jobs.sft_config import tiny_size
     from model.resolve import ModelSpecError, model_parts
 
-    cfg = load_sft_config(DEMO_CONFIG)
-    parts = model_parts(cfg.model.path, key="model.path", seed=cfg.model.init_seed, size=tiny_size(cfg.model))
+    cfg = load_config(DEMO_CONFIG)
+    parts = model_parts(cfg.model.path, key="model.path", seed=cfg.run.seed, size=cfg.model.tiny_size)
     shipped = json.loads((DEMO_POLICY / "config.json").read_text())  # the policy sft_demo.yaml trained
     for key in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "rope_theta", "vocab_size", "mask_token_id"):
         assert getattr(parts.config, key) == shipped[key], key
-    bad = load_sft_config(DEMO_CONFIG, [f"run.output_dir={tmp_path}", f"model.path={tmp_path / 'nowhere'}"])
+    bad = load_config(DEMO_CONFIG, [f"run.output_dir={tmp_path}", f"model.path={tmp_path / 'nowhere'}",
+                                    "model.tiny_size={}"])
     with pytest.raises(ModelSpecError, match=r"^model\.path: '.*nowhere' is neither a checkpoint directory"):
         run(bad)
 
@@ -155,12 +183,12 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
     splits = generate(64, 8, seed=1)
     write_jsonl(splits["train"], tmp_path / "train.jsonl")
     write_jsonl(splits["heldout"], tmp_path / "heldout.jsonl")
-    cfg = load_sft_config(DEMO_CONFIG, [
-        f"run.output_dir={tmp_path}", "run.name=e2e", f"run.export_to={tmp_path / 'exported'}",
-        f"data.train={tmp_path / 'train.jsonl'}", f"data.heldout={tmp_path / 'heldout.jsonl'}",
-        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.mlp_hidden_size=64",
-        "sft.max_steps=12", "sft.batch_size=16", "sft.warmup_steps=2", "sft.log_every=4", "sft.eval_every=6",
-        "sft.eval_size=8", "sampler.gen_length=48", "sampler.steps=6", "sampler.block_length=16",
+    cfg = load_config(DEMO_CONFIG, [
+        f"run.output_dir={tmp_path}", "run.name=e2e", f"sft.export_to={tmp_path / 'exported'}",
+        f"data.train={tmp_path / 'train.jsonl'}", f"data.eval={tmp_path / 'heldout.jsonl'}",
+        "model.tiny_size={d_model: 32, n_layers: 1, n_heads: 2, mlp_hidden_size: 64, rope_theta: 10000.0}",
+        "sft.max_steps=12", "sft.batch_size=16", "learner.lr_warmup_steps=2", "sft.log_every=4", "eval.every=6",
+        "eval.limit=8", "rollout.sampler.gen_length=48", "rollout.sampler.steps=6", "rollout.sampler.block_length=16",
         "learner.micro_batch_size=8", "learner.lr=0.003", "sft.select=last"])
     started_here = not ray.is_initialized()
     try:
@@ -186,7 +214,7 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
                       "--limit", "8", "--set", "rollout.sampler.gen_length=48", "--set", "rollout.sampler.steps=6",
                       "--set", "rollout.sampler.block_length=16", "--set", "eval.temperature=0",
                       "--set", "data.thinking=false", "--set", "run.seed=0",
-                      "--set", f"eval.batch_size={cfg.sft.eval_batch_size}",
+                      "--set", f"eval.batch_size={cfg.eval.batch_size}",
                       "--out", str(tmp_path / "eval" / "best.json")]) == 0
     evaluated = [json.loads(x) for x in (tmp_path / "eval" / "best.samples.jsonl").read_text().splitlines()]
     assert evaluated == best_samples and len(best_samples) == 8
@@ -208,14 +236,11 @@ BLAS / CPU can round a logit differently and flip an argmax or a reveal order wh
 
 def test_shipped_demo_policy_matches_its_documented_accuracy():
     import model
-    from jobs.data import PromptDataset
 
     size = sum(f.stat().st_size for f in DEMO_POLICY.iterdir())
     assert size <= 20 * 2**20, f"{DEMO_POLICY} is {size / 2**20:.1f} MiB; the budget is 20 MiB"
     loaded = model.load(DEMO_POLICY)
-    cfg = load_sft_config(DEMO_CONFIG)
-    records = PromptDataset(REPO / cfg.data.heldout).records[:32]
-    rows, scores = sft_evaluation(loaded, records, cfg, batch_size=32)
+    _, rows, scores = sft_evaluation(loaded, DEMO_CONFIG, limit=32)
     correct = round(scores["pass_at_k"]["1"] * 32)
     assert abs(correct - DEMO_HELDOUT_CORRECT_OF_32) <= 2, (correct, rows[:4])
     assert scores["format_rate"] >= 0.9
@@ -231,16 +256,14 @@ DEMO_HELDOUT_CORRECT_OF_32, a different CPU may flip a problem or two; the test 
 def test_shipped_sign_slip_policy_slips_where_the_demo_policy_does_not():
     """The cold start of the embedded RL demo: demo_policy's arithmetic, with most answers boxed negated."""
     import model
-    from jobs.data import PromptDataset
 
     size = sum(f.stat().st_size for f in SIGN_SLIP_POLICY.iterdir())
     assert size <= 20 * 2**20, f"{SIGN_SLIP_POLICY} is {size / 2**20:.1f} MiB; the budget is 20 MiB"
-    cfg = load_sft_config(SIGN_SLIP_CONFIG)
+    cfg = load_config(SIGN_SLIP_CONFIG)
     assert REPO / cfg.model.path == DEMO_POLICY and cfg.sft.select == "last"
-    records = PromptDataset(REPO / cfg.data.heldout).records[:32]
     counts = {}
     for name, path in (("slip", SIGN_SLIP_POLICY), ("demo", DEMO_POLICY)):
-        rows, _ = sft_evaluation(model.load(path), records, cfg, batch_size=32)
+        records, rows, _ = sft_evaluation(model.load(path), SIGN_SLIP_CONFIG, limit=32)
         boxed = [re.findall(r"\\boxed\{([^}]*)\}", row["response"]) for row in rows]
         last = [b[-1] if b else None for b in boxed]
         counts[name] = {"slipped": sum(b is not None and b.startswith("-") for b in last),

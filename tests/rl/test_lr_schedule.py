@@ -4,11 +4,14 @@ that use it (each keeps the factors it had), and every error branch."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from rl.lr_schedule import DECAYS, check_schedule, learning_rate, set_learning_rate
+
+CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
 
 def rate(step, **kw):
@@ -63,26 +66,52 @@ def test_warmup_longer_than_the_run_and_a_degenerate_span():
 
 
 def _sft_published(step, max_steps, warmup, min_ratio, base):
-    """jobs/sft.py's formula as its docstring publishes it (written out here, not imported)."""
+    """jobs/sft.py's formula as its docstring published it before SFT read the learner's schedule (`sft.warmup_steps`,
+    `sft.min_lr_ratio`, always cosine; written out here, not imported)."""
     if step < warmup:
         return base * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def sft_rate(step, cfg):
+    """The rate jobs.sft sets for its loop step `step` (0-based): the learner's schedule at rl_step step + 1."""
+    from actors.learner import scheduled_lr
+
+    return scheduled_lr(cfg.learner, step + 1, cfg.sft.max_steps)
+
+
+@pytest.mark.parametrize(("config", "warmup", "min_ratio"), [
+    ("sft_demo.yaml", 100, 0.1),  # the old sft.warmup_steps / sft.min_lr_ratio of each shipped config
+    ("sft_sign_slip.yaml", 0, 1.0),  # a constant rate: learner.lr_decay constant now, a cosine to 1.0 before
+])
+def test_sft_keeps_its_learning_rate_at_every_step(config, warmup, min_ratio):
+    from actors.learner import has_lr_schedule
+    from jobs.config import load_config
+
+    cfg = load_config(CONFIGS / config)
+    steps, base = cfg.sft.max_steps, cfg.learner.lr
+    assert [sft_rate(s, cfg) for s in range(steps)] == [_sft_published(s, steps, warmup, min_ratio, base)
+                                                        for s in range(steps)]
+    assert has_lr_schedule(cfg.learner) == (config == "sft_demo.yaml")  # else the learner leaves lr as it is
+
+
 def test_the_three_trainers_keep_their_numbers():
-    from jobs.sft_config import SFTConfig
-    from jobs.sft_config import learning_rate as sft_rate
+    from jobs.config import load_config
     from jobs.tasks.shapes_sft import learning_rate_factor
     from jobs.tasks.train_shapes_vq import TrainSettings
     from jobs.tasks.train_shapes_vq import learning_rate as vq_rate
 
-    cfg = SFTConfig(max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
-    assert [sft_rate(s, cfg, 3e-3) for s in (0, 9, 10, 60, 109)] == pytest.approx(
+    def sft(steps, warmup, ratio, base):
+        return load_config(CONFIGS / "sft_demo.yaml", [f"sft.max_steps={steps}", f"learner.lr_warmup_steps={warmup}",
+                                                       f"learner.min_lr_ratio={ratio}", f"learner.lr={base}"])
+
+    cfg = sft(110, 10, 0.1, 3e-3)
+    assert [sft_rate(s, cfg) for s in (0, 9, 10, 60, 109)] == pytest.approx(
         [3e-4, 3e-3, 3e-3, 3e-3 * 0.55, 3e-3 * (0.1 + 0.45 * 4.9344e-4)], rel=1e-5)
     for steps, warmup, ratio, base in ((110, 10, 0.1, 3e-3), (2000, 100, 0.1, 1e-3), (7, 0, 0.25, 1.0)):
-        cfg = SFTConfig(max_steps=steps, warmup_steps=warmup, min_lr_ratio=ratio)
-        assert all(sft_rate(s, cfg, base) == _sft_published(s, steps, warmup, ratio, base) for s in range(steps + 1))
+        cfg = sft(steps, warmup, ratio, base)
+        assert all(sft_rate(s, cfg) == _sft_published(s, steps, warmup, ratio, base) for s in range(steps + 1))
 
     # shapes_sft: warm-up min(50, steps // 2), cosine to 0 on the last step
     assert [learning_rate_factor(s, 600) for s in (0, 49, 50, 324, 599)] == pytest.approx(
