@@ -97,6 +97,18 @@ def lora_scaling(lora: Any) -> float:
     return lora.alpha / lora.rank
 
 
+def sync_bytes(network: nn.Module, lora: Any, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
+    """(bytes of an adapter-only weight sync, bytes of a full one) for `network` without adapters (it may live
+    on the meta device: shapes only) at `dtype`: each adapted [out, in] layer sends rank · (in + out) values."""
+    size = torch.empty((), dtype=dtype).element_size()
+    full = sum(tensor.numel() for tensor in network.state_dict().values()) * size
+    adapters = 0
+    for path in target_paths(network, lora.target_modules):
+        layer = network.get_submodule(path)
+        adapters += lora.rank * (layer.in_features + layer.out_features)
+    return adapters * size, full
+
+
 @contextlib.contextmanager
 def adapters_disabled(network: nn.Module) -> Iterator[nn.Module]:
     """Inside the block `network` computes as its base (the reference policy); a network without adapters is

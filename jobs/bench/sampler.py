@@ -156,6 +156,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--policy-eval", type=int, default=0, metavar="N",
                         help="with --modes: also held-out pass@1 of the demo policy on N problems per mode")
     parser.add_argument("--policy-batch", type=int, default=64, help="prompts per sampler call in --policy-eval")
+    parser.add_argument("--lora", type=int, default=None, metavar="RANK",
+                        help="compare a LoRA policy unmerged vs merged instead (jobs/bench/sampler_lora.py)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
@@ -176,6 +178,10 @@ def main(argv: list[str]) -> int:
         return compare_modes(args, sizes, temperatures, modes)
     if args.policy_eval:
         parser.error("--policy-eval needs --modes (it compares pass@1 across sampler modes)")
+    if args.lora is not None:
+        if args.lora < 1:
+            parser.error(f"--lora: got {args.lora}; the adapter rank must be >= 1")
+        return compare_lora_sizes(args, sizes, temperatures)
 
     rows = []
     header = (f"{'size':>5} {'params':>11} {'B':>2} {'P':>4} {'L':>4} {'S':>4} {'blk':>4} {'temp':>4} "
@@ -236,6 +242,28 @@ def compare_modes(args: argparse.Namespace, sizes: list[str], temperatures: list
         print_policy(policy, f"\ndemo policy, {policy[0]['problems']} held-out problems, greedy, gen 40, block 8, "
                              "20 steps (fwd x: forwards saved vs none)")
     write_json(args.out, {"modes": speed, "policy": policy})
+    return 0
+
+
+def compare_lora_sizes(args: argparse.Namespace, sizes: list[str], temperatures: list[float]) -> int:
+    """The --lora run: unmerged vs merged per size and temperature, then the LLaDA-8B sync bytes."""
+    from jobs.bench.sampler_lora import compare_lora, llada_8b_sync_bytes, print_row
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = []
+    for size in sizes:
+        network, mask_id, pad_id = build_network(size)
+        shape = {k: getattr(args, k) if getattr(args, k) is not None else SIZES[size][k]
+                 for k in ("batch", "prompt_length", "gen_length", "steps", "block_length", "repeats")}
+        prompts = make_prompts(shape["batch"], shape["prompt_length"], network.config.vocab_size, mask_id)
+        for temperature in temperatures:
+            rows.append({"size": size, **compare_lora(shape, network, mask_id, pad_id, prompts, args.lora,
+                                                      temperature)})
+            print_row(size, rows[-1])
+    big = llada_8b_sync_bytes(args.lora)
+    print(f"LLaDA-8B shape, rank {args.lora}, bf16: adapter-only sync {big['adapter_sync_bytes']:,} bytes, full "
+          f"{big['full_sync_bytes']:,} bytes: {100 * big['ratio']:.2f} % (target <= 5 %)")
+    write_json(args.out, {"lora": rows, "llada_8b_sync": big})
     return 0
 
 

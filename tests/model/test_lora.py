@@ -21,6 +21,7 @@ from model.lora import (
     is_adapter_key,
     merged_state_dict,
     save_adapter,
+    sync_bytes,
 )
 from rl.advantages import group_advantages
 from rl.config import AlgoConfig
@@ -148,6 +149,24 @@ def test_mmada_networks_take_adapters_too():
 
     network = add_lora(tiny_mmada_model(0).network, LoraConfig(rank=2, target_modules=("q_proj", "v_proj")))
     assert len(adapter_state(network)) == 2 * network.config.n_layers * 2
+
+
+def test_adapter_only_sync_is_under_5_percent_of_a_full_one_at_rank_128_on_the_llada_8b_shape():
+    from model.network import BackboneConfig, MaskedDiffusionLM
+
+    tiny = adapted()  # the formula against the tensors peft actually makes (fp64: 8 bytes a value)
+    adapters, full = sync_bytes(tiny_net(0), LORA, torch.float64)
+    assert adapters == sum(t.numel() * 8 for t in adapter_state(tiny).values())
+    assert full == sum(t.numel() * 8 for n, t in tiny.state_dict().items() if not is_adapter_key(n))
+    llada_8b = BackboneConfig(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
+                              vocab_size=126464, embedding_size=126464)
+    with torch.device("meta"):
+        network = MaskedDiffusionLM(llada_8b)  # shapes, no weights
+    adapters, full = sync_bytes(network, LoraConfig(rank=128, alpha=256.0))
+    # per block: q, k, v, attn_out 128 x (4096 + 4096) each, ff_proj, up_proj, ff_out 128 x (4096 + 12288) each
+    per_block = 4 * 128 * 8192 + 3 * 128 * 16384  # 10,485,760 values
+    assert adapters == 32 * per_block * 2 and full == 8_015_581_184 * 2  # bf16
+    assert adapters / full == pytest.approx(0.04186, abs=1e-5)  # 0.67 GB of 16.0 GB: the target is <= 5 %
 
 
 def test_a_model_lacking_a_target_layer_fails_naming_the_key_and_the_valid_names():
