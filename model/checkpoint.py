@@ -18,8 +18,9 @@ Deviations from upstream, on purpose:
   tokenizer's bos token, else leaves it None: never the LLaDA-8B id, which a smaller vocabulary lacks.
 - MMaDA's config is [unverified]: the rows of `wte`/`ff_out` are taken from the weights when they
   equal `new_vocab_size` rather than `embedding_size`/`vocab_size`.
-- `save` writes no `auto_map` (we ship no remote-code files); copy upstream's `modeling_*.py` and
-  `configuration_*.py` next to the files to load them with `trust_remote_code`.
+- `save` writes remote code of its own (`configuration_unigrpo.py`, `modeling_unigrpo.py`, model/hf_remote.py)
+  and its `auto_map`, not upstream's (which fails on transformers 5.x): `AutoModel.from_pretrained(export,
+  trust_remote_code=True)` builds our network (docs/models.md §1.5).
 """
 
 from __future__ import annotations
@@ -493,13 +494,16 @@ def save_state_dict(
     *,
     max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
-    """Write config.json, the weights and the tokenizer files (if a tokenizer is given) into `path`.
+    """Write config.json, the weights, transformers' remote code (model/hf_remote.py) and the tokenizer files (if
+    a tokenizer is given) into `path`.
 
     state_dict: published key -> tensor (e.g. gathered from ZeRO-3 shards), checked against the
     config first. The directory is written under a temporary name next to `path` and renamed into
     place; an existing directory at `path` is replaced.
     """
     from safetensors.torch import save_file
+
+    from model.hf_remote import write_remote_code
 
     path = Path(path)
     state_dict = {key: tensor.detach() for key, tensor in state_dict.items()}
@@ -511,7 +515,9 @@ def save_state_dict(
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         torch_dtype = state_dict["model.transformer.wte.weight"].dtype
-        (staging / CONFIG_NAME).write_text(json.dumps(config_to_json(config, torch_dtype), indent=2) + "\n")
+        raw = config_to_json(config, torch_dtype)
+        raw["auto_map"] = write_remote_code(staging, config.model_type)  # transformers' AutoModel loads it
+        (staging / CONFIG_NAME).write_text(json.dumps(raw, indent=2) + "\n")
         shards = _plan_shards(state_dict, max_shard_bytes)
         for file_name, keys in shards.items():
             tensors = {key: state_dict[key].to("cpu").contiguous() for key in keys}

@@ -69,8 +69,10 @@ def test_saved_config_uses_the_upstream_field_names(tmp_path):
     assert {key: raw[key] for key in expected} == expected
     assert files_in(path) == [
         "config.json",
+        "configuration_unigrpo.py",  # transformers' remote code (model/hf_remote.py, tests/model/test_hf_export.py)
         "model-00001-of-00001.safetensors",
         "model.safetensors.index.json",
+        "modeling_unigrpo.py",
         "special_tokens_map.json",
         "tokenizer.json",
         "tokenizer_config.json",
