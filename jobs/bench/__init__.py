@@ -4,4 +4,4 @@ Each benchmark lives in `jobs/bench/<name>.py` and exposes `main(argv) -> int`. 
 things they compare side by side in one run and report ratios; tests never assert on timings.
 """
 
-BENCHMARKS = ("sampler", "rewards", "pipeline", "ablation", "toy_t2i", "gpu")
+BENCHMARKS = ("sampler", "rewards", "pipeline", "ablation", "toy_t2i", "gpu", "memory")
