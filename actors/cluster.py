@@ -10,6 +10,9 @@
 - The requested resources (`RoleResources` per role: learner ranks, rollout workers, scorers) are
   checked against the nodes (the planned local node before a local Ray starts, the live nodes of a
   joined cluster) and an impossible request fails with an error that names the config keys.
+- A fraction of a GPU (`learner.gpus_per_rank` or `rollout.gpus_per_worker` below 1: colocation) is placed by Ray
+  on one GPU, never split over two, so the check also counts, for every requested size, how many actors of at
+  least that size the GPUs can hold at all (`check_gpu_sharing`).
 - `create_placement_groups` makes one placement group per role with `cluster.placement_strategy`;
   `bundle_strategy(pg, i)` schedules the i-th actor of a role on its bundle.
 """
@@ -112,6 +115,7 @@ def check_resources(roles: Sequence[RoleResources], nodes: list[dict[str, float]
             terms = " + ".join(r.describe(resource) for r in users)
             raise ResourceError(f"{terms}: {wanted:g} {resource} requested but the cluster has {have:g} "
                                 f"(cluster: {where}); lower these values or add resources")
+    check_gpu_sharing(roles, nodes, where)
     for role in roles:
         fits = [n for n in nodes if n["CPU"] >= role.cpus and n["GPU"] >= role.gpus]
         if strategy == "STRICT_PACK" and not any(
@@ -122,6 +126,26 @@ def check_resources(roles: Sequence[RoleResources], nodes: list[dict[str, float]
         if strategy == "STRICT_SPREAD" and role.count > len(fits):
             raise ResourceError(f"{role.count_key}={role.count}: cluster.placement_strategy=STRICT_SPREAD needs one "
                                 f"node per {role.name} actor, and only {len(fits)} node(s) fit one (cluster: {where})")
+
+
+def check_gpu_sharing(roles: Sequence[RoleResources], nodes: list[dict[str, float]], where: str) -> None:
+    """Raise ResourceError when the GPU requests cannot be packed onto single GPUs.
+
+    Ray puts a fractional request on one GPU, and an actor of g whole GPUs takes g GPUs. Each GPU (a node's
+    fractional remainder counts as one of that size) holds at most floor(capacity / s) actors of size s or more,
+    so for every requested size s the actors of at least s must not outnumber those places. This never refuses a
+    request Ray could place, and it is exact when every GPU actor asks for the same share (e.g. three workers of
+    0.6 ask for 1.8 of two GPUs, but each GPU holds one of them)."""
+    demands = [(min(r.gpus, 1.0), r) for r in roles if r.gpus > 0 for _ in range(r.count * max(1, int(r.gpus)))]
+    gpus = [1.0 for n in nodes for _ in range(int(n["GPU"]))] + [n["GPU"] % 1 for n in nodes if n["GPU"] % 1]
+    for size in sorted({s for s, _ in demands}):
+        users = [r for s, r in demands if s >= size]
+        room = sum(int(capacity / size + 1e-9) for capacity in gpus)
+        if len(users) > room:
+            keys = " + ".join(dict.fromkeys(r.describe("GPU") for r in users))
+            raise ResourceError(f"{keys}: {len(users)} actor(s) need {size:g} of one GPU or more each, and Ray puts "
+                                f"each on a single GPU, but the {len(gpus)} GPU(s) hold at most {room} of them "
+                                f"(cluster: {where}); use shares that add up to at most 1 per GPU or add GPUs")
 
 
 def init_ray(cfg: ClusterConfig, roles: Sequence[RoleResources] = ()) -> list[dict[str, float]]:

@@ -133,7 +133,8 @@ class LearnerConfig:
     cpus_per_rank: float = 1.0
     """Ray CPUs reserved by each rank."""
     gpus_per_rank: float = 0.0
-    """0 = CPU ranks with gloo; 1 = one GPU per rank with NCCL."""
+    """0 = CPU ranks with gloo; a fraction in (0, 1] = a GPU per rank with NCCL, shared with a rollout worker
+    when below 1 (colocation, docs/gpu.md §Colocation)."""
     start_timeout_s: float = 1800.0
     """Deadline, in seconds, for the ranks to start (build the network and the engine, join the group)."""
     call_timeout_s: float = 1800.0
@@ -178,8 +179,13 @@ class LearnerConfig:
         if self.num_ranks < 1:
             raise ValueError(f"num_ranks: {self.num_ranks}; need at least 1 learner rank")
         _check_resources("rank", self.cpus_per_rank, self.gpus_per_rank)
-        if self.gpus_per_rank not in (0, 1):
-            raise ValueError(f"gpus_per_rank: {self.gpus_per_rank}; a learner rank holds 0 (CPU) or exactly 1 GPU")
+        if self.gpus_per_rank > 1:
+            raise ValueError(f"gpus_per_rank: {self.gpus_per_rank}; a learner rank holds 0 (CPU) or a GPU, whole or "
+                             "a fraction in (0, 1] of it")
+        if self.num_ranks > 1 and 0 < self.gpus_per_rank <= 0.5:
+            raise ValueError(f"gpus_per_rank: {self.gpus_per_rank} with num_ranks {self.num_ranks} lets Ray put two "
+                             "ranks on one GPU, which NCCL refuses; use more than 0.5 (a rollout worker may take "
+                             "the rest)")
         _check_deadline("start_timeout_s", self.start_timeout_s)
         _check_deadline("call_timeout_s", self.call_timeout_s)
         if self.lr <= 0:

@@ -408,6 +408,11 @@ class TrainConfig:
                             ".parquet file, or eval.every to 0")
         if not self.data.train:
             problems.append("data.train: no training prompts file; set it to a .jsonl or .parquet file")
+        if (0 < self.learner.gpus_per_rank < 1 and self.rollout.gpus_per_worker > 0
+                and self.rollout.weight_sync.backend == "broadcast"):
+            problems.append(f"rollout.weight_sync.backend: broadcast with learner.gpus_per_rank "
+                            f"{self.learner.gpus_per_rank:g}: a learner rank and a rollout worker may share a GPU, "
+                            "and NCCL refuses two members of one group on a GPU; use object_store")
         if problems:
             raise ValueError("\n".join(problems))
 

@@ -37,6 +37,16 @@ def test_feasible_requests_pass():
     check_resources(gpu, TWO_GPU_NODES, "SPREAD")
 
 
+def test_colocated_shares_pass():
+    """A learner rank and a rollout worker share each GPU (colocation): 1 GPU, and 8 GPUs on one node."""
+    check_resources(roles(LearnerConfig(gpus_per_rank=0.6), RolloutConfig(gpus_per_worker=0.4)),
+                    [{"CPU": 4.0, "GPU": 1.0}])
+    check_resources(roles(LearnerConfig(num_ranks=8, gpus_per_rank=0.6),
+                          RolloutConfig(num_workers=8, gpus_per_worker=0.4)), [{"CPU": 16.0, "GPU": 8.0}])
+    # a node offering a fraction of a GPU holds requests of at most that fraction
+    check_resources(roles(rollout=RolloutConfig(num_workers=2, gpus_per_worker=0.25)), [{"CPU": 4.0, "GPU": 0.5}])
+
+
 @pytest.mark.parametrize("request_roles,nodes,strategy,words", [
     (roles(rollout=RolloutConfig(gpus_per_worker=1)), ONE_NODE, "PACK",
      "rollout.gpus_per_worker=1: each rollout actor needs 1 GPU but the largest node has 0"),
@@ -52,6 +62,19 @@ def test_feasible_requests_pass():
      "learner.num_ranks=2: cluster.placement_strategy=STRICT_PACK puts all learner actors on one node"),
     (roles(rollout=RolloutConfig(num_workers=3)), TWO_GPU_NODES, "STRICT_SPREAD",
      "rollout.num_workers=3: cluster.placement_strategy=STRICT_SPREAD needs one node per rollout actor"),
+    (roles(LearnerConfig(gpus_per_rank=0.6), RolloutConfig(gpus_per_worker=0.6)), [{"CPU": 4.0, "GPU": 1.0}], "PACK",
+     "learner.num_ranks × learner.gpus_per_rank = 1 × 0.6 + rollout.num_workers × rollout.gpus_per_worker = 1 × 0.6: "
+     "1.2 GPU requested but the cluster has 1"),
+    # 1.8 of the 2 GPUs in total, but a 0.6 share cannot be split over two GPUs: each GPU holds one
+    (roles(rollout=RolloutConfig(num_workers=3, gpus_per_worker=0.6)), TWO_GPU_NODES, "PACK",
+     "rollout.num_workers × rollout.gpus_per_worker = 3 × 0.6: 3 actor(s) need 0.6 of one GPU or more each, and "
+     "Ray puts each on a single GPU, but the 2 GPU(s) hold at most 2 of them"),
+    # five workers of 0.4 ask for exactly the 2 GPUs, but a GPU holds two of them (0.8), not two and a half
+    (roles(rollout=RolloutConfig(num_workers=5, gpus_per_worker=0.4)), TWO_GPU_NODES, "PACK",
+     "rollout.num_workers × rollout.gpus_per_worker = 5 × 0.4: 5 actor(s) need 0.4 of one GPU or more each, and "
+     "Ray puts each on a single GPU, but the 2 GPU(s) hold at most 4 of them"),
+    (roles(rollout=RolloutConfig(num_workers=1, gpus_per_worker=0.75)), [{"CPU": 4.0, "GPU": 0.5}], "PACK",
+     "rollout.gpus_per_worker=0.75: each rollout actor needs 0.75 GPU but the largest node has 0.5"),
 ])
 def test_impossible_requests_name_the_config_keys(request_roles, nodes, strategy, words):
     with pytest.raises(ResourceError) as err:
@@ -115,6 +138,9 @@ def test_placement_groups_are_made_per_role_and_time_out_cleanly(ray_session):
 @pytest.mark.parametrize("make,words", [
     (lambda: RolloutConfig(num_workers=0), "num_workers"),
     (lambda: RolloutConfig(gpus_per_worker=1.5), "gpus_per_worker: 1.5 is a fraction above 1"),
+    (lambda: LearnerConfig(gpus_per_rank=2), "gpus_per_rank: 2; a learner rank holds 0 .CPU. or a GPU"),
+    (lambda: LearnerConfig(num_ranks=2, gpus_per_rank=0.5), "gpus_per_rank: 0.5 with num_ranks 2 lets Ray put two "
+                                                            "ranks on one GPU, which NCCL refuses"),
     (lambda: RolloutConfig(cpus_per_worker=-1), "cpus_per_worker"),
     (lambda: WeightSyncConfig(bucket_mb=0), "bucket_mb"),
     (lambda: ClusterConfig(num_cpus=0), "num_cpus"),
