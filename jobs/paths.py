@@ -16,8 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-"""The directory holding the installed packages (jobs/, model/, ...) and the demo's data/."""
+from model.resolve import REPO
+
+PROJECT_ROOT = REPO
+"""The directory holding the installed packages (jobs/, model/, ...) and the demo's data/ (model.resolve's)."""
 
 INPUT_KEYS = ("model.path", "data.train", "data.eval", "rollout.image_tokenizer", "generate.prompts",
               "checkpoint.resume")

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # torch is imported when a model is built: `--help` and argum
     import torch
 
 REPO = Path(__file__).resolve().parent.parent
+"""The installed project: the directory of the packages, i.e. the checkout, or site-packages for a plain install;
+the shipped policies are in it, and jobs/paths.py finds relative config paths in it."""
 DEMO_POLICY = REPO / "model" / "assets" / "demo_policy"
 """The shipped gold-SFT policy that the name 'demo' resolves to."""
 TINY_NAMES = ("tiny", "tiny-mmada")
