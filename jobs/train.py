@@ -29,11 +29,12 @@ from tqdm import tqdm
 
 from jobs.checkpoint import CheckpointError, CheckpointManager, capture_rng_state
 from jobs.config import DEFAULT_CONFIG, TrainConfig, job_parser, load_config, write_resolved
-from jobs.configtree import ConfigError, commented_yaml, to_dict
+from jobs.configtree import ConfigError, to_dict
 from jobs.data import DataError, PromptStream
 from jobs.heldout import HeldoutEvaluator, should_evaluate
 from jobs.metrics import MetricsLogger
 from jobs.multitask import build_requests, image_loader, t2i_grid
+from jobs.preflight import preflight, with_dry_run
 from jobs.stop_signal import Stopped, StopSignal
 from jobs.train_parts import (
     StepResult,
@@ -216,16 +217,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = job_parser("python -m jobs.train", "UniGRPO training on Ray.").parse_args(sys.argv[1:] if argv is None else argv)
+    args = with_dry_run(job_parser("python -m jobs.train", "UniGRPO training on Ray.")).parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.print_config:
-        print(commented_yaml(cfg), end="")
-        return 0
+    if (status := preflight(args, cfg)) is not None:  # --print-config, --dry-run: exit before Ray is imported
+        return status
     from actors.cluster import ResourceError  # imports Ray: only once a run starts
     from actors.group import ActorLost
     from actors.learner import NonFiniteUpdates

@@ -34,6 +34,7 @@ from jobs.config import TrainConfig
 from jobs.configtree import ConfigError
 from jobs.data import PromptDataset, PromptStream, check_training_prompts
 from jobs.multitask import check_tasks, image_tasks, reward_actor_roles, reward_scorer, task_metrics
+from jobs.preflight import log_gpu_plan
 from rl.advantages import batch_advantages
 from rl.batch import RolloutBatch
 from rl.losses import reduce_stats, summarize_stats
@@ -85,6 +86,7 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
     from actors.learner import LearnerGroup
     from actors.rollout_pool import RolloutPool
 
+    log_gpu_plan(cfg)  # on GPUs: the memory plan (docs/gpu.md §Memory planner), before Ray places anything
     roles = [learner_role(cfg.learner), rollout_role(cfg.rollout)]
     if not ray.is_initialized() and cfg.cluster.address is None and not _ray_was_external():
         cleanup.callback(ray.shutdown)  # the local Ray this run starts (a no-op if it never starts)
