@@ -1,7 +1,7 @@
 """Print what the policy wrote in one training step, group by group, from the run directory's rollouts.jsonl.
 
     python -m jobs.show runs/demo                        # the last step logged
-    python -m jobs.show runs/demo --step 3 --uid arith-0042
+    python -m jobs.show runs/demo --step 3 --uid arith-train-04424
 
 Per prompt group: the prompt (and gold answer), then each sample's response, its rewards by term (a None
 with its reason), the weighted total, the advantage the update used, the policy version that sampled it and
