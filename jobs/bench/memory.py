@@ -273,8 +273,8 @@ def learner_setup(cfg, config, prompt_length: int) -> LearnerSetup:
         reference = "none"
     elif lora:
         reference = "adapters_off"
-    else:
-        reference = "copy"
+    else:  # actors/learner.py: under ZeRO-3 the frozen copy is partitioned like the policy
+        reference = "partitioned" if learner.zero_stage == 3 else "copy"
     return LearnerSetup(
         params=params, trainable=trainable, weight_bytes=act, trainable_bytes=act, optimizer_bytes=per_param,
         ranks=learner.num_ranks, zero_stage=learner.zero_stage, reference=reference,

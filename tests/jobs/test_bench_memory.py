@@ -74,6 +74,33 @@ def test_lora_has_no_reference_copy_and_small_optimizer_state():
                     "reference": 0, "activations (peak of a micro-batch)": 7}
 
 
+def test_lora_rows_match_the_learner_network():
+    """The plan's base and adapter bytes equal the tensors of the learner's own LoRA network (model/lora.py on the
+    tiny twin in bf16: peft's adapters take the base's dtype)."""
+    from actors.config import LoraConfig
+    from jobs.bench.memory import plan_for
+    from jobs.config import load_config
+    from model.lora import add_lora, is_adapter_key
+
+    cfg = load_config(None, ["data.train=x.jsonl", "model.path=tiny", "learner.dtype=bf16", "learner.lora.rank=4"])
+    rows = {r.what: r.bytes for r in plan_for(cfg).learner}
+    network = add_lora(tiny_model(dtype=torch.bfloat16).network, LoraConfig(rank=4))
+    sizes = {adapter: sum(p.numel() * p.element_size() for name, p in network.named_parameters()
+                          if is_adapter_key(name) == adapter) for adapter in (True, False)}
+    assert rows["trainable (LoRA adapters)"] == rows["gradients"] == sizes[True]
+    assert rows["base weights"] == sizes[False]
+    assert rows["optimizer state"] == 12 * sizes[True] // 2  # fp32 master + 2 moments per bf16 adapter value
+
+
+@pytest.mark.parametrize("stage,reference", [(2, 2 * 8_015_581_184), (3, 2 * 8_015_581_184 // 8)])
+def test_full_fine_tuning_reference_is_a_copy_or_partitioned_under_zero_3(stage, reference):
+    from jobs.bench.memory import plan_for
+    from jobs.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "llada8b_gsm8k_full_8gpu.yaml", [f"learner.zero_stage={stage}"])
+    assert {r.what: r.bytes for r in plan_for(cfg).learner}["reference"] == reference
+
+
 def test_block_activations_of_the_8b_shape_by_hand():
     """Per token and layer in bf16: two RMSNorms keep an fp32 input (4·d), the normalised and the scaled output
     (2·d each); q, k, v, SDPA's output (2·d each) and its log-sum-exp (4 × 32 heads); the MLP's gate, SiLU, up and
