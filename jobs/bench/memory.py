@@ -158,29 +158,36 @@ def activation_bytes(config, *, rows: int, seq_len: int, scored: int, act: int, 
     return {"retained": retained, "peak": peak}
 
 
+def forward_bytes(config, tokens: int, act: int) -> int:
+    """The most a no-grad forward pass over `tokens` holds at once, counted per token: four [d] tensors in act (the
+    residual stream, the normalised input, the attention's q/k/v and output as they come and go), four fp32 [d]
+    temporaries of RMSNorm and RoPE, and the MLP's three [mlp] tensors (SiLU's, up's, their product); the sampler
+    measurement on the H200 (docs/gpu.md) agrees within 1 %."""
+    return tokens * (4 * act * config.d_model + 4 * FP32 * config.d_model + 3 * act * config.mlp_hidden_size)
+
+
 def sampler_bytes(config, *, rows: int, seq_len: int, block_length: int, act: int, temperature: float,
                   cfg_scale: float = 0.0, cache: str = "none") -> int:
     """The text sampler's working set above its weights (model/sampling.py, no grad): one forward over
-    copies × rows × T tokens (the largest moment: the residual stream, RMSNorm's and RoPE's fp32 temporaries,
-    4·d fp32 per token, and the MLP's three [tokens, mlp] tensors), then the current block's logits
+    copies × rows × T tokens (`forward_bytes`), then the current block's logits
     [rows, block, V] (act), their fp32 softmax and, at τ > 0, the float64 logits and Gumbel noise (2 × 8 bytes);
     with a KV cache (`cache` prefix / dual), 2 × layers × kv keys and values per token."""
     copies = 2 if cfg_scale > 0 else 1
     tokens = copies * rows * seq_len
-    forward = tokens * (4 * act * config.d_model + 4 * FP32 * config.d_model + 3 * act * config.mlp_hidden_size)
+    forward = forward_bytes(config, tokens, act)
     logits = rows * block_length * config.num_embeddings * (copies * act + FP32 + (16 if temperature > 0 else 0))
     cache_bytes = 0 if cache == "none" else tokens * 2 * config.n_layers * config.kv_heads * config.head_dim * act
     return cache_bytes + max(forward, logits + tokens * act * config.d_model)
 
 
 def image_sampler_bytes(config, *, rows: int, seq_len: int, act: int, guidance: float) -> int:
-    """The t2i sampler's working set (model/image_sampling.py): one forward over copies × rows × T tokens as in
-    `sampler_bytes`, then the image-code logits [copies × rows, slots, codebook] (act), their fp32 combination and
+    """The t2i sampler's working set (model/image_sampling.py): one forward over copies × rows × T tokens
+    (`forward_bytes`), then the image-code logits [copies × rows, slots, codebook] (act), their fp32 combination and
     one row's float64 log-softmax and Gumbel noise."""
     copies = 2 if guidance > 0 else 1
     tokens = copies * rows * seq_len
     slots, codes = config.mmada["num_vq_tokens"], config.mmada["codebook_size"]
-    forward = tokens * (4 * act * config.d_model + 4 * FP32 * config.d_model + 3 * act * config.mlp_hidden_size)
+    forward = forward_bytes(config, tokens, act)
     logits = copies * rows * slots * codes * act + rows * slots * codes * FP32 + 2 * slots * codes * 8
     return max(forward, logits + tokens * act * config.d_model)
 
@@ -258,9 +265,14 @@ def views_per_row(algo) -> int:
     return algo.random_masking.copies if algo.estimator == "random_masking" else 1
 
 
+def activation_dtype_bytes(cfg) -> int:
+    """Bytes per weight and activation: the learner and the workers run in `learner.dtype`."""
+    return 2 if cfg.learner.dtype == "bf16" else FP32
+
+
 def learner_setup(cfg, config, prompt_length: int) -> LearnerSetup:
     """The learner of `cfg` (a TrainConfig) on the backbone `config`."""
-    learner, act = cfg.learner, 2 if cfg.learner.dtype == "bf16" else 4
+    learner, act = cfg.learner, activation_dtype_bytes(cfg)
     params = parameter_count(config)
     lora = learner.lora
     trainable = lora_parameter_count(config, lora.rank, lora.target_modules) if lora else params
@@ -287,7 +299,7 @@ def learner_setup(cfg, config, prompt_length: int) -> LearnerSetup:
 def worker_rows(cfg, config, prompt_length: int) -> list[Row]:
     """A rollout worker: its weights in `learner.dtype` and the larger of the text and t2i samplers' working sets
     for a whole shard (the prompts of a step × G / workers, sampled in one call)."""
-    act = 2 if cfg.learner.dtype == "bf16" else 4
+    act = activation_dtype_bytes(cfg)
     params = parameter_count(config)
     rows = cfg.run.prompts_per_step * cfg.algo.group_size // cfg.rollout.num_workers
     sampler = cfg.rollout.sampler
