@@ -289,6 +289,63 @@ class LoggingConfig:
             raise ValueError("wandb_project: empty string; use null to turn W&B off or a project name")
 
 
+JUDGE_COMMAND = ("{python}", "-m", "vllm.entrypoints.cli.main", "serve", "{model}", "--host", "{host}",
+                 "--port", "{port}")
+"""`vllm serve {model} --host {host} --port {port}`, run by the interpreter of vLLM's own environment."""
+JUDGE_PLACEHOLDERS = ("model", "host", "port", "python")
+
+
+@dataclass(frozen=True)
+class JudgeServerConfig:
+    """An OpenAI-compatible judge server (vLLM by default) that a Ray actor runs for the judge terms whose url is
+    `judge_server` (actors/judge_server.py, docs/custom_rewards.md §6)."""
+
+    model: str = ""
+    """What the server serves ({model}): a Hugging Face id or a local directory; also the `model` the judge terms
+    send when they name none."""
+    python: str = ""
+    """The Python interpreter ({python}) of the environment vLLM is installed in (it pins its own torch), e.g.
+    /opt/vllm-env/bin/python."""
+    command: tuple[str, ...] = JUDGE_COMMAND
+    """The server's command line, one argument per item, with {model}, {host} (127.0.0.1), {port} (a free port)
+    and {python} filled in; it must serve GET /health (200 when ready) and POST /v1/chat/completions there."""
+    cpus: float = 1.0
+    """Ray CPUs reserved by the server's actor (the server process runs inside this reservation)."""
+    gpus: float = 1.0
+    """GPUs reserved by the server's actor on the driver's node; the server sees them (CUDA_VISIBLE_DEVICES)."""
+    start_timeout_s: float = 1200.0
+    """Deadline, in seconds, for the server to answer GET /health with 200 after it is launched (model load)."""
+    max_restarts: int = 3
+    """Times per run a server that died is started again; once they are spent the run stops at its next step."""
+
+    def __post_init__(self):
+        if not self.model.strip():
+            raise ValueError("model: empty; name the judge model to serve (a Hugging Face id or a local directory)")
+        if not self.python.strip():
+            raise ValueError("python: empty; give the Python interpreter of vLLM's environment, e.g. "
+                             "/opt/vllm-env/bin/python")
+        if not self.command:
+            raise ValueError("command: empty; give the server's command line as a list of arguments")
+        for index, arg in enumerate(self.command):
+            try:
+                arg.format(**dict.fromkeys(JUDGE_PLACEHOLDERS, ""))
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"command[{index}]: {arg!r} ({type(exc).__name__}: {exc}); placeholders: "
+                                 f"{', '.join('{' + p + '}' for p in JUDGE_PLACEHOLDERS)} (double literal braces)"
+                                 ) from None
+        for needed in ("{host}", "{port}"):
+            if not any(needed in arg for arg in self.command):
+                raise ValueError(f"command: {list(self.command)} has no {needed}; the server must listen where the "
+                                 "actor looks for it")
+        if self.cpus <= 0:
+            raise ValueError(f"cpus: {self.cpus}; the server's actor needs > 0 CPU")
+        if self.gpus < 0 or (self.gpus > 1 and self.gpus != int(self.gpus)):
+            raise ValueError(f"gpus: {self.gpus}; use 0 (a CPU server), a fraction <= 1 or a whole number of GPUs")
+        _check_deadline("start_timeout_s", self.start_timeout_s)
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts: {self.max_restarts}; use 0 (never restart) or more")
+
+
 @dataclass(frozen=True)
 class RewardActorsConfig:
     """How the reward terms are spread over Ray actors and what each actor reserves."""
@@ -308,6 +365,8 @@ class RewardActorsConfig:
     treated as hung: killed, replaced and the batch re-sent."""
     start_timeout_s: float = 600.0
     """How long to wait for a reward actor to be placed and to build its rewards (model loads included)."""
+    judge_server: JudgeServerConfig | None = None
+    """A judge server to run for the judge terms whose url is `judge_server` (null: none)."""
 
     def __post_init__(self):
         if not isinstance(self.heavy_terms, tuple) or not all(isinstance(t, str) and t for t in self.heavy_terms):

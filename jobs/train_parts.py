@@ -72,8 +72,9 @@ def load_data(cfg: TrainConfig, backbone, tokenizer) -> tuple[PromptStream, list
 
 
 def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[Any, Any, Any]:
-    """Ray (started here, or the cluster joined), then the reward scorer, the `LearnerGroup` and the
-    `RolloutPool` over the network `source`; each is registered on the ExitStack `cleanup` to be stopped."""
+    """Ray (started here, or the cluster joined), then the judge server (`reward_actors.judge_server`, if set), the
+    reward scorer, the `LearnerGroup` and the `RolloutPool` over the network `source`; each is registered on the
+    ExitStack `cleanup` to be stopped."""
     import ray  # Ray loads once a run starts, never for --print-config or a config error
 
     from actors.cluster import (
@@ -83,8 +84,10 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
         remove_placement_groups,
         rollout_role,
     )
+    from actors.judge_server import JudgedScorer, judge_server_roles, start_judge_server
     from actors.learner import LearnerGroup
     from actors.rollout_pool import RolloutPool
+    from rewards.remote import judge_server_problems
 
     log_gpu_plan(cfg)  # on GPUs: the memory plan (docs/gpu.md §Memory planner), before Ray places anything
     roles = [learner_role(cfg.learner), rollout_role(cfg.rollout)]
@@ -92,9 +95,14 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
         cleanup.callback(ray.shutdown)  # the local Ray this run starts (a no-op if it never starts)
     started = time.perf_counter()  # progress: a line per start-up phase, on stderr (the log)
     log.info("start-up: Ray (%s)", cfg.cluster.address or os.environ.get("RAY_ADDRESS") or "a local instance")
+    judge_problems = judge_server_problems(cfg.rewards, served=cfg.reward_actors.judge_server is not None)
+    if judge_problems:  # terms that say url: judge_server vs the section that runs it
+        raise ConfigError(judge_problems)
     # an impossible resource request fails here, before any actor exists (reward actors included)
-    init_ray(cfg.cluster, roles + reward_actor_roles(cfg, tasks))
-    scorer = reward_scorer(cfg, tasks)  # heavy terms (clip, image_reward): Ray actors; else in-process
+    init_ray(cfg.cluster, roles + reward_actor_roles(cfg, tasks) + judge_server_roles(cfg.reward_actors))
+    judge = start_judge_server(cfg.reward_actors.judge_server, cfg.run.run_dir, cleanup)  # loads while the rest starts
+    served = cfg if judge is None else dataclasses.replace(cfg, rewards=judge.serve(cfg.rewards))
+    scorer = reward_scorer(served, tasks)  # heavy terms (clip, image_reward): Ray actors; else in-process
     cleanup.callback(scorer.close)
     groups = create_placement_groups(roles, cfg.cluster)
     cleanup.callback(remove_placement_groups, groups)
@@ -109,6 +117,10 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
                        name=cfg.run.name, lora=cfg.learner.lora)
     cleanup.callback(pool.shutdown)
     log.info("start-up: rollout workers ready after %.1f s", time.perf_counter() - started)
+    if judge is not None:  # launched before the learners: its model loaded while theirs did
+        judge.ready()
+        log.info("start-up: judge server ready after %.1f s at %s", time.perf_counter() - started, judge.url)
+        scorer = JudgedScorer(scorer, judge)  # checked before each batch; its restarts in the health metrics
     return scorer, learners, pool
 
 
