@@ -133,7 +133,8 @@ def format_step(entry: dict[str, Any], run_dir: Path, uid: str | None = None) ->
                 reason = f" ({row['total_reason']})" if row["total_reason"] else ""
                 terms = " ".join(f"{term}={_number(value)}" + (f" ({row['reasons'][term]})" if term in row["reasons"]
                                                               else "") for term, value in row["rewards"].items())
-                head += f"{reason}  advantage {_number(row['advantage'], signed=True)}  v{row['version']}  {terms}"
+                advantage = "none (group dropped)" if row["advantage"] is None else _number(row["advantage"], signed=True)
+                head += f"{reason}  advantage {advantage}  v{row['version']}  {terms}"
                 out.append(head)
                 if row["kind"] != "t2i":
                     out += _indented("response", row["response"])

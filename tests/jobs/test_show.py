@@ -16,7 +16,7 @@ import torch
 
 from actors.config import LoggingConfig
 from jobs.metrics import MetricsLogger
-from jobs.show import main, step_ranges
+from jobs.show import format_step, main, step_ranges
 from jobs.train_parts import StepResult, rollout_rows
 from rl.advantages import batch_advantages
 from rl.batch import RolloutBatch
@@ -88,6 +88,8 @@ def test_advantages_are_the_updates_and_a_dropped_group_has_none():
     rows = rollout_rows(step_result(batch, AdvantageConfig(drop_groups_above=0.4)), text=True)
     assert [row["advantage"] for row in rows][:2] == [None, None]
     assert [row["advantage"] for row in rows][2:] == pytest.approx([1.0, -1.0], rel=1e-4)
+    shown = format_step({"step": 5, "rows": rows}, Path("run"), "p1")
+    assert "  [0] total 2.5  advantage none (group dropped)  v3  correctness=1 format=1\n" in shown
 
 
 def t2i_batch() -> RolloutBatch:
