@@ -7,7 +7,7 @@ Nothing is loaded: the parameter shapes come from the network built on the meta 
 (a checkpoint's config.json, a tiny twin's, or a published shape when `model.path` is not downloaded yet:
 `resolve_shape`). The terms (weights, trainable parameters, gradients, optimizer state, reference, activations of
 one micro-batch with or without gradient checkpointing, the sampler's working set) and the formulas behind each
-are in docs/gpu.md §"Memory planner"; `activation_bytes` is checked against torch's measured CPU peak on the tiny
+are in docs/gpu.md §Memory planner; `activation_bytes` is checked against torch's measured CPU peak on the tiny
 model and the whole plan against the two GPU measurements (tests/jobs/test_bench_memory.py). A learner rank and
 a rollout worker that share a GPU (`learner.gpus_per_rank` < 1) add up: each process keeps what its allocator
 reserved.
@@ -24,8 +24,8 @@ from typing import Any
 
 GIB = 2**30
 PROMPT_LENGTH = 256
-"""Prompt tokens planned for when the data is not read (`--prompt-length`); GSM8K prompts with LLaDA's chat
-template stay below it."""
+"""Prompt tokens planned for (`--prompt-length`): the planner does not tokenize the data, so give the longest
+prompt of yours, chat template included, when it is longer."""
 PUBLISHED = {"LLaDA-8B-Instruct": "llada-8b", "LLaDA-8B-Base": "llada-8b", "MMaDA-8B-Base": "mmada-8b",
              "MMaDA-8B-MixCoT": "mmada-8b"}
 """Checkpoint directory names (the last component of `model.path`) -> the published shape they have."""
@@ -349,7 +349,9 @@ class Plan:
         return all(total <= self.gpu_gib * GIB for total in self.per_gpu().values())
 
     def to_dict(self) -> dict[str, Any]:
-        rows = lambda items: [dict(what=r.what, gib=r.bytes / GIB, bytes=r.bytes, how=r.how) for r in items]  # noqa: E731
+        def rows(items: list[Row]) -> list[dict[str, Any]]:
+            return [dict(what=r.what, gib=r.bytes / GIB, bytes=r.bytes, how=r.how) for r in items]
+
         return dict(shape=self.shape, gpu_gib=self.gpu_gib, colocated=self.colocated,
                     learner=rows(self.learner), worker=rows(self.worker),
                     learner_gib=self.learner_bytes / GIB, worker_gib=self.worker_bytes / GIB,
