@@ -51,3 +51,11 @@ def test_the_command_runs_from_another_directory(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--print-config"]) == 0
     assert f"path: {PROJECT_ROOT / 'model/assets/sign_slip_policy'}  #" in capsys.readouterr().out
+
+
+def test_an_exit_status_and_a_missing_job_read_as_python_would(capsys):
+    from jobs.cli import _status, describe
+
+    assert [_status(None), _status(0), _status(4)] == [0, 0, 4]
+    assert _status("cannot go on") == 1 and capsys.readouterr().err == "cannot go on\n"  # sys.exit(message)
+    assert describe("no_such_job") == "(not in this install)"
