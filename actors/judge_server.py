@@ -28,18 +28,21 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.cluster import RoleResources
-from actors.config import JudgeServerConfig, RewardActorsConfig
 from actors.group import ActorGroup, wait_one
 from rewards.config import RewardsConfig
 from rewards.remote import serve_judge
+
+if TYPE_CHECKING:  # the actor's process imports this module: it needs neither torch nor the config classes
+    from actors.cluster import RoleResources
+    from actors.config import JudgeServerConfig, RewardActorsConfig
 
 HOST = "127.0.0.1"
 HEALTH_PATH = "/health"
@@ -75,6 +78,8 @@ class JudgeServerError(RuntimeError):
 
 def judge_server_roles(cfg: RewardActorsConfig) -> list[RoleResources]:
     """The judge server's actor for `actors.cluster.check_resources` ([] when none is configured)."""
+    from actors.cluster import RoleResources  # imports torch (through actors.config): the driver's side only
+
     server = cfg.judge_server
     if server is None:
         return []
@@ -114,10 +119,13 @@ def _signal_group(pgid: int, signum: int) -> None:
 # ---------------------------------------------------------------------------------------------- actor side
 class JudgeServerProcess:
     """The server process, its launches and restarts; run it as `ray.remote(JudgeServerProcess)` (in-process in
-    tests of its error paths). A thread started by `start` watches the process and restarts it when it dies."""
+    tests of its error paths). A thread started by `start` watches the process and restarts it when it dies.
+    `command` is the section's, filled in (`server_command`) for `port`; the other arguments are its keys."""
 
-    def __init__(self, cfg: JudgeServerConfig, port: int, log_path: str):
-        self.cfg, self.port, self.log_path = cfg, port, Path(log_path)
+    def __init__(self, command: Sequence[str], port: int, log_path: str, *, start_timeout_s: float,
+                 max_restarts: int):
+        self.command, self.port, self.log_path = list(command), port, Path(log_path)
+        self.start_timeout_s, self.max_restarts = start_timeout_s, max_restarts
         self.restarts = 0
         """Launches after the first one (each after a death)."""
         self.failure: str | None = None
@@ -162,8 +170,8 @@ class JudgeServerProcess:
                         continue
                     death = f"exited with status {self._process.returncode}"
                     self._kill()  # what it left running in its group
-                if self.restarts >= self.cfg.max_restarts:
-                    self.failure = (f"judge server {death}, and {SECTION}.max_restarts={self.cfg.max_restarts} "
+                if self.restarts >= self.max_restarts:
+                    self.failure = (f"judge server {death}, and {SECTION}.max_restarts={self.max_restarts} "
                                     f"restart(s) are spent; the end of {self.log_path}:\n{self._tail()}")
                     continue
                 self.restarts += 1
@@ -174,7 +182,7 @@ class JudgeServerProcess:
 
     def _launch(self) -> None:
         """Start the command and wait for health; on failure its group is killed and JudgeServerError raised."""
-        command = server_command(self.cfg, self.port)
+        command = self.command
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} launch {self.restarts}: "
@@ -190,7 +198,7 @@ class JudgeServerProcess:
         self._reaper = subprocess.Popen([sys.executable, "-c", _REAPER, str(self._process.pid)],
                                         stdin=subprocess.PIPE, start_new_session=True)
         self._reaper.wait()  # its first process exits at once; its fork holds the pipe
-        deadline = time.monotonic() + self.cfg.start_timeout_s
+        deadline = time.monotonic() + self.start_timeout_s
         while not self._stopping.is_set():
             if self._process.poll() is not None:
                 code = self._process.returncode
@@ -202,7 +210,7 @@ class JudgeServerProcess:
             if time.monotonic() > deadline:
                 self._kill()
                 raise JudgeServerError(f"judge server not ready within {SECTION}.start_timeout_s="
-                                       f"{self.cfg.start_timeout_s:g} s (GET http://{HOST}:{self.port}{HEALTH_PATH} "
+                                       f"{self.start_timeout_s:g} s (GET http://{HOST}:{self.port}{HEALTH_PATH} "
                                        f"never answered 200); the end of {self.log_path}:\n{self._tail()}")
             time.sleep(POLL_S)
 
@@ -249,8 +257,9 @@ class JudgeServer:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         actor = ray.remote(JudgeServerProcess).options(num_cpus=cfg.cpus, num_gpus=cfg.gpus, max_restarts=0,
                                                        scheduling_strategy=here)
-        self.actors = ActorGroup("judge server", 1, lambda slot, generation: actor.remote(cfg, self.port,
-                                                                                          str(self.log_path)))
+        arguments = (server_command(cfg, self.port), self.port, str(self.log_path))
+        limits = {"start_timeout_s": cfg.start_timeout_s, "max_restarts": cfg.max_restarts}
+        self.actors = ActorGroup("judge server", 1, lambda slot, generation: actor.remote(*arguments, **limits))
         self._started = self.actors[0].start.remote()
 
     def serve(self, config: RewardsConfig) -> RewardsConfig:

@@ -12,7 +12,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from actors.cluster import ResourceError, check_resources, learner_role
@@ -23,10 +22,12 @@ from actors.judge_server import (
     JudgeServerError,
     JudgeServerProcess,
     judge_server_roles,
+    server_command,
 )
 from rewards import RewardService, Sample
 from rewards.config import RewardsConfig, RewardTermConfig
 from rewards.remote import serve_judge
+from tests.jobs.test_rollout_job import gone
 from tests.rewards.batches import batch_of
 
 STAND_IN = textwrap.dedent('''
@@ -94,17 +95,10 @@ def read_pids(path: Path, old: tuple[int, int] | None = None, timeout_s: float =
     raise AssertionError(f"no new pids in {path} within {timeout_s} s")
 
 
-def gone(pid: int, timeout_s: float = 15.0) -> bool:
-    """True once `pid` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
+def actor_of(cfg: JudgeServerConfig, port: int, tmp_path: Path) -> JudgeServerProcess:
+    """The actor's class in this process, for `cfg`, as `JudgeServer` builds it in its actor."""
+    return JudgeServerProcess(server_command(cfg, port), port, str(tmp_path / "log"),
+                              start_timeout_s=cfg.start_timeout_s, max_restarts=cfg.max_restarts)
 
 
 def judge_term(**options) -> RewardsConfig:
@@ -174,20 +168,20 @@ def test_a_command_that_exits_at_once_is_an_error_with_its_log(ray_session, tmp_
 
 def test_a_server_that_never_gets_ready_is_stopped_with_an_error(tmp_path):
     code = "import os, sys, time; open(sys.argv[3], 'w').write(str(os.getpid())); print('warming up'); time.sleep(60)"
-    process = JudgeServerProcess(inline(tmp_path, code, start_timeout_s=1.0), 1, str(tmp_path / "log"))
+    process = actor_of(inline(tmp_path, code, start_timeout_s=1.0), 1, tmp_path)
     with pytest.raises(JudgeServerError) as caught:
         process.start()
     assert str(caught.value).startswith("judge server not ready within reward_actors.judge_server.start_timeout_s=1 s "
                                         "(GET http://127.0.0.1:1/health never answered 200)")
     assert str(caught.value).endswith("warming up\n")
-    assert gone(int((tmp_path / "pid").read_text()), timeout_s=1.0)
+    assert gone(int((tmp_path / "pid").read_text()), within_s=1.0)
 
 
 def test_restarts_are_bounded_and_a_missing_interpreter_is_named(tmp_path):
     cfg, pid_file = stand_in(tmp_path, max_restarts=0)
     from actors.judge_server import free_port
 
-    process = JudgeServerProcess(cfg, free_port(), str(tmp_path / "log"))
+    process = actor_of(cfg, free_port(), tmp_path)
     try:
         process.start()
         leader, child = read_pids(pid_file)
@@ -202,8 +196,7 @@ def test_restarts_are_bounded_and_a_missing_interpreter_is_named(tmp_path):
     finally:
         process.stop()
 
-    missing = JudgeServerProcess(JudgeServerConfig(model="m", python="/nonexistent/bin/python"), 1,
-                                 str(tmp_path / "log"))
+    missing = actor_of(JudgeServerConfig(model="m", python="/nonexistent/bin/python"), 1, tmp_path)
     with pytest.raises(JudgeServerError, match=r"command: cannot run '/nonexistent/bin/python' \(FileNotFoundError"):
         missing.start()
 
