@@ -1,7 +1,8 @@
 """The learner group: n Ray actors forming one torch.distributed group, a DeepSpeed engine on each.
 
 Each `LearnerRank` builds the policy from a `NetworkSource`, keeps a frozen copy of it as the
-reference policy (eval, no grad, never updated), and wraps the policy in a DeepSpeed engine with ZeRO
+reference policy (eval, no grad, never updated; under ZeRO-3 partitioned across the ranks by a DeepSpeed
+engine without optimizer, so no rank holds all of it), and wraps the policy in a DeepSpeed engine with ZeRO
 stage 0-3 from `LearnerConfig`. With `learner.lora` (docs/lora.md) the engine trains the adapters only
 and there is no copy: the reference is the same network with its adapters disabled; weight syncs send the
 adapter tensors, `state_dict_for_sync` the merged weights. Engines run on gloo on CPU (DS_ACCELERATOR=cpu),
@@ -298,6 +299,8 @@ class LearnerRank:
         network = network.to(self.device)
         if self.cfg.lora is None:  # with LoRA the reference is the policy itself, adapters disabled (rl.update)
             self.ref_network = copy.deepcopy(network).eval().requires_grad_(False)
+            if self.cfg.zero_stage == 3:
+                self.ref_network = self._partitioned(self.ref_network)
         network.gradient_checkpointing = self.cfg.gradient_checkpointing
         network.train()
         trainable = [param for param in network.parameters() if param.requires_grad]  # LoRA: the adapters only
@@ -311,6 +314,15 @@ class LearnerRank:
         self.adapter = DeepSpeedEngineAdapter(self.engine, self.world_size)
         if self.cfg.lora is not None:
             self.ref_network = self.engine.module
+
+    def _partitioned(self, reference: nn.Module) -> nn.Module:
+        """ZeRO-3, full fine-tuning: the reference partitioned across the ranks as the policy is (each rank keeps
+        1/n of it; its forward gathers one layer at a time), through a DeepSpeed engine without optimizer."""
+        import deepspeed
+
+        config = {key: value for key, value in deepspeed_config(self.cfg, self.world_size).items() if key != "optimizer"}
+        engine, *_ = deepspeed.initialize(model=reference, config=config)
+        return engine.module
 
     # -- training -------------------------------------------------------------------------------
     def train_step(self, step_fn: str | StepFunction, shard: Mapping[str, Any], common: Mapping[str, Any],
@@ -345,14 +357,15 @@ class LearnerRank:
         specs = params + [(n, b.dtype, tuple(b.shape)) for n, b in self._buffers()]
         return [spec for spec in specs if wanted(spec[0])]
 
-    def _buffers(self) -> list[tuple[str, torch.Tensor]]:
-        names = set(self.engine.module.state_dict(keep_vars=True))
-        return [(n, b) for n, b in self.engine.module.named_buffers() if n in names]
+    def _buffers(self, module: nn.Module | None = None) -> list[tuple[str, torch.Tensor]]:
+        module = self.engine.module if module is None else module
+        names = set(module.state_dict(keep_vars=True))
+        return [(n, b) for n, b in module.named_buffers() if n in names]
 
-    def _full_tensors(self, which: str = "synced") -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, full tensor) of the tensors `which` names, in `_specs` order; under ZeRO-3 every rank must
-        iterate (gathers). The tensor is valid until the next item is requested."""
-        module, wanted = self.engine.module, self._wanted(which)
+    def _full_tensors(self, which: str = "synced", module: nn.Module | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) of the tensors `which` names of `module` (default: the policy), in `_specs` order;
+        under ZeRO-3 every rank must iterate (gathers). The tensor is valid until the next item is requested."""
+        module, wanted = self.engine.module if module is None else module, self._wanted(which)
         for name, param in module.named_parameters():
             if not wanted(name):
                 continue
@@ -363,7 +376,7 @@ class LearnerRank:
                     yield name, param.detach()
             else:
                 yield name, param.detach()
-        yield from ((name, buffer) for name, buffer in self._buffers() if wanted(name))
+        yield from ((name, buffer) for name, buffer in self._buffers(module) if wanted(name))
 
     def _follow_gathers(self, which: str = "synced") -> None:
         """Ranks other than 0 take part in the ZeRO-3 gathers of a full-weights pass (nothing to do otherwise)."""
@@ -423,10 +436,9 @@ class LearnerRank:
 
     def ref_checksum(self) -> str:
         """sha256 of the reference's weights: the frozen copy, or with LoRA the base (every tensor but the
-        adapters; all ranks at once under ZeRO-3)."""
-        if self.cfg.lora is None:
-            return checksum(self.ref_network.state_dict().items())
-        return checksum((name, tensor.to("cpu", copy=True)) for name, tensor in self._full_tensors("base"))
+        adapters); all ranks at once under ZeRO-3 (the reference is partitioned, gathered here)."""
+        tensors = self._full_tensors("base", self.ref_network)  # no adapters: the reference's every tensor
+        return checksum((name, tensor.to("cpu", copy=True)) for name, tensor in tensors)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, directory: str) -> None:

@@ -76,6 +76,11 @@ def masked_ce_step(ctx: LearnerContext, *, input_ids, masked, num_sequences_glob
     return stats if norm is None else {**stats, "grad_norm": norm}
 
 
+def reference_values_held(ctx: LearnerContext) -> dict[str, float]:
+    """How many of the reference's values this rank holds (a ZeRO-3 partition: `ds_tensor`)."""
+    return {"held": float(sum(getattr(p, "ds_tensor", p).numel() for p in ctx.ref_network.parameters()))}
+
+
 def fails_on_rank_one(ctx: LearnerContext) -> dict[str, float]:
     if ctx.rank == 1:
         raise ValueError("bad shard on rank 1")
@@ -232,6 +237,12 @@ def test_zero3_and_zero0_equal_single_process_and_gather_full_weights(ray_sessio
         assert sums[0] == sums[1]
         if lora is None:
             assert sums[0] == checksum(weights.items())
+            frozen = ray.get([r.ref_checksum.remote() for r in group.ranks])
+            assert frozen == [checksum(initial.state_dict().items())] * 2  # gathered under ZeRO-3
+        if lora is None and stage == 3:  # the full fine-tune's reference is partitioned: each rank holds ~half
+            total = sum(p.numel() for p in initial.parameters())
+            held = [s["held"] for s in group.train_step(reference_values_held, [{}, {}])]
+            assert sum(held) >= total and max(held) <= total / 2 + 1024, (held, total)
         else:  # the ranks hash base + adapters; the base never moved; the adapters are what a sync sends
             base = {k: v for k, v in network.state_dict().items() if not is_adapter_key(k)}
             assert ray.get([r.ref_checksum.remote() for r in group.ranks]) == [checksum(base.items())] * 2
