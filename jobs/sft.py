@@ -165,7 +165,7 @@ def train_step(session: Session, progress: Progress) -> None:
                        mask_id=session.ids.mask, pad_id=session.ids.pad)
     lr = scheduled_lr(cfg.learner, progress.step + 1, cfg.sft.max_steps)
     stats = session.group.train_step(sft_step, shard(batch, cfg.learner.num_ranks), rl_step=progress.step + 1,
-                                     num_sequences_global=cfg.sft.batch_size, lr=lr)
+                                     num_sequences_global=cfg.sft.batch_size)
     progress.losses.append(sum(s["loss"] for s in stats))
     progress.step += 1
     if progress.step % cfg.sft.log_every == 0:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rl.lr_schedule import set_learning_rate
 from rl.update import Engine
 
 
@@ -97,16 +96,9 @@ def sft_update(engine: Engine, *, input_ids: torch.Tensor, noisy_ids: torch.Tens
     return {"loss": total, "masked_tokens": float(masked.sum())}
 
 
-def sft_step(ctx, *, lr: float, num_sequences_global: int, **batch: torch.Tensor | None) -> dict[str, float]:
-    """On each learner rank (ctx: actors.learner.LearnerContext): set the step's lr, then `sft_update` on the rank's
-    shard (jobs/sft_data.py `make_batch`'s tensors); returns the rank's share of the loss (summed over ranks) and
-    its masked count."""
-    set_learning_rate(engine_optimizer(ctx.engine), lr)
+def sft_step(ctx, *, num_sequences_global: int, **batch: torch.Tensor | None) -> dict[str, float]:
+    """On each learner rank (ctx: actors.learner.LearnerContext): `sft_update` on the rank's shard (jobs/sft_data.py
+    `make_batch`'s tensors); returns the rank's share of the loss (summed over ranks) and its masked count. The
+    learning rate is the learner's (`learner.lr` and its schedule, set by the learner group before the step)."""
     return sft_update(ctx.engine, **batch, num_sequences_global=num_sequences_global,
                       micro_batch_size=ctx.config.micro_batch_size, device=ctx.device)
-
-
-def engine_optimizer(engine: Engine) -> torch.optim.Optimizer:
-    """The optimizer behind an `rl.update.Engine`: a DeepSpeed adapter's engine's, or a PlainEngine's."""
-    deepspeed_engine = getattr(engine, "engine", None)
-    return deepspeed_engine.optimizer if deepspeed_engine is not None else engine.optimizer

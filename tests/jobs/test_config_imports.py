@@ -27,9 +27,9 @@ print(json.dumps({"loaded": loaded, "run_name": cfg.run.name}))
 
 JOBS_PROBE = """
 import contextlib, io, json, sys
-import jobs.eval, jobs.sample
+import jobs.eval, jobs.sample, jobs.sft
 printed = {}
-for job in (jobs.eval, jobs.sample):
+for job in (jobs.eval, jobs.sample, jobs.sft):
     with contextlib.redirect_stdout(io.StringIO()) as out:
         code = job.main(["--set", "eval.limit=3", "--print-config"])
     printed[job.__name__] = (code, out.getvalue())
@@ -47,11 +47,12 @@ def test_loading_and_printing_the_demo_config_imports_no_ray():
     assert report["loaded"] == [], f"loading the config imported {report['loaded']}"
 
 
-def test_jobs_eval_and_jobs_sample_import_and_print_their_config_without_ray():
+def test_jobs_eval_sample_and_sft_import_and_print_their_config_without_ray():
     done = subprocess.run([sys.executable, "-c", JOBS_PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    for job in ("jobs.eval", "jobs.sample"):
+    for job in ("jobs.eval", "jobs.sample", "jobs.sft"):
         code, text = report["printed"][job]
         assert code == 0 and "  limit: 3  # " in text and "sample:  # " in text  # the tree, with the --set
-    assert report["loaded"] == [], f"importing jobs.eval / jobs.sample or printing their config imported {report['loaded']}"
+    assert "  name: sft_demo  # " in report["printed"]["jobs.sft"][1]  # jobs.sft's own default config
+    assert report["loaded"] == [], f"importing jobs.eval/sample/sft or printing their config imported {report['loaded']}"

@@ -223,7 +223,7 @@ def test_responses_fit_the_demo_generation_length():
     tokenizer = load_tiny_tokenizer()
     rows = [json.loads(line) for line in (DATA / "heldout.jsonl").read_text().splitlines()]
     lengths = [len(ids) for ids in tokenizer([r["response"] for r in rows], add_special_tokens=False)["input_ids"]]
-    assert max(lengths) < 40  # sampler.gen_length of jobs/configs/sft_demo.yaml, one EOS at least
+    assert max(lengths) < 40  # rollout.sampler.gen_length of jobs/configs/sft_demo.yaml, one EOS at least
 
 
 def test_cli_writes_both_files(tmp_path, capsys):
