@@ -132,6 +132,7 @@ class JudgeServerProcess:
         """Why the server is down for good (its restarts spent), else None."""
         self._process: subprocess.Popen | None = None
         self._reaper: subprocess.Popen | None = None
+        self._log_offset = 0  # where the latest launch's output starts in the log
         self._lock = threading.Lock()  # one launch or stop at a time; status waits for a restart in progress
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
