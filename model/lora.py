@@ -49,8 +49,8 @@ def target_paths(network: nn.Module, target_modules: tuple[str, ...] | list[str]
     lacks one (a checkpoint without that layer, or a name that is no block linear)."""
     valid = block_linears(network)
     missing = [name for name in target_modules if name not in valid]
-    if missing or not target_modules:
-        raise ValueError(f"{TARGETS_KEY}: {missing or list(target_modules)} not found as a linear layer of every "
+    if missing:
+        raise ValueError(f"{TARGETS_KEY}: {missing} not found as a linear layer of every "
                          f"block of this model (model.transformer.blocks.<i>.<name>); valid names: {', '.join(valid)}")
     blocks = network.model.transformer.blocks
     return [f"model.transformer.blocks.{i}.{name}" for i in range(len(blocks)) for name in target_modules]
@@ -67,9 +67,9 @@ def peft_config(lora: Any, paths: list[str]) -> Any:
 def add_lora(network: nn.Module, lora: Any, *, seed: int = 0) -> nn.Module:
     """Inject adapters into `network` in place and freeze everything else; returns `network`.
 
-    A = kaiming-uniform from a private generator seeded with `seed` (every learner rank and rollout worker
-    builds the same adapters; the global RNG is left as it was), B = 0: the adapted network starts equal
-    to the base."""
+    A = kaiming-uniform drawn right after `torch.manual_seed(seed)` inside `fork_rng` (every learner rank and
+    rollout worker builds the same adapters; the global RNG state is restored after), B = 0: the adapted
+    network starts equal to the base."""
     from peft import inject_adapter_in_model
 
     if has_lora(network):

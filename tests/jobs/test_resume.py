@@ -44,10 +44,11 @@ STEPS = 4
 RUN_TIMEOUT_S = 600  # a shared 2-core machine can be very slow; the marker normally comes within a minute
 
 
-def overrides(tmp_path: Path, name: str, *, steps: int = STEPS, mode: str = "sync") -> list[str]:
+def overrides(tmp_path: Path, name: str, *, steps: int = STEPS, mode: str = "sync",
+              extra: tuple[str, ...] = ()) -> list[str]:
     return [f"run.output_dir={tmp_path}", f"run.name={name}", f"run.steps={steps}", "run.prompts_per_step=4",
             f"data.train={tmp_path / 'eight.jsonl'}", "checkpoint.every=1", "checkpoint.keep_last=3",
-            f"run.mode={mode}"]
+            f"run.mode={mode}", *extra]
 
 
 def eight_prompts(tmp_path: Path) -> None:
@@ -116,19 +117,22 @@ def checkpoint_cursor(run_dir: Path, step: int) -> dict:
     return verify(run_dir / "checkpoints" / f"step_{step}")["data"]
 
 
-def test_sigkill_and_resume_twice_equals_uninterrupted(tmp_path, ray_session, monkeypatch):
+# LoRA (docs/lora.md): the checkpoint holds the adapters and their Adam state (the base is rebuilt from the
+# network source), the workers the adapters the learner synced; both must come back exactly.
+@pytest.mark.parametrize("extra", [(), ("learner.lora.rank=4", "learner.lora.alpha=8")], ids=["full", "lora"])
+def test_sigkill_and_resume_twice_equals_uninterrupted(tmp_path, ray_session, monkeypatch, extra):
     eight_prompts(tmp_path)
     monkeypatch.chdir(REPO)  # the config's reward file and data paths are relative to the repository
-    reference = train(load_config(CONFIG, overrides(tmp_path, "reference")))
+    reference = train(load_config(CONFIG, overrides(tmp_path, "reference", extra=extra)))
     assert reference["final_step"] == STEPS
 
     run_dir = tmp_path / "killed"
-    run_driver(tmp_path, "killed", hang_at_call=2, log_name="first")  # killed in step 2
+    run_driver(tmp_path, "killed", hang_at_call=2, log_name="first", extra=extra)  # killed in step 2
     assert {k: checkpoint_cursor(run_dir, 1)[k] for k in ("epoch", "position")} == {"epoch": 0, "position": 4}
     assert PENDING_FILE not in read_marker(run_dir / "checkpoints" / "step_1")["files"]  # sync: prompts drawn again
-    run_driver(tmp_path, "killed", hang_at_call=2, log_name="second")  # resumes after step 1, killed in step 3
+    run_driver(tmp_path, "killed", hang_at_call=2, log_name="second", extra=extra)  # resumes after step 1, killed in step 3
     assert {k: checkpoint_cursor(run_dir, 2)[k] for k in ("epoch", "position")} == {"epoch": 1, "position": 0}
-    run_driver(tmp_path, "killed", hang_at_call=None, log_name="third")  # resumes after step 2, runs to the end
+    run_driver(tmp_path, "killed", hang_at_call=None, log_name="third", extra=extra)  # resumes after step 2, to the end
 
     expected_metrics = read_jsonl(tmp_path / "reference" / "metrics.jsonl")
     expected_rollouts = read_jsonl(tmp_path / "reference" / "rollouts.jsonl")
@@ -148,6 +152,7 @@ def test_sigkill_and_resume_twice_equals_uninterrupted(tmp_path, ray_session, mo
     assert summary["start_step"] == 2 and summary["policy_version"] == STEPS
     assert summary["learner_checksums"] == reference["learner_checksums"]  # weights and optimizer restored
     assert summary["worker_checksums"] == reference["worker_checksums"]
+    assert (run_dir / "export" / "adapter" / "adapter_model.safetensors").exists() == bool(extra)
 
 
 def test_async_sigkill_after_a_checkpoint_with_samples_in_flight_resumes_exactly(tmp_path, ray_session, monkeypatch):
