@@ -391,6 +391,7 @@ class TrainConfig:
                 "with algo.advantage.drop_groups_* set, the kept groups must split evenly over the ranks"
             )
         from rewards.registry import check  # names only: built-ins are not imported, one-offs are loaded
+        from rewards.remote import judge_server_problems
 
         for task, terms in self.rewards.tasks.items():
             for index, term in enumerate(terms):
@@ -398,6 +399,8 @@ class TrainConfig:
                     check(term.name)
                 except ValueError as exc:
                     problems.append(f"rewards.tasks.{task}[{index}].name: {exc}")
+        # terms that say url: judge_server vs the section that runs that server
+        problems += judge_server_problems(self.rewards, served=self.reward_actors.judge_server is not None)
         if (self.eval.samples > 1 and self.eval.temperature == 0
                 and self.rollout.sampler.remasking == "low_confidence"):
             problems.append(f"eval.samples: {self.eval.samples} with eval.temperature 0 and low-confidence remasking: "

@@ -87,7 +87,6 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
     from actors.judge_server import JudgedScorer, judge_server_roles, start_judge_server
     from actors.learner import LearnerGroup
     from actors.rollout_pool import RolloutPool
-    from rewards.remote import judge_server_problems
 
     log_gpu_plan(cfg)  # on GPUs: the memory plan (docs/gpu.md §Memory planner), before Ray places anything
     roles = [learner_role(cfg.learner), rollout_role(cfg.rollout)]
@@ -95,9 +94,6 @@ def start_actors(cfg: TrainConfig, tasks: list[str], source, cleanup) -> tuple[A
         cleanup.callback(ray.shutdown)  # the local Ray this run starts (a no-op if it never starts)
     started = time.perf_counter()  # progress: a line per start-up phase, on stderr (the log)
     log.info("start-up: Ray (%s)", cfg.cluster.address or os.environ.get("RAY_ADDRESS") or "a local instance")
-    judge_problems = judge_server_problems(cfg.rewards, served=cfg.reward_actors.judge_server is not None)
-    if judge_problems:  # terms that say url: judge_server vs the section that runs it
-        raise ConfigError(judge_problems)
     # an impossible resource request fails here, before any actor exists (reward actors included)
     init_ray(cfg.cluster, roles + reward_actor_roles(cfg, tasks) + judge_server_roles(cfg.reward_actors))
     judge = start_judge_server(cfg.reward_actors.judge_server, cfg.run.run_dir, cleanup)  # loads while the rest starts

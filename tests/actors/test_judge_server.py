@@ -30,6 +30,8 @@ from rewards.remote import serve_judge
 from tests.jobs.test_rollout_job import gone
 from tests.rewards.batches import batch_of
 
+REPO = Path(__file__).resolve().parents[2]
+
 STAND_IN = textwrap.dedent('''
     """A stand-in for `vllm serve`: GET /health, POST /v1/chat/completions; starts a child, as vLLM starts engines."""
     import json, os, subprocess, sys
@@ -232,23 +234,31 @@ def test_bad_sections_are_refused(fields, message):
         JudgeServerConfig(**{"model": "m", "python": "p", **fields})
 
 
-@pytest.mark.parametrize(("overrides", "error", "message"), [
-    (["reward_actors.judge_server={model: m, python: p, gpus: 0}"], "ConfigError",
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["reward_actors.judge_server={model: m, python: p, gpus: 0}"],
      "reward_actors.judge_server: set, but no term of rewards.tasks has options.url: judge_server"),
-    (["rewards.tasks.text=[{name: remote, options: {url: judge_server, mode: judge}}]"], "ConfigError",
+    (["rewards.tasks.text=[{name: remote, options: {url: judge_server, mode: judge}}]"],
      "rewards.tasks.text[0].options.url: judge_server needs reward_actors.judge_server"),
-    (["rewards.tasks.text=[{name: remote, options: {url: judge_server, mode: judge}}]",
-      "reward_actors.judge_server={model: m, python: p, gpus: 0}"], "ResourceError",  # 2 ranks + 2 workers + 1
-     "+ reward_actors.judge_server × reward_actors.judge_server.cpus = 1 × 1: 5 CPU requested but the cluster has 4"),
 ])
-def test_jobs_train_checks_the_server_before_any_actor_starts(overrides, error, message, tmp_path, monkeypatch):
+def test_terms_and_server_that_do_not_fit_are_refused_at_config_load(overrides, message):
+    from jobs.config import load_config
+    from jobs.configtree import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(REPO / "tests/jobs/configs/tiny_lengths.yaml", overrides)
+
+
+def test_jobs_train_counts_the_server_in_the_resource_check_before_any_actor_starts(tmp_path, monkeypatch):
     import contextlib
 
     from jobs.config import load_config
     from jobs.train_parts import start_actors
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the config's paths are relative to the repository
-    cfg = load_config("tests/jobs/configs/tiny_lengths.yaml", [f"run.output_dir={tmp_path}", *overrides])
-    with contextlib.ExitStack() as cleanup, pytest.raises(Exception, match=re.escape(message)) as caught:
+    monkeypatch.chdir(REPO)  # the config's paths are relative to the repository
+    cfg = load_config("tests/jobs/configs/tiny_lengths.yaml", [
+        f"run.output_dir={tmp_path}", "rewards.tasks.text=[{name: remote, options: {url: judge_server, mode: judge}}]",
+        "reward_actors.judge_server={model: m, python: p, gpus: 0}"])
+    message = ("+ reward_actors.judge_server × reward_actors.judge_server.cpus = 1 × 1: 5 CPU requested but the "
+               "cluster has 4")  # 2 ranks + 2 workers + the server
+    with contextlib.ExitStack() as cleanup, pytest.raises(ResourceError, match=re.escape(message)):
         start_actors(cfg, ["text"], None, cleanup)  # no network source: nothing past the checks may run
-    assert type(caught.value).__name__ == error
