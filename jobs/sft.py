@@ -23,6 +23,7 @@ mask, as in the sampler (LLaDA packs same-length batches).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import time
@@ -63,7 +64,7 @@ class Session:
 
     cfg: TrainConfig
     run_dir: Path
-    metrics_path: Path
+    metrics: Any  # jobs.metrics.MetricsLogger: metrics.jsonl, TensorBoard, W&B as `logging` says
     tokenizer: Any
     ids: Any  # model.templates.special_ids: .mask, .pad, .eos
     train_examples: dict[str, Example]  # uid -> Example
@@ -85,25 +86,20 @@ class Progress:
     losses: list[float] = field(default_factory=list)
 
 
-def _log(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
 def setup(cfg: TrainConfig) -> Session:
     """Run directory and resolved config, the policy's parts and the tokenised data (a bad `model.path` or data
     file raises here, before Ray starts), then the learner group."""
     from actors.cluster import ResourceError, create_placement_groups, init_ray, learner_role
     from actors.learner import LearnerGroup
+    from jobs.configtree import to_dict
     from jobs.data import PromptDataset, PromptStream
+    from jobs.metrics import MetricsLogger
     from model.resolve import model_parts
     from model.templates import special_ids
 
     run_dir = cfg.run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, run_dir)
-    metrics_path = run_dir / "sft_metrics.jsonl"
-    metrics_path.write_text("")
     parts = model_parts(cfg.model.path, key="model.path", seed=cfg.run.seed, size=cfg.model.tiny_size)
     ids = special_ids(parts.tokenizer)
     train_set = PromptDataset(cfg.data.train_files, default_task=cfg.data.default_task, fields=cfg.data.fields)
@@ -114,6 +110,7 @@ def setup(cfg: TrainConfig) -> Session:
     except ValueError as exc:  # a row without a usable response, named by file:row
         raise DataError(str(exc)) from exc
     evaluator = HeldoutEvaluator(cfg, parts.config, parts.tokenizer, run_dir)
+    metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg), resume_step=-1)  # fresh
     stream = PromptStream(train_set, seed=cfg.run.seed, shuffle=cfg.data.shuffle, weights=cfg.data.train_weights)
     print(f"[sft] {len(examples)} training rows, {len(evaluator.records)} held-out; policy "
           f"{sum(p.numel() for p in evaluator.network.parameters()) / 1e6:.2f}M parameters; run dir {run_dir}",
@@ -125,7 +122,7 @@ def setup(cfg: TrainConfig) -> Session:
     except ResourceError as exc:
         raise SFTJobError(str(exc)) from exc
     group = LearnerGroup(cfg.learner, parts.source, total_steps=cfg.sft.max_steps, placement_group=groups[role.name])
-    return Session(cfg, run_dir, metrics_path, parts.tokenizer, ids, {e.uid: e for e in examples}, stream, evaluator,
+    return Session(cfg, run_dir, metrics, parts.tokenizer, ids, {e.uid: e for e in examples}, stream, evaluator,
                    group, groups, time.perf_counter())
 
 
@@ -136,19 +133,16 @@ def evaluate(session: Session, progress: Progress) -> bool:
     cfg, evaluator = session.cfg, session.evaluator
     scores = evaluator.evaluate(progress.step, session.group.state_dict_for_sync())
     pass1 = scores["eval/pass@1"]
-    record = {"step": progress.step, "heldout_pass1": pass1, "format_rate": scores["eval/format_rate"],
-              "eval_seconds": round(scores["eval/seconds"], 2),
-              "wall_seconds": round(time.perf_counter() - session.started, 1)}
+    wall_seconds = time.perf_counter() - session.started
     if pass1 > progress.best_pass1 + cfg.sft.min_delta:
         progress.best_pass1, progress.best_step, progress.evals_without_gain = pass1, progress.step, 0
         model.save((evaluator.network, session.tokenizer), session.run_dir / "best_policy", max_shard_bytes=None)
         shutil.copyfile(evaluator.out_dir / f"step_{progress.step}.jsonl", session.run_dir / "best_samples.jsonl")
     else:
         progress.evals_without_gain += 1
-    record["best_pass1"] = progress.best_pass1
-    _log(session.metrics_path, {"kind": "eval", **record})
+    session.metrics.log(progress.step, {**scores, "eval/best_pass@1": progress.best_pass1, "perf/wall_s": wall_seconds})
     print(f"[sft] eval step {progress.step}: held-out pass@1 {pass1:.3f} (best {progress.best_pass1:.3f} at "
-          f"{progress.best_step}), format {record['format_rate']:.3f}, {record['wall_seconds']:.0f}s", flush=True)
+          f"{progress.best_step}), format {scores['eval/format_rate']:.3f}, {wall_seconds:.0f}s", flush=True)
     return progress.evals_without_gain >= cfg.sft.patience and progress.step >= cfg.sft.min_steps
 
 
@@ -170,9 +164,10 @@ def train_step(session: Session, progress: Progress) -> None:
     progress.step += 1
     if progress.step % cfg.sft.log_every == 0:
         loss = sum(progress.losses) / len(progress.losses)
-        _log(session.metrics_path, {"kind": "train", "step": progress.step, "loss": loss, "lr": lr,
-                                    "grad_norm": stats[0].get("grad_norm"), "epoch": session.stream.epoch,
-                                    "wall_seconds": round(time.perf_counter() - session.started, 1)})
+        grad_norm = stats[0].get("grad_norm")
+        session.metrics.log(progress.step, {"loss/sft": loss, "loss/lr": lr, "perf/data_epoch": session.stream.epoch,
+                                            "perf/wall_s": time.perf_counter() - session.started,
+                                            **({} if grad_norm is None else {"loss/grad_norm": grad_norm})})
         print(f"[sft] step {progress.step}: loss {loss:.4f} lr {lr:.2e}", flush=True)
         progress.losses = []
 
@@ -228,6 +223,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.sft.select == "last":
             save_last(session)
     finally:
+        session.metrics.close()
         session.group.shutdown()
         remove_placement_groups(session.placement_groups)
     return finish(session, progress)
@@ -241,6 +237,7 @@ def job(cfg: TrainConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0, or 2 with one `error: ...` line on stderr for an input error: the config, the model
     (`model.path`, its checkpoint checked before Ray starts), the data, or resources the cluster cannot give."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # progress lines, stderr
     parser = job_parser("python -m jobs.sft", __doc__, default_config=SFT_CONFIG)
     return job_main(parser, argv, job, errors=(ModelSpecError, DataError, SFTJobError))
 

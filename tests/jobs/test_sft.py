@@ -6,6 +6,7 @@ runs. The objective itself: tests/rl/test_sft.py; the learning-rate schedule: te
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -195,10 +196,14 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
     finally:
         if started_here:
             ray.shutdown()
-    lines = [json.loads(x) for x in (tmp_path / "e2e" / "sft_metrics.jsonl").read_text().splitlines()]
-    train = [x["loss"] for x in lines if x["kind"] == "train"]
-    assert [x["step"] for x in lines if x["kind"] == "eval"] == [0, 6, 12] and len(train) == 3
-    assert train[-1] < train[0]
+    lines = [json.loads(x) for x in (tmp_path / "e2e" / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if "loss/sft" in x]
+    assert [x["step"] for x in lines if "eval/pass@1" in x] == [0, 6, 12] and [x["step"] for x in train] == [4, 8, 12]
+    assert train[-1]["loss/sft"] < train[0]["loss/sft"]
+    # step s's rate: the schedule's (s - 1)th, 2 steps of warm-up then cosine to 0.1 x lr over the other 10
+    assert [x["loss/lr"] for x in train] == pytest.approx(
+        [0.003 * (0.1 + 0.9 * (1 + math.cos(math.pi * (s - 3) / 10)) / 2) for s in (4, 8, 12)], rel=1e-12)
+    assert list((tmp_path / "e2e" / "tensorboard").glob("events.out.tfevents.*"))  # logging.tensorboard: true
     assert summary["steps"] == 12 and (tmp_path / "e2e" / "config.yaml").is_file()
     loaded = model.load(tmp_path / "exported")
     assert loaded.config.d_model == 32 and loaded.tokenizer is not None
@@ -217,9 +222,9 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
                       "--out", str(tmp_path / "eval" / "best.json")]) == 0
     evaluated = [json.loads(x) for x in (tmp_path / "eval" / "best.samples.jsonl").read_text().splitlines()]
     assert evaluated == best_samples and len(best_samples) == 8
-    logged = next(x for x in lines if x["kind"] == "eval" and x["step"] == summary["best_step"])
-    assert json.loads((tmp_path / "eval" / "best.json").read_text())["pass_at_k"]["1"] == logged["heldout_pass1"]
-    assert logged["heldout_pass1"] == sum(r["correct"] for r in best_samples) / 8
+    logged = next(x for x in lines if "eval/pass@1" in x and x["step"] == summary["best_step"])
+    assert json.loads((tmp_path / "eval" / "best.json").read_text())["pass_at_k"]["1"] == logged["eval/pass@1"]
+    assert logged["eval/pass@1"] == sum(r["correct"] for r in best_samples) / 8
     # Nothing is solved in 12 steps, so the step-0 evaluation stays the best and the last policy is another one.
     assert summary["best_step"] == 0 and summary["best_pass1"] == 0.0
     last = model.load(tmp_path / "e2e" / "last_policy")
