@@ -82,8 +82,8 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
                 return out
             if not rejected and trial and all(p.endswith(_NOT_FINITE) for p in trial):
                 rejected = trial  # a number of the right type but NaN/inf: say that, not "not a valid ..."
-            if not rejected and dataclasses.is_dataclass(candidate) and isinstance(value, dict):
-                rejected = trial  # a mapping for an optional section: name the bad field inside it
+            if not rejected and _same_shape(candidate, value):
+                rejected = trial  # a mapping for a section, a list for a list: name the bad item inside it
         problems.extend(rejected or [f"{key}: {value!r} is not a valid {_type_name(tp)}"])
         return _INVALID
     if origin is Literal:
@@ -158,6 +158,14 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         return value
     problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
     return _INVALID
+
+
+def _same_shape(tp: Any, value: Any) -> bool:
+    """Whether `value` has the container shape of `tp` (a mapping for a dataclass or dict, a list for a list)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) or origin is dict:
+        return isinstance(value, dict)
+    return origin in (list, tuple) and isinstance(value, (list, tuple))
 
 
 class _Invalid:

@@ -259,3 +259,24 @@ def test_an_unhashable_key_is_still_reported_as_bad_yaml(tmp_path):
     path.write_text("algo:\n  [1, 2]: 3\n")  # skipped by the duplicate check, refused by YAML itself
     with pytest.raises(ConfigError, match="(?s)not valid YAML: .*unhashable key"):
         read_yaml(path)
+
+
+@dataclass(frozen=True)
+class Sources:
+    files: str | list[str | Term] = "a.jsonl"
+    masking: Masking | None = None
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"masking": {"p_min": 2.0}}, "masking.p_min: need 0 < p_min <= p_max <= 1"),  # an optional section
+    ({"masking": {"shedule": "ramp"}}, "masking.shedule: unknown key; valid keys here: p_max, p_min, schedule"),
+    ({"files": [{"name": "x", "wieght": 2}]}, "files[0].wieght: unknown key; valid keys here: name, weight"),
+    ({"files": ["b.jsonl", {"weight": "heavy"}]}, "files[1].weight: expected a number, got 'heavy'"),
+    ({"files": [3]}, "files[0]: 3 is not a valid str | mapping (Term)"),  # no shape to look into: the union
+    ({"files": 5}, "files: 5 is not a valid str | list[str | "),
+    ({"masking": 5}, "masking: 5 is not a valid mapping (Masking) | null"),
+])
+def test_a_union_names_the_bad_field_inside_the_member_of_the_values_shape(raw, message):
+    with pytest.raises(ConfigError) as caught:
+        build(Sources, raw)
+    assert message in str(caught.value) and len(caught.value.problems) == 1, str(caught.value)
