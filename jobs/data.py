@@ -81,7 +81,7 @@ def _format_of(path: Path, fmt: str) -> str:
                     "use .jsonl or .parquet, or pass format='jsonl' / 'parquet'")
 
 
-def _raw_rows(path: Path, fmt: str, problems: list[str]):
+def raw_rows(path: Path, fmt: str, problems: list[str]):
     """Yield (row number, dict) for every record; rows that are not objects go to `problems`."""
     if fmt == "jsonl":
         with path.open("rb") as handle:  # decoded line by line: one bad byte spoils one row, not the file
@@ -233,7 +233,7 @@ class PromptDataset:
             path = Path(name)
             if not path.is_file():
                 raise DataError(f"data file {str(path)!r} does not exist")
-            for row_no, row in _raw_rows(path, _format_of(path, format), self.problems):
+            for row_no, row in raw_rows(path, _format_of(path, format), self.problems):
                 try:
                     record = _record(path, row_no, row, column, default_task, image_tasks, read_image)
                 except ValueError as exc:

@@ -89,7 +89,7 @@ def source_rows(files: list[Path], problems: list[str]) -> Iterator[tuple[str, s
     """(uid suffix, `file:row`, record) of every readable record; unreadable ones go to `problems`. The suffix
     is `<subject>-<problem>` for a per-problem file, else the record's number in the split (from 0, over the
     files in order)."""
-    from jobs.data import _raw_rows
+    from jobs.data import raw_rows
 
     number = 0
     for path in files:
@@ -104,7 +104,7 @@ def source_rows(files: list[Path], problems: list[str]) -> Iterator[tuple[str, s
                 continue
             yield f"{path.parent.name}-{path.stem}", f"{path}:1", record
             continue
-        for row_no, record in _raw_rows(path, path.suffix.lstrip("."), problems):
+        for row_no, record in raw_rows(path, path.suffix.lstrip("."), problems):
             yield f"{number:05d}", f"{path}:{row_no}", record
             number += 1
 
