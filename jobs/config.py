@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,8 +195,14 @@ class EvalConfig:
     out: str | None = None
     """`python -m jobs.eval`: the summary JSON file, every sample going to `<stem>.samples.jsonl` beside it (null:
     print the summary only). Training writes its evaluations to `<run dir>/eval/`."""
+    device: str = "cpu"
+    """Where the evaluated policy and its sampler run, in training (the driver's copy) and in `python -m jobs.eval`
+    / `jobs.sample`: "cpu", "cuda", "cuda:N", or "auto" (the first CUDA device when torch sees one, else the CPU)."""
 
     def __post_init__(self):
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+            raise ValueError(f"device: {self.device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' (N = 0, 1, ...) "
+                             "or 'auto' (cuda when torch sees one, else cpu)")
         if self.every < 0:
             raise ValueError(f"every: {self.every} is negative; use 0 (start and end only) or a step count")
         if self.limit is not None and self.limit < 1:

@@ -13,7 +13,8 @@ the code the driver's evaluation runs: `eval.samples` responses per problem from
 `eval.dtype`, `eval.torch_threads`; judged by the `correctness` and `format` rewards (jobs/evaluate.py). So the
 config and export of a run give the numbers its last evaluation logged. pass@k is reported for `eval.pass_at_k`
 (default 1, 2, 4, ... up to K, and K). Short flags, each the same as one `--set`: `--model` (model.path),
-`--data` (data.eval), `--limit` (eval.limit), `--samples` (eval.samples), `--out` (eval.out).
+`--data` (data.eval), `--limit` (eval.limit), `--samples` (eval.samples), `--out` (eval.out), `--device`
+(eval.device: cpu, the default, cuda, cuda:N or auto; docs/sampling.md §Where evaluation runs).
 
 Deviations from the training run's evaluation: none in what is sampled and judged. It runs in one process without
 Ray, on a checkpoint loaded from disk instead of the learner's weights, and reports pass@k (training logs pass@1).
@@ -42,6 +43,7 @@ def parser():
     add_alias(result, "--limit", "eval.limit")
     add_alias(result, "--samples", "eval.samples")
     add_alias(result, "--out", "eval.out", text=True)
+    add_alias(result, "--device", "eval.device", text=True)
     return result
 
 

@@ -77,7 +77,7 @@ def generate_all(loaded, records, *, samples: int, sampler: dict, thinking: bool
                     network, prompts[start:start + batch_size], **sampler, mask_id=special.mask,
                     pad_id=special.pad, seed=batch_seed,
                 )  # [b, P+L], forward passes of this batch
-            responses = sequences[:, -sampler["gen_length"]:].tolist()  # [b, L]
+            responses = sequences[:, -sampler["gen_length"]:].tolist()  # [b, L], on the host (from eval.device)
             for offset, ids in enumerate(responses):
                 problem = start + offset
                 record = records[problem]

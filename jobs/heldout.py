@@ -8,8 +8,10 @@ seed, batch size and number of samples from the same config tree, and decode + j
 curve's first point is the starting policy's `jobs.eval` score.
 
 Where it runs in training: in the driver process, on the weights learner rank 0 returns (`state_dict_for_sync`),
-copied into a policy of `eval.dtype`. In sync mode the learner and the rollout workers are idle while it runs, so
-it competes with nothing; `eval.torch_threads` bounds its threads. With `eval.samples` = K every problem is
+copied into a policy of `eval.dtype` on `eval.device` (`eval_device`: the CPU by default, a GPU the driver sees
+when asked). In sync mode the learner and the rollout workers are idle while it runs, so it competes with nothing;
+`eval.torch_threads` bounds its CPU threads. Not yet done (issue 16): evaluating on a rollout worker, where the
+weights already are, instead of copying them to the driver (docs/sampling.md §Where evaluation runs). With `eval.samples` = K every problem is
 answered K times and `eval/pass@1` is the mean over the K x N responses.
 
 Only text problems can be evaluated this way (a file with image tasks is a DataError naming them).
@@ -56,13 +58,28 @@ def heldout_records(cfg) -> tuple[list, list[str]]:
     return records, dataset.problems
 
 
+def eval_device(cfg) -> torch.device:
+    """`eval.device` of `cfg` resolved ("auto": the first CUDA device when torch sees one, else the CPU); a
+    ConfigError naming `eval.device` when it asks for a CUDA device torch does not see (not a CUDA traceback later)."""
+    from jobs.config import ConfigError
+
+    if cfg.eval.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.eval.device)
+    visible = torch.cuda.device_count()  # 0 without CUDA (a CPU build of torch, or no driver / GPU)
+    if device.type == "cuda" and (device.index or 0) >= visible:
+        raise ConfigError([f"eval.device: {cfg.eval.device!r}, but torch sees {visible} CUDA device(s) here; use "
+                           "'cpu', 'auto' (cuda when torch sees one, else cpu) or 'cuda:N' with N below that count"])
+    return device
+
+
 def load_eval_policy(cfg):
-    """`model.path` loaded in this process as the evaluation runs it (`eval.dtype`; a tiny twin drawn from `run.seed`
-    at `model.tiny_size`, as training draws it); a ModelSpecError naming `model.path`."""
+    """`model.path` loaded in this process as the evaluation runs it (`eval.dtype` on `eval.device`; a tiny twin
+    drawn from `run.seed` at `model.tiny_size`, as training draws it); a ModelSpecError naming `model.path`."""
     from model.resolve import load_model
 
     return load_model(cfg.model.path, key="model.path", seed=cfg.run.seed, size=cfg.model.tiny_size,
-                      dtype=cfg.eval.dtype)
+                      dtype=cfg.eval.dtype, device=eval_device(cfg))
 
 
 def evaluate_heldout(cfg, loaded, records, *, ks: list[int] | tuple[int, ...] = (1,)) -> tuple[list[dict], dict]:
@@ -93,7 +110,7 @@ class HeldoutEvaluator:
         with torch.device("meta"):
             network = MaskedDiffusionLM(backbone)
         dtype = resolve_dtype(cfg.eval.dtype, torch.float32)
-        self.network = network.to_empty(device="cpu").to(dtype).eval().requires_grad_(False)
+        self.network = network.to_empty(device=eval_device(cfg)).to(dtype).eval().requires_grad_(False)
         self.out_dir = run_dir / "eval"
         self.out_dir.mkdir(parents=True, exist_ok=True)
 

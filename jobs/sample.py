@@ -8,11 +8,12 @@
 
 It reads the config tree of `python -m jobs.train` (`--config`, default jobs/configs/demo.yaml, `--set KEY=VALUE`,
 `--print-config`) and answers the prompts the way the held-out evaluation would (jobs/heldout.py): the policy
-`model.path` loaded at `eval.dtype`, the sampler `rollout.sampler` at `eval.temperature`, `data.thinking`, seed
-`run.seed`. The prompts are `sample.prompts`, else the first three problems of `data.eval` with their gold
-answers. It prints every response with the order in which its tokens were revealed (the diffusion trajectory)
-and writes `samples.jsonl` and the resolved `config.yaml` into `sample.out`. Short flags, each the same as one
-`--set`: `--model` (model.path), `--prompt` (one item of sample.prompts, repeatable), `--out` (sample.out).
+`model.path` loaded at `eval.dtype` on `eval.device`, the sampler `rollout.sampler` at `eval.temperature`,
+`data.thinking`, seed `run.seed`. The prompts are `sample.prompts`, else the first three problems of `data.eval`
+with their gold answers. It prints every response with the order in which its tokens were revealed (the diffusion
+trajectory) and writes `samples.jsonl` and the resolved `config.yaml` into `sample.out`. Short flags, each the
+same as one `--set`: `--model` (model.path), `--prompt` (one item of sample.prompts, repeatable), `--out`
+(sample.out), `--device` (eval.device, as for `jobs.eval`).
 
 Deviations from the evaluation: all prompts go to the sampler in one batch, under torch's own thread count
 (`eval.batch_size` and `eval.torch_threads` are not read), and nothing is judged.
@@ -39,6 +40,7 @@ def parser():
     add_alias(result, "--model", "model.path", text=True)
     add_alias(result, "--prompt", "sample.prompts", text=True, repeat=True)
     add_alias(result, "--out", "sample.out", text=True)
+    add_alias(result, "--device", "eval.device", text=True)
     return result
 
 

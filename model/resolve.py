@@ -113,20 +113,23 @@ def _reason(exc: Exception) -> str:
 
 
 def load_model(spec: str | Path, *, key: str, seed: int = 0, size: Mapping[str, Any] | None = None,
-               dtype: str | torch.dtype | None = None) -> Any:
+               dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu") -> Any:
     """`spec` loaded in this process as a model.LoadedModel (network, tokenizer, config, path).
 
-    `dtype`: None keeps a checkpoint's stored dtype (a tiny twin is float32), else "fp32" / "bf16" / a torch dtype."""
+    `dtype`: None keeps a checkpoint's stored dtype (a tiny twin is float32), else "fp32" / "bf16" / a torch dtype.
+    `device`: where the network's tensors live (a checkpoint's are read straight there; a tiny twin is moved)."""
     path = checkpoint_dir(spec, key=key)
     if path is None:
         import torch
 
         from model.checkpoint import resolve_dtype
 
-        return tiny_twin(str(spec), seed, dtype=resolve_dtype(dtype, torch.float32), **dict(size or {}))
+        loaded = tiny_twin(str(spec), seed, dtype=resolve_dtype(dtype, torch.float32), **dict(size or {}))
+        loaded.network.to(device)
+        return loaded
     import model
 
     try:
-        return model.load(path, dtype=dtype)
+        return model.load(path, dtype=dtype, device=device)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelSpecError(f"{key}: cannot load a checkpoint from {str(path)!r}: {_reason(exc)}") from exc

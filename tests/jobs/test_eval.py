@@ -167,7 +167,9 @@ def test_config_and_set_reach_the_sampler_and_samples_get_distinct_seeds(tmp_pat
     (["--set", "eval.batch_size=0"], "eval.batch_size: 0; need at least 1"),
     (["--set", "eval.torch_threads=0"], "eval.torch_threads: 0; need at least 1"),
     (["--set", "eval.dtype=fp16"], "eval.dtype: 'fp16' is not one of the valid choices 'fp32', 'bf16'"),
-    (["--set", "eval.seed=1"], "eval.seed: unknown key; valid keys here: batch_size, dtype, every, limit, out"),
+    (["--set", "eval.seed=1"], "eval.seed: unknown key; valid keys here: batch_size, device, dtype, every, limit"),
+    (["--device", "gpu"], "eval.device: 'gpu' is not a device; use 'cpu', 'cuda', 'cuda:N'"),
+    (["--device", "cuda:99", "--limit", "1"], "eval.device: 'cuda:99', but torch sees"),  # when the job starts
     (["--set", "data.eval=null"], "eval.every: 10 needs a held-out file"),
     (["--set", "data.eval=null", "--set", "eval.every=0"], "data.eval: no held-out file to evaluate on"),
 ])

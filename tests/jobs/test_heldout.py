@@ -4,13 +4,15 @@ weights, and the `eval` section's checks."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from jobs.config import load_config
 from jobs.configtree import ConfigError
-from jobs.heldout import HeldoutEvaluator, eval_history, should_evaluate
+from jobs.heldout import HeldoutEvaluator, eval_device, eval_history, load_eval_policy, should_evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "jobs/configs/demo.yaml"
@@ -40,13 +42,11 @@ def weights_of(overrides: list[str]):
     [],  # the demo config as it is: its sign-slip cold start, greedy (the demo's step-0 evaluation)
     ["model.path=demo", "eval.temperature=0.8", "eval.samples=2"],  # two sampled responses per problem
     ["model.path=demo", "eval.dtype=bf16", "data.thinking=true", "run.seed=1"],
-    TINY,  # a tiny twin: drawn from run.seed at model.tiny_size on both sides
+    [*TINY, "eval.device=auto"],  # a tiny twin: drawn from run.seed at model.tiny_size on both sides
 ])
 def test_evaluator_equals_jobs_eval_with_the_same_config(tmp_path, overrides):
     """`jobs.eval --config X` repeats the training run's evaluation of the same weights: the same samples, judged
     the same way, so the same pass@1."""
-    import torch
-
     from jobs.eval import main as eval_main
 
     policy = weights_of(overrides)
@@ -54,6 +54,7 @@ def test_evaluator_equals_jobs_eval_with_the_same_config(tmp_path, overrides):
     cfg = load_config(DEMO, settings)
     evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
     assert next(evaluator.network.parameters()).dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.eval.dtype]
+    assert next(evaluator.network.parameters()).device == eval_device(cfg)
     metrics = evaluator.evaluate(7, policy.network.state_dict())
     out = tmp_path / "jobs_eval.json"
     assert eval_main(["--config", str(DEMO), *[a for o in settings for a in ("--set", o)], "--out", str(out)]) == 0
@@ -100,6 +101,9 @@ def test_eval_history_reads_the_evaluated_steps(tmp_path):
     ("eval.pass_at_k=[1,2]", r"eval.pass_at_k: \[1, 2\]; every k must be in \[1, samples=1\]"),
     ("eval.dtype=fp16", "eval.dtype: 'fp16' is not one of the valid choices 'fp32', 'bf16'"),
     ("eval.out=[a]", "eval.out: "),
+    ("eval.device=gpu", r"eval.device: 'gpu' is not a device; use 'cpu', 'cuda', 'cuda:N' \(N = 0, 1, ...\) or 'auto'"),
+    ("eval.device=cuda:-1", "eval.device: 'cuda:-1' is not a device"),
+    ("eval.device=CPU", "eval.device: 'CPU' is not a device"),
     ("sample.prompts=hello", "sample.prompts: expected a list, got 'hello'"),
 ])
 def test_bad_eval_settings_name_the_key(override, message):
@@ -129,3 +133,28 @@ def test_a_heldout_file_with_image_tasks_is_refused(tmp_path):
     cfg = load_config(DEMO, [f"data.eval={rows}"])
     with pytest.raises(DataError, match=r"rows of task\(s\) \['t2i'\] are not text"):
         HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine where torch sees no GPU")
+def test_auto_is_the_cpu_where_torch_sees_no_gpu():
+    cfg = load_config(DEMO, [*TINY, "eval.device=auto", "eval.limit=1"])
+    assert eval_device(cfg) == torch.device("cpu")
+    assert next(load_eval_policy(cfg).network.parameters()).device == torch.device("cpu")
+
+
+def test_a_cuda_device_torch_does_not_see_is_refused_naming_the_key(tmp_path):
+    """Before any weight moves: a clear ConfigError naming eval.device, not a CUDA traceback (on any machine: one
+    index past the devices torch sees; on a CPU-only one, plain 'cuda' too)."""
+    from model import load
+
+    visible = torch.cuda.device_count()
+    names = [f"cuda:{visible}"] + ([] if visible else ["cuda"])
+    policy = load(REPO / "model/assets/demo_policy")
+    for name in names:
+        cfg = load_config(DEMO, ["eval.limit=1", f"eval.device={name}"])
+        message = (f"eval.device: '{name}', but torch sees {visible} CUDA device(s) here; use 'cpu', 'auto' (cuda "
+                   "when torch sees one, else cpu) or 'cuda:N' with N below that count")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_eval_policy(cfg)

@@ -98,4 +98,6 @@ def test_bad_settings_and_nothing_to_ask_exit_2_naming_the_key(tmp_path, capsys)
     assert "rollout.sampler.steps: " in capsys.readouterr().err
     assert main(["--set", "data.eval=null", "--set", "eval.every=0", "--out", str(tmp_path / "c")]) == 2
     assert "sample.prompts: empty and data.eval is null" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in "abc")
+    assert main(["--device", "cuda:99", "--out", str(tmp_path / "d")]) == 2  # found when the policy is loaded
+    assert "eval.device: 'cuda:99', but torch sees " in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abcd")
