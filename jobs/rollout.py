@@ -1,51 +1,17 @@
 """Generation at cluster scale: sample N responses per prompt of a file on K Ray rollout workers, every kind the
-training driver samples (text, mmu, t2i), through its request path.
+training driver samples (text, mmu, t2i), through its request path, resumable by shard. It reads the config tree
+of `python -m jobs.train`; what only this job has is the `generate` section.
 
     python -m jobs.rollout --out DIR                      # the demo config: its policy on its training prompts
     python -m jobs.rollout --config runs/demo/config.yaml --model runs/demo/export --prompts FILE.jsonl \\
         --out DIR --workers 4 --samples-per-prompt 8 --set generate.score=true --set rollout.sampler.cache=dual
 
-It reads the config tree of `python -m jobs.train` (`--config`, default jobs/configs/demo.yaml, `--set KEY=VALUE`,
-`--print-config`): the policy `model.path` at `eval.dtype`, the samplers `rollout.sampler` (text, mmu) and
-`rollout.image_sampler` (t2i), the workers `rollout.num_workers`, `cpus_per_worker`, `gpus_per_worker`,
-`image_tokenizer`, `start_timeout_s` and `sample_timeout_s`, the cluster `cluster.*`, the prompts' kinds and template
-`data.task_kinds`, `data.default_task`, `data.thinking`, the run seed `run.seed`, the reward terms
-`rewards.tasks` and `reward_actors.*`; what only this job has is the `generate` section. Short flags, each the
-same as one `--set`: `--model` (model.path), `--prompts` (generate.prompts), `--out` (generate.out),
-`--workers` (rollout.num_workers), `--samples-per-prompt` (generate.samples_per_prompt).
-
-1. The prompt file is read and checked as the training driver reads `data.train` (`jobs.rollout_plan.make_plan`):
-   bad rows (an mmu row without an image, a prompt the model cannot take, ...) are reported with file and row
-   and skipped; image kinds need an MMaDA model and `rollout.image_tokenizer` (checked before Ray starts).
-2. The usable prompts are cut, in file order, into shards of `generate.shard_size` prompts.
-3. Shards go to the workers of an `actors.group.ActorGroup`, one at a time each. A shard's rows are the training
-   driver's requests (`jobs.multitask.build_requests`, `samples_per_prompt` per prompt), sampled by
-   `RolloutWorker.sample` in calls of at most `generate.batch_size` rows; call j of shard k is seeded with
-   `shard_seed(run.seed, k, j)`, so rerunning a shard reproduces it exactly. A worker that dies or overruns
-   `rollout.sample_timeout_s` is killed and replaced and its shard re-run (`generate.max_attempts` tries in
-   all); a worker that cannot build the model within `rollout.start_timeout_s`, or a shard whose sampler raises,
-   stops the run.
-4. A finished shard (scored first with `generate.score`, by the training scorer `jobs.multitask.reward_scorer`)
-   is written atomically to `DIR/shards/shard-00042.<format>`, after its t2i images
-   (`DIR/images/<uid>-<sample_index>.png`, the uid %-quoted). A shard file exists only complete.
-5. `DIR/manifest.json` records the settings that shape the output and a fingerprint of the prompts; a rerun
-   with the same ones does only the missing shards, a rerun with others refuses (naming the keys).
-6. The shards are concatenated in shard order into `DIR/rollouts.<format>`; throughput (prompts/s, tokens/s:
-   every generated position, response_tokens_per_s: those through the first EOS) and the worker restarts go to
-   stdout and `DIR/summary.json`, measured from the first shard sent to the last one written.
-
-One output row per (uid, sample_index): uid, sample_index, task, kind, prompt (the user text), answer,
-prompt_ids (the request's ids: the chat prompt, mmu without its image, t2i the plain text), response (decoded
-up to the first EOS / end-of-turn; "" for t2i), response_ids and reveal_step (every generated position; t2i: the
-image codes), response_length (scored tokens: through the first EOS, t2i the image slots), policy_version, seed
-and seed_row (the call's seed and the row's index in it), shard, image (t2i: the PNG path relative to DIR, else
-null); with `generate.score` also reward (weighted total, null when unscorable), rewards and reward_reasons (the
-row's task's terms). Other dataset columns are not copied: join on uid.
-
 Deviations from training's sampling: none in what a request is and how it is sampled; the seeds are the job's
 own (per shard and call, not per step), the workers hold `model.path` at `eval.dtype` (training's hold the
-learner's weights at `learner.dtype`), and the rows stay in the job's order. The plan (steps 1, 2, 5) is
-`jobs.rollout_plan`, running and writing the shards (steps 3, 4, 6) is `jobs.rollout_shards`.
+learner's weights at `learner.dtype`), and the rows stay in the job's order. The plan is `jobs.rollout_plan`,
+running and writing the shards is `jobs.rollout_shards`.
+
+Config keys and flags, the steps of a run, and the output columns: docs/cluster.md §7.
 """
 
 from __future__ import annotations
