@@ -1,46 +1,11 @@
 """The learner group: n Ray actors forming one torch.distributed group, a DeepSpeed engine on each.
 
-Each `LearnerRank` builds the policy from a `NetworkSource`, keeps a frozen copy of it as the
-reference policy (eval, no grad, never updated; under ZeRO-3 partitioned across the ranks by a DeepSpeed
-engine without optimizer, so no rank holds all of it), and wraps the policy in a DeepSpeed engine with ZeRO
-stage 0-3 from `LearnerConfig`. With `learner.lora` (docs/lora.md) the engine trains the adapters only
-and there is no copy: the reference is the same network with its adapters disabled; weight syncs send the
-adapter tensors, `state_dict_for_sync` the merged weights. Engines run on gloo on CPU (DS_ACCELERATOR=cpu),
-NCCL on GPU. Rank 0 opens the rendezvous socket on its node IP (127.0.0.1 on a loopback cluster) and serves
-the group's store on it; nothing listens on all interfaces (`actors/rendezvous.py`).
-
-Update normalisation (why a 2-rank ZeRO update equals a single-process one):
-the `rl` update computes, per rank, `loss_r = sum_{i in shard r} l_i / N_global`, so that
-`sum_r loss_r` is the loss of the whole batch, and calls `backward` once per micro-batch and `step`
-once per optimizer step. The engine runs with `managed_gradient_accumulation=false` (DeepSpeed
-0.19.8): `backward` only accumulates, `step` is the accumulation boundary whatever the number of
-micro-batches, and `gradient_accumulation_steps=1` so `backward` does not divide by it. DeepSpeed then
-*averages* gradients over the data-parallel ranks (the only reduction ZeRO-3 supports), i.e. divides
-by the world size W; `DeepSpeedEngineAdapter.backward` multiplies the loss by W to cancel that. Net
-gradient: `sum_r grad(loss_r)` = grad of the global loss, exactly what one process computes on the
-whole batch; clipping then sees the same global norm. Every rank must run the same number of
-micro-batches (ZeRO-2/3 reduce inside backward), so shards must have equal sizes.
-
-Non-finite steps (docs/reliability.md §12): a step whose loss or gradients hold a NaN or inf on ANY rank is
-skipped on EVERY rank, so the replicas never diverge. Each rank notes whether its losses and the gradients its
-own backward produced were finite (a hook on every parameter sees them before DeepSpeed reduces or partitions
-them, the same under every ZeRO stage); `step` all-reduces that flag with MIN over the learner group and, when
-it is 0, runs DeepSpeed's step with the wrapped torch optimizer's `step` left out: DeepSpeed still reduces,
-clips and clears the gradients and advances its counters (`global_steps`, the micro-step; no lr scheduler is
-configured), as for a step it skips on overflow itself, while the weights and the Adam moments and step count
-stay as they were and no gradient is carried into the next step. `LearnerGroup` counts the skipped steps and
-the updates skipped entirely in a row (`learner.max_nonfinite_steps`: the driver's abort, jobs/train.py).
-
-Step functions (`train_step(fn, shards, **common)`) run on every rank with that rank's shard:
-`fn(ctx: LearnerContext, **shard, **common) -> dict[str, float]`. `fn` is the function itself (it travels
-pickled, so a module-level function: `unigrpo_step`, `rl.sft.sft_step`) or a "module:function" path.
-
-Learning-rate schedule (`learner.lr_warmup_steps`, `lr_decay`, `min_lr_ratio`; `rl/lr_schedule.py`): one
-rate per RL step, set on every rank before that step's update, so the μ optimizer steps of one update share
-it (as verl steps its scheduler once per update; warm-up and decay count RL steps, the unit `run.steps` is
-in). The rate is a pure function of the RL step and `run.steps`, so a resumed run continues the schedule
-exactly with no scheduler state in the checkpoint. The defaults (constant, no warm-up) never touch the
-optimizer's lr: runs without a schedule are bit-identical to before it existed.
+Each `LearnerRank` builds the policy from a `NetworkSource`, keeps the reference policy (a frozen copy, or with
+`learner.lora` the same network with its adapters off), and wraps the policy in a DeepSpeed engine with ZeRO
+stage 0-3 from `LearnerConfig`; `LearnerGroup` runs step functions on every rank with that rank's shard, sets the
+step's learning rate, publishes weights, checkpoints, and counts the non-finite steps every rank skipped together.
+Why a 2-rank ZeRO update equals a single-process one, the step-function contract and the learning-rate schedule:
+docs/architecture.md §8; non-finite steps: docs/reliability.md §12; LoRA: docs/lora.md §2.
 """
 
 from __future__ import annotations
