@@ -1,43 +1,12 @@
 """Atomic, complete, verified checkpoints of one run under `runs/<name>/checkpoints/step_N/`, and resume.
 
-A checkpoint holds:
-- `learner/`: the DeepSpeed state written by every learner rank (model, optimizer partitions);
-- `driver_state.json`: step, data cursor, RNG states, policy version and whatever else the driver needs;
-- `config.yaml`: the resolved config of the run that wrote it;
-- `pending_rollouts.pt` (async mode, not after the last step): the next step's samples, already drawn and
-  sampled when the checkpoint is written (`torch.save` of plain tensors and lists, read back with
-  `torch.load(weights_only=True)`: nothing but tensors and builtins is unpickled; docs/architecture.md §5);
-- `COMPLETE`: the marker, written last: the step, the run id, every file with its size and sha256.
-
-Atomicity: everything is written into `.step_N.tmp-<id>/`; the marker is its last file; then one
-`rename` makes `step_N/` appear complete. A `step_N/` without a valid marker (or with a listed file
-missing or of another size) is not a checkpoint and is never resumed from. Old checkpoints are
-deleted only after the new one is complete, by renaming them to `.trash-*` first, so a crash mid-delete
-never leaves something that looks complete.
-
-Run identity: a run that starts fresh draws a random run id and writes it to `run_id.json` in the run
-directory (the parent of `checkpoints/`);
-every marker records it, and a resumed run keeps the id of the checkpoint it resumed. Retention and
-`resume: auto` consider only this run's checkpoints, so a reused run directory can never lose the new
-run's checkpoints to an older run's higher step numbers, nor resume the older run by surprise. Starting
-fresh (`never`, or `auto` with nothing of this run) where another run's `step_N` directories are is
-refused with an error naming them and what to do: nothing of a user's is ever deleted to make room.
-Checkpoints written before run ids existed have none in their marker: `auto` resumes them when the
-directory has no `run_id.json` yet and from then on counts id-less checkpoints there as this run's
-(`"legacy": true` in `run_id.json`). The file sits beside `checkpoints/`, not in it, so that the
-checkpoint directory holds checkpoints only.
-
-Integrity: DeepSpeed loads `learner/` with `torch.load(weights_only=False)`, i.e. it unpickles, and an
-unpickler meets corruption (or anything else) only by running it. So resume recomputes the sha256 of every
-listed file and compares it with the marker BEFORE anything is loaded; a mismatch is a failed checkpoint
-(the warning names the file) and `auto` falls back to the next older one. The digests are computed once,
-after the write, on the driver, several files at a time. Listing and retention check sizes only (hashing
-every kept checkpoint after each save would cost minutes at 8B). Checkpoints from before digests existed
-are resumed with sizes checked only (a warning says so).
-
-Resume (`checkpoint.resume`): `never` starts fresh; a path loads exactly that checkpoint; `auto`
-loads this run's newest complete checkpoint and, if it fails to verify or load, the next older one (with a
-warning); if checkpoints exist but none loads, it raises an error listing each one found and why it failed.
+A checkpoint holds `learner/` (the DeepSpeed state of every rank), `driver_state.json` (step, data cursor, RNG
+states, policy version), `config.yaml`, in async mode `pending_rollouts.pt` (the next step's samples), and the
+`COMPLETE` marker written last. It appears with one rename, belongs to one run (`run_id.json`), and every file is
+checked against its sha256 before anything is unpickled, so a crash, a reused run directory or a flipped byte
+never resumes the wrong state. What a checkpoint holds: docs/architecture.md §5; atomicity, retention and the
+`checkpoint.resume` choices: docs/architecture.md §5.1; run identity: docs/reliability.md §8; digests and their
+cost: docs/reliability.md §9.
 """
 
 from __future__ import annotations
