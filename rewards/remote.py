@@ -1,38 +1,9 @@
 """`remote`: scores from an HTTP service — a batch scoring endpoint, or an OpenAI-style chat model as a judge.
 
-Standard library only (`urllib`); requests to 127.0.0.1/localhost bypass proxy environment variables.
-The options, a worked judge config and the judge server jobs.train can run: docs/custom_rewards.md §6.
-
-Batch mode (`mode="batch"`, the default): one `POST <url>` per call with
-    request  {"samples": [{"task": str, "prompt": str, "response": str, "answer": str|null,
-                           "meta": {...}|null}, ...]}           (images are not sent)
-    response {"scores": [number|null, ...], "reasons": [str|null, ...]}   ("reasons" optional)
-`scores` must have one entry per sample; `null` means unscorable (the matching `reasons` entry, if any,
-is reported as `remote: <reason>`). HTTP 200 only. The judge-only options are refused in this mode.
-
-Judge mode (`mode="judge"`): one `POST <url>` per sample to a chat-completions endpoint (e.g.
-`http://host:8000/v1/chat/completions` of `vllm serve`), body
-    {"model": <model>, "messages": [{"role": "user", "content": <judge_prompt filled in>}],
-     "temperature": 0, "max_tokens": <max_tokens>}
-The reply `choices[0].message.content` is searched with `score_pattern`; the last match's first group
-(or whole match) is the score. With `score_range: [lo, hi]` (the range the rubric asks for) it is mapped to
-[0, 1] as (score - lo) / (hi - lo), and a score outside the range is None (`out_of_range`); without it the
-score is used as parsed (the term weight scales it). No match -> None (`unparseable_judgement`), never 0.
-`judge_prompt` (inline) or `judge_prompt_file` (a UTF-8 file, read once at construction) is a `str.format`
-template over {prompt}, {response}, {answer}, {task}; literal braces must be doubled. `url: judge_server`
-stands for the server `reward_actors.judge_server` runs (actors/judge_server.py): jobs.train replaces it
-with that server's URL (`serve_judge`); given to the reward itself it is an error.
-
-Failures never raise from a call: connection errors, HTTP 5xx/429 and timeouts are retried `max_retries`
-times with exponential backoff (`backoff_s`, 2·`backoff_s`, ...) within the time budget; then every affected
-sample is None with a reason naming the URL, the HTTP status or error, and the number of attempts. Other
-4xx and malformed responses are not retried. Bad options raise at construction.
-
-Secrets: the key of `api_key_env` (sent as `Authorization: Bearer`) or the `user:password@` of the URL (sent
-as HTTP Basic auth; the stored and printed URL has none) go to the configured URL and nowhere else.
-Redirects are never followed (a 3xx is an `error` reason naming the status): following one would send the
-key to whatever host the reply names and accept that host's scores. Every reason (and `repr`) has the key,
-the password and its Basic token replaced by `<redacted>`, including server replies that echo them.
+A reward behind a network call, for scorers that live outside the training processes (a scoring service of your
+own, an LLM judge on its own server). A sample the service cannot score is None with a reason, never 0; a call
+never raises. The batch protocol, failures and secrets: docs/custom_rewards.md §8; the judge options, a worked
+judge config and the judge server jobs.train can run: docs/custom_rewards.md §6.
 """
 
 from __future__ import annotations
