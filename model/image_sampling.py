@@ -1,22 +1,10 @@
-"""MMaDA text-to-image sampling: MaskGIT cosine schedule with classifier-free guidance (docs/models.md §3.2).
+"""MMaDA text-to-image sampling: MaskGIT cosine schedule with classifier-free guidance.
 
-All N image slots of `[iPAD]… <|t2i|> BOS text EOS <|soi|> [MASK]×N <|eoi|>` start masked. Step s of T:
-1. One forward pass over the conditional rows and, when guidance w > 0, the unconditional rows (the same
-   layout with an empty prompt and the same image slots) as ONE batch; at the still-masked slots,
-   logits = (1+w)·cond − w·uncond over the image-code columns [image_lo, image_hi) only.
-2. Every masked slot draws a code from softmax(logits) (temperature 1, as upstream).
-3. r = (s+1)/T. Unless s is the last step, n = max(1, min(#masked − 1, ⌊N·cos(π/2·r)⌋)) slots stay masked:
-   those with the lowest confidence log p(code) + τ_s·Gumbel; the others keep their code for good. The
-   last step reveals every remaining slot. τ_s = τ0·(1 − r) ("linear", MaskGIT's anneal, the default) or
-   τ0·∏_{j≤s}(1 − r_j) ("compound": upstream MMaDA reassigns `temperature *= 1 − r` every step).
-The step at which every slot was revealed is recorded (`reveal_step`), as the text sampler does.
-
-Randomness: row b draws from its own `torch.Generator` seeded with `row_seed(seed, b)` (model/sampling.py),
-so a row's image depends on its prompt, the weights and the seed only, never on its batch mates (all t2i
-rows have the same width, so nothing about the batch changes a row's forward pass). Per step and row, in
-this order: U [m, K] float64 for the Gumbel-max draw of the codes (m = slots still masked, ascending
-position order, K = codebook size), then, when the step keeps slots masked and τ_s > 0, U' [m] float64 for
-the confidence noise. Gumbel(U) = −log(−log U). Everything after the logits runs in float64.
+All N image slots of the t2i layout start masked; each of T steps runs the conditional and unconditional rows as
+one batch, draws a code for every masked slot from the guided logits over the image-code columns, and keeps the
+n = ⌊N·cos(π/2·r)⌋ least confident slots masked, so a prompt turns into N image codes the image tokenizer
+decodes. Each row draws from its own seeded generator, so a row's image depends on its prompt, the weights and
+the seed only. The steps: docs/models.md §3.2; the draws and their order: docs/models.md §3.3.
 
 Deviations from upstream's `t2i_generate`, on purpose:
 - Codes are drawn by Gumbel-max in float64 with per-row generators (upstream: `torch.multinomial` on the
