@@ -1,35 +1,12 @@
 """Prompt datasets (jsonl / parquet) validated on load, and a deterministic, checkpointable prompt stream.
 
-A record has `prompt` (non-empty text, or chat messages: `model.templates.ChatPrompt`, a str holding the
-last user message), `task` (non-empty; `default_task` for rows without one), optional `answer` (gold
-answer; numbers are turned into text), optional `image` (a path, relative to the data file's folder, that
-must exist) and `uid` (default: `<file name>:<row>`, stable as long as the file is). Columns may be renamed
-with `fields` (e.g. `{"prompt": "question"}` for GSM8K); every other column is kept in `meta`, a column
-renamed to one of `META_FIELDS` (SFT's reference `response`) under that name. The `data` config section
-(jobs/config.py) supplies the arguments; formats, chat prompts and mixtures: docs/data.md.
-
-Rows of the tasks listed in `image_tasks` (the multimodal-understanding kinds, e.g. captioning) must
-have an image. `load_image(path)` reads one as the HxWx3 uint8 RGB array that rewards and rollout workers
-take; every row's image is read that way once when the file loads (each file once), so an unreadable
-image is a bad row at load, not an error in the step that draws it.
-
-Bad rows are reported with file, row number (1-based: the line number in a jsonl file, the record
-number in a parquet file) and what is wrong, then skipped; if no row is good the load fails with the
-list. Duplicate uids are bad rows too (advantages are grouped by uid). A jsonl file is decoded line by
-line, so a line that is not UTF-8 is one bad row; text holding a lone surrogate (JSON `"\\ud800"`
-without its pair), which no tokenizer can encode, is a bad row too.
-
-Prompt length needs the tokenizer and the model, so it is checked by a second call once they are known:
-`PromptDataset.check_prompts` (the training driver) or `check_prompt_records` (held-out evaluation), which
-report and skip the rows whose prompt is longer than `max_sequence_length - gen_length` tokens or holds
-the mask token, the way bad rows are reported at load.
-
-Shuffling: epoch e visits the records in the order of blake2b(seed, e, uid), a pure function of the
-seed, the epoch and the record, independent of library versions. The cursor (epoch, position) is
-the whole state: a batch may span an epoch boundary, and every record is drawn exactly once per epoch.
-Several files are one such union, unless they are weighted (`data.train` as `{path, weight}` mixtures):
-then the n-th prompt drawn comes from file i with probability weight_i / sum(weights), decided by
-blake2b(seed, n), and each file keeps its own epochs and cursor (docs/data.md §4).
+Every row is checked when its file loads (fields, images, unique uids; prompt length once the tokenizer and the
+model are known, by `PromptDataset.check_prompts` or `check_prompt_records`), and a bad row is reported with
+file and row and skipped, so no step can draw a row that kills it. The stream's order is a pure function of the
+seed and its cursor, so a resumed run draws the same prompts. The `data` config section (jobs/config.py)
+supplies the arguments. Fields, `data.fields` and the bad rows: docs/data.md §1–§2; chat prompts:
+docs/data.md §3; shuffling, several files and mixtures: docs/data.md §4; why bad rows are caught at load:
+docs/reliability.md §7.
 """
 
 from __future__ import annotations
