@@ -1,35 +1,11 @@
 """The driver's handle on its rollout workers: shard, sample, survive a dead worker, sync weights.
 
-Every unit of rollout work is keyed: a step's requests are split into `num_workers` contiguous shards
-and shard k is sampled with seed `stable_seed(run_seed, step, k)`, so the same shard sampled again
-(after a worker died, or after a resume) gives the same responses. Collection is idempotent: a shard
-whose worker died is re-sampled once by a fresh worker that first loads the learner's current
-weights, so no (prompt uid, sample index) is lost or counted twice, and no sample comes from weights
-older than the ones the shard was dispatched for. Rows are also gathered by key: a row whose
-(uid, sample index) was already delivered this step (a retried Ray task, a shard delivered twice) is
-dropped and counted in `health/duplicate_rows` (cumulative over the run, like `health/worker_restarts`),
-never trained twice; one that repeats a key with different content is an error
-(`rl.batch.drop_repeated_rows`).
-
-A worker may also die while it holds no work (during the reward or the update): the next object-store
-weight sync then replaces it by a fresh worker holding the new version, and a shard that was still
-assigned to the dead worker (async mode) is re-sampled on the replacement without a second restart.
-(With the `broadcast` backend a dead member fails the collective; that sync raises.)
-
-Deadlines (docs/reliability.md §14): a shard is due `rollout.sample_timeout_s` after it was sent to its worker
-(dispatch, or the re-sample); a worker still sampling then is treated as dead (a hung or stopped process):
-killed, replaced with the current weights, its shard re-sampled with the same seed, counted in
-`health/worker_timeouts` as well as `health/worker_restarts` (both cumulative over the run). A worker that
-does not apply a weight version within `rollout.weight_sync.timeout_s` is replaced at that version like a dead
-one; with the `broadcast` backend a member past that deadline fails the sync, naming it.
-
-`sync` first waits for the samples still in flight (async mode: the next step's, which a worker finishes
-before it applies new weights; a worker past its shard's deadline is replaced first) and reports that wait as
-`perf/weight_sync_wait_s`, so that `perf/weight_sync_s` is the transfer alone.
-
-A shard may also be delivered already (`PendingShard.batch`): `finish` collects a dispatch ahead of its step
-(async mode, before a checkpoint saves its rows), and a resumed run gets the saved rows back as such shards;
-`collect` takes their rows as they are, with the same version and repeated-row checks.
+Every unit of rollout work is keyed (shard k of a step is sampled with a seed that is a pure function of the run
+seed, the step and k), so a shard sampled again after a worker died or hung, or after a resume, gives the same
+rows, and collection by (uid, sample index) is idempotent: no sample is lost, trained twice, or drawn from weights
+older than those its shard was dispatched for. Keyed shards, dead workers and weight syncs: docs/architecture.md
+§3.1; repeated rows: docs/reliability.md §4; deadlines: docs/reliability.md §14; saved shards on resume:
+docs/reliability.md §15.
 """
 
 from __future__ import annotations
