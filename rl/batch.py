@@ -1,34 +1,20 @@
 """`RolloutBatch`: one row per sampled response, the same object from the rollout worker to the learner.
 
-One row is one sampled response to one prompt, laid out as the model sees it:
-
-    [pad … pad | prompt tokens | response tokens | suffix]      (left padding, attention False)
-                 ^prompt start   ^response_start   ^response_end
-
-- text / mmu rows: prompt = chat prompt (mmu: `<|mmu|> <|soi|>` image codes `<|eoi|>` + chat prompt),
-  response = the generated tokens (EOS-padded to the generation length), no suffix.
-- t2i rows: prompt = `[iPAD]… <|t2i|> BOS text EOS <|soi|>`, response = the image slots, suffix = `<|eoi|>`.
-
-`scored_mask` marks the response tokens whose log-prob may enter the loss: every generated token up to
-and including the first EOS / end-of-turn (docs/algorithm.md §3.1); later positions are EOS padding.
-`protected_mask` marks prompt positions no estimator may mask (special tokens, image codes).
-Rows from different workers may have different widths; `concat` re-pads on the left, which leaves the
-logits of real tokens unchanged (RoPE sees relative offsets only, padding is a key mask).
-
-Besides the tensors every row has typed columns: its `kind` (rl/kinds.py: the layout and sampler) and its
-dataset `task` (the reward terms), the prompt text, gold answer, decoded response, image and extra dataset
-fields (`meta`) that the rewards read (rewards/base.py: `samples_of`), and the reward columns the reward
-service writes (`rewards`, `reward_reasons`, `total`, `total_reason`). The flow of a row through one step:
-docs/architecture.md §2. Deviations from a plain "bag of columns":
+A row holds the tensors of one sampled response laid out as the model sees it (left-padded prompt, response,
+suffix; `scored_mask`: the response tokens whose log-prob may enter the loss; `protected_mask`: prompt
+positions no estimator may mask) and typed columns: its `kind` (rl/kinds.py: the layout and sampler), its
+dataset `task` (the reward terms), the prompt text, gold answer, decoded response, image and extra dataset fields
+(`meta`) that the rewards read (rewards/base.py: `samples_of`), and the reward columns the reward service writes
+(`rewards`, `reward_reasons`, `total`, `total_reason`). One type with named columns means a row is never
+rebuilt or looked up by uid on its way. The layout: docs/architecture.md §2.4; what is scored:
+docs/algorithm.md §3.1; the flow of a row through one step: docs/architecture.md §2. Deviations from a plain
+"bag of columns":
 - the rewards are columns of the batch, not a second object: `total` is the one number advantages and the
   loss read (None = unscorable), written by rewards/service.py `weighted_totals` and never recomputed here;
 - a learner rank gets `for_learner()`: the text, image and per-term columns emptied (None in every row, or
   no terms), so no prompt, response or image is pickled to it (what it needs: tensors, uid and sample index
   (mask seeds), kind, score_vocab, total). `validate` accepts that form: `prompt` and `response` are a str in
   every row, or None in every row, never a mix.
-
-The batch is plain tensors + Python lists (images: numpy arrays), so it pickles (Ray) and round-trips through
-`to_dict`.
 """
 
 from __future__ import annotations
