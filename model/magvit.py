@@ -1,33 +1,11 @@
 """The MAGVIT-v2 image tokenizer of Show-o / MMaDA: pixels <-> discrete codes, and its checkpoint files.
 
-    tokenizer = load_image_tokenizer("path/to/magvitv2")       # config.json + weights, every key checked
-    codes = tokenizer.encode(pixels)        # [B, 3, H, W] in [-1, 1] -> [B, (H/16)*(W/16)] long, row-major
-    pixels = tokenizer.decode(codes)        # [B, N] -> [B, 3, 16*sqrt(N), 16*sqrt(N)], un-clamped
-    save_image_tokenizer(tokenizer, "out/")  # config.json + model.safetensors, published key names
-    random_image_tokenizer(MagvitConfig(ch=16, ...), seed=0)   # tiny random twins for tests
-
-The network and the bit order of the codes are in model/magvit_net.py (docs/models.md §4).
-`encode` and `decode` are inference calls (no autograd); train through `.encoder` / `.decoder`
-(jobs/tasks/train_shapes_vq.py does, with a straight-through sign).
-
-Checkpoint directory: `config.json` (optional: without it the published full-size architecture is
-assumed) and one weight file under a name an upstream saver writes (WEIGHT_NAMES: a safetensors file is
-preferred to a `.bin`, which is read with `torch.load(weights_only=True)`; two of one format are an
-error). Nothing is ignored silently: a missing learned weight, an unexpected key (training-only parts
-such as a discriminator or loss networks included: drop them from the file) and a wrong shape are
-errors that name the key. The quantiser buffers `quantize.embedding` and `quantize.power_vals` are
-deterministic, so they may be absent (they are recomputed); when present their values must equal the
-bit table, which checks the file's bit order against ours.
-
-config.json fields: ours are MagvitConfig's field names (written by `save_image_tokenizer`, plus
-`model_type` "magvitv2"). Upstream names mapped [unverified: the published config.json may carry none
-of them; Show-o's MAGVITv2 hard-codes its architecture]: `out_ch` -> out_channels and `codebook_dim` ->
-z_channels (the taming / LFQuantizer argument names); `codebook_size` / `num_codebook_entry` (-1 means
-2^bits) and `num_resolutions` must agree with the architecture; `double_z`, `attn_resolutions`,
-`resamp_with_conv`, `give_pre_end`, `tanh_out` must have the one value implemented here; taming's
-shared `ch_mult` / `num_res_blocks` are refused (taming's decoder uses num_res_blocks + 1 blocks, so
-the mapping would be a guess); training / bookkeeping fields (dropout, resolution, loss weights,
-`_diffusers_version`, `_version`, ...) are ignored; any other field is ignored with a warning.
+`MagvitTokenizer` encodes pixels to codes and decodes codes to pixels around the network of
+model/magvit_net.py; `load_image_tokenizer` / `save_image_tokenizer` read and write a checkpoint directory,
+checking every key and shape so that a file from another architecture or bit order fails naming the key
+instead of producing wrong images; `random_image_tokenizer` builds tiny random twins for tests. The network,
+key names, codes and weight files: docs/models.md §4; what loading checks and the config.json fields:
+docs/models.md §4.5.
 """
 
 from __future__ import annotations
