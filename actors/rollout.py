@@ -1,32 +1,11 @@
 """Rollout workers: each holds a policy copy at a `policy_version` and samples rollout batches.
 
-A worker builds its network from a `NetworkSource` (a checkpoint directory through `model.load`, or
-a seeded factory) and starts at the version it is given (0 for the initial policy, or the current
-version when a restarted worker is built from the learner's latest weights). New weights arrive as
-complete versions (`set_weights` from the object store, `receive_weights` over a broadcast group, or
-`load_state_dict`); a refused or failed version never mixes with the held one, and a worker without a
-valid version refuses to sample (so no sample comes from stale or half-written weights).
-
-`sample` takes requests of three kinds (rl.kinds.KINDS) in any mix and returns ONE
-`rl.batch.RolloutBatch` tagged with the worker's policy version, rows in request order:
-- "text": the chat prompt ids, sampled by the LLaDA text sampler (`model.sampling`).
-- "mmu" (image understanding): the worker preprocesses the request's image at the image tokenizer's
-  resolution (√num_vq_tokens · downsample), encodes it to codes and samples a text response to
-  `<|mmu|> <|soi|>` image ids `<|eoi|>` + chat prompt (model/mmada.py); the image ids are protected.
-- "t2i" (text-to-image): the plain prompt ids go through the MaskGIT sampler (model/image_sampling.py);
-  the codes are decoded by the image tokenizer. The row's response is the N image slots, scored over the
-  image-code columns only, with `<|eoi|>` as a suffix.
-A request carries the row's typed fields (kind, dataset task, prompt text, answer, meta, mmu image), and the
-worker copies them into the row's columns; it adds `response` (the decoded text up to the first EOS /
-end-of-turn; "" for t2i, and without a tokenizer; ids past the text vocabulary are dropped by the
-tokenizer), `forwards` (text and mmu: forward passes of the sampler call that made the row, for the driver's
-`rollout/forwards_per_token`) and `image` (t2i: H x W x 3 uint8 array of the decoded, clamped pixels; mmu:
-the input image as such an array, the request's own array object when it sent one).
-
-Seeds: the text group is sampled with `seed` itself (a text-only call is what it always was), the mmu
-and t2i groups with `stable_seed(kind, seed)`; inside a group row r is seeded from (group seed, r) by
-the sampler. So a request's sample depends on its position among the requests of its own kind, never
-on the requests of the other kinds. The caller picks `seed` per call (e.g. from (run seed, step, shard)).
+A worker is the only place a response is sampled: `sample` takes requests of the three kinds (rl.kinds.KINDS:
+text, mmu, t2i) in any mix and returns one `rl.batch.RolloutBatch` tagged with the version of the weights that
+made it, the requests' typed fields copied into the rows' columns. Weights arrive only as complete versions, and a
+worker without a valid one refuses to sample, so no sample comes from stale or half-written weights; seeds are
+per kind group, so a request's sample never depends on the requests of the other kinds. Versions, the columns a
+worker adds and the seeds: docs/architecture.md §4.1; what each kind samples: docs/multimodal.md §1.
 """
 
 from __future__ import annotations
