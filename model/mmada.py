@@ -1,24 +1,10 @@
-"""MMaDA's token layout and prompt builders (docs/models.md §1.4, §2).
+"""MMaDA's token layout and prompt builders.
 
 MMaDA is the LLaDA backbone with its embedding and LM head resized so that image codes follow the text
-vocabulary: image code k ∈ [0, codebook_size) has token id `len(tokenizer) + k`. `len(tokenizer)` is
-read at run time (126349 for the published tokenizer, 600 for the tiny twin), never hard-coded; the
-task tokens are reserved ids of the LLaDA tokenizer, looked up by their strings (model/templates.py).
-
-Sequence layouts built here (ids are what the network sees; "…" is a run of one token):
-
-    text-to-image   [iPAD]… <|t2i|> BOS text EOS <|soi|>   N image slots   <|eoi|>
-                    \\_______ text part: exactly text_length ______/
-    understanding   <|mmu|> <|soi|> N image ids <|eoi|>   chat prompt   response
-
-Text-to-image text part, the rule of upstream's `UniversalPrompting.t2i_prompt`:
-    part = <|t2i|> + BOS + text + EOS        (BOS is not repeated when `text` already starts with it)
-    len(part) <= text_length: left-padded with [iPAD] to exactly `text_length` tokens; the pads are
-                              excluded by the attention mask (their count is returned);
-    len(part) >  text_length: truncated to part[:text_length − 1] + EOS (the tail of the prompt is lost,
-                              the EOS kept), no padding.
-The unconditional input of classifier-free guidance is the same layout with an empty text
-(`[iPAD]… <|t2i|> BOS EOS <|soi|>`), as upstream builds it from the prompt "".
+vocabulary (image code k is token `len(tokenizer) + k`); this module builds the text-to-image and understanding
+sequences from it, in one place, so that every caller builds the same ids (as upstream would). The
+backbone: docs/models.md §1.4; the ids and task tokens: docs/models.md §2.2; the layouts and the t2i text-part
+rule: docs/models.md §2.4.
 
 Deviations from upstream, on purpose:
 - Upstream's t2i attention mask is built one position longer than the sequence (`+ 3` for two special
