@@ -1,31 +1,12 @@
 """Reward service on Ray: one actor for the CPU reward terms, one actor per heavy scorer, and the router
 that makes them look like one `rewards.RewardService`.
 
-- `RewardActor` wraps a `RewardService` over a subset of the terms of a `RewardsConfig`. The CPU actor
-  holds every term not listed in `RewardActorsConfig.heavy_terms`; its process-isolated terms keep their
-  `DeadlinePool` workers (hard deadlines) inside the actor. Each heavy term (`clip`, `image_reward`) gets
-  an actor of its own, with `gpus_per_heavy_actor` GPUs when the cluster has GPUs; there a term whose
-  factory takes a `device` option and whose options name none runs on `cuda`.
-- `RewardRouter.score(batch)` sends each actor the samples of the rows whose task it scores (`list[Sample]`,
-  `rewards.samples_of`), concurrently, merges the terms they answer (`RewardService.score_terms`) and writes
-  them into the batch with the service's own `rewards.service.write_scores`, so it returns exactly what
-  `RewardService(config, tasks).score(batch)` returns in one process: the same reward columns and totals
-  (`weighted_totals`) and the same metrics (only the `latency_s` values differ: wall times).
-  `health_metrics()` adds `health/reward_actor_restarts`, `health/reward_actor_timeouts` and
-  `health/reward_actor_failures`.
-
-Fault tolerance: rewards are pure functions of the samples, so re-scoring a batch is idempotent. The actors are
-an `actors.group.ActorGroup`, one slot per actor. An actor that dies mid-batch (ray.kill, os._exit in a
-thread-isolated reward, OOM), or has not answered within the longest `timeout_s` of its terms plus
-`reward_actors.score_grace_s` (a hung or stopped process: the terms' own deadlines run inside it), is killed
-and a fresh actor gets the same samples again, up to `max_attempts` tries per batch. A group that still fails
-gets `None` for its terms (never 0), with reason `crash: ...` (it died last) or `timeout: ...` (it overran
-last), and its actor is replaced at the next call. Restarts are explicit rather than Ray's
-`max_restarts`/`max_task_retries`, so that each one is counted and bounded per batch, and a restart that
-cannot be placed times out with an error instead of hanging (docs/reliability.md §14). A reward that raises inside the actor is already turned into `None` with reason
-`error` by the service; an exception escaping `RewardService.score` itself would be a bug and propagates.
-One actor holds all CPU terms, so a thread-isolated CPU reward that kills its process takes the other
-CPU terms of that batch with it (they are re-scored with it); process-isolated terms cannot do that.
+Heavy scorers (`clip`, `image_reward`) hold a model of their own (on a GPU when the cluster has them), so they
+run in Ray actors beside the CPU terms' actor; `RewardRouter.score(batch)` returns exactly what `RewardService.score` returns in one process
+(the same reward columns, totals and metrics), so the driver cannot tell them apart, and it replaces an actor
+that dies or hangs, re-scoring its samples (bounded and counted in `health/reward_actor_*`). Actors, scoring and
+faults: docs/architecture.md §4.2; when the router is used: docs/multimodal.md §1; deadlines:
+docs/reliability.md §14.
 """
 
 from __future__ import annotations
