@@ -2,11 +2,11 @@
 that makes them look like one `rewards.RewardService`.
 
 Heavy scorers (`clip`, `image_reward`) hold a model of their own (on a GPU when the cluster has them), so they
-run in Ray actors beside the CPU terms' actor; `RewardRouter.score(batch)` returns exactly what `RewardService.score` returns in one process
-(the same reward columns, totals and metrics), so the driver cannot tell them apart, and it replaces an actor
-that dies or hangs, re-scoring its samples (bounded and counted in `health/reward_actor_*`). Actors, scoring and
-faults: docs/architecture.md §4.2; when the router is used: docs/multimodal.md §1; deadlines:
-docs/reliability.md §14.
+run in Ray actors beside the CPU terms' actor; `RewardRouter.score(batch)` returns exactly what
+`RewardService.score` returns in one process (the same reward columns, totals and metrics), so the driver cannot
+tell them apart, and it replaces an actor that dies or hangs, re-scoring its samples (bounded and counted in
+`health/reward_actor_*`). Actors, scoring and faults: docs/architecture.md §4.2; when the router is used:
+docs/multimodal.md §1; deadlines: docs/reliability.md §14.
 """
 
 from __future__ import annotations
