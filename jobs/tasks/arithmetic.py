@@ -2,43 +2,12 @@
 
     python -m jobs.tasks.arithmetic --out data/arithmetic --train 6000 --heldout 256 --seed 0
 
-(the defaults) writes `train.jsonl` and `heldout.jsonl`, one row per problem in the dataset format of `jobs.data`:
-
-    {"uid": "arith-heldout-00001", "task": "text", "prompt": "Compute (9 - 6) * 5 + 9.", "answer": "24",
-     "response": "<think>9-6=3\\n3*5=15\\n15+9=24</think>\\boxed{24}", "num_steps": 3, "response_complete": true}
-
-`response` is the solution SFT imitates (jobs/sft.py): one `<think>` block with one line per operation, in
-evaluation order, then the value of the last line in `\\boxed{}` — so the `format` and `correctness`
-rewards both give it 1.0. The worked lines are written without spaces (`9-6=3`), which keeps a 3-step
-solution under 40 tokens of the tiny tokenizer (digits are single tokens there).
-
-A weak teacher (`--stop-early q`, default 0: off). Held-out rows always carry the complete solution. With
-q > 0 each training row's solution comes from a teacher that, with probability q, leaves out the last
-operation and boxes the line before it (`<think>9-6=3\\n3*5=15</think>\\boxed{15}` for the row above:
-well formatted, never correct; `response_complete` says which). SFT imitates the teacher, so its policy
-stops early about as often, while `answer` stays the gold and the correctness reward tells the two habits
-apart: a cold start with a systematic fault that RL, not imitation, can remove (docs/demo.md §4).
-
-A sign slip (`--sign-slip q`, default 0: off): with probability q a training solution is worked out in full
-and correctly but its answer is boxed with a minus sign (`<think>9-6=3\\n3*5=15\\n15+9=24</think>\\boxed{-24}`:
-well formatted, never correct). It changes one token of the solution (`{-` for `{` in the tiny tokenizer), so
-the slip and the right answer have the same length and layout: a masked-diffusion policy that imitates it
-makes the slip or not at one position, instead of mixing two layouts (docs/demo.md §6). The two faults share
-the teacher's coin: a row stops early when u < stop_early and slips when stop_early <= u < stop_early +
-sign_slip. `response_correct` says whether the row's boxed answer is the gold.
-
-Problems are drawn from eight shapes (`SHAPES`: four with 2 operations, four with 3), e.g.
-`a + b * c`, `(a - b) * c`, `(a + b) * c - d`, `a * b + c * d`: sums and differences of operands in
-[1, add_max], products with a factor in [2, mul_max] (defaults 9 and 9); every intermediate
-result is a non-negative integer (subtrahends are drawn no larger than what they are taken from).
-`three_step_fraction` of the problems have three operations; the mix of easy (2-step) and hard
-(3-step, 2-digit x 1-digit products) problems is what leaves the SFT policy part-way, with room for
-RL above it.
-
-Determinism and disjointness: one `random.Random(seed)` draws the held-out problems first, then the
-training problems, skipping any expression already drawn, so the two files never share a problem
-(by its expression text) and the held-out file does not depend on `--train`; the teacher's coin is a
-second generator, so the problems drawn do not depend on `--stop-early`.
+(the defaults) writes `train.jsonl` and `heldout.jsonl` in the dataset format of `jobs.data`, each row with the
+worked solution SFT imitates (`response`). A task small enough to learn on a CPU, whose problems mix easy and
+hard so that an SFT policy stops part-way with room for RL above it; `--stop-early` and `--sign-slip` make a
+teacher with a systematic fault that RL, not imitation, can remove. The files are a pure function of the
+arguments, and the held-out file shares no problem with the training file. The row format, the shapes, the
+teacher's faults and determinism: docs/demo.md §1; what the faults were for: docs/demo.md §4 and §6.
 """
 
 from __future__ import annotations
