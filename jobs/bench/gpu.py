@@ -1,35 +1,12 @@
 """`python -m jobs.bench gpu`: the LLaDA-8B backbone with random weights on one GPU — build, sample, update.
 
-Three phases; each runs once untimed as a warm-up at the same shapes (not the build) and is timed between
-`torch.cuda.synchronize()` calls:
+    python -m jobs.bench gpu --size 8b --out gpu.json        # one GPU; --size tiny --device cpu is its CPU test
 
-1. build: the network on the meta device, `to_empty` on the target device in the target dtype, then
-   model.tiny's init (N(0, 0.02), RMSNorm weights 1) drawn there from a seeded generator — no CPU copy,
-   seconds for 8B. On CPU in fp32 the weights equal `model.tiny.random_network`'s for the same seed.
-   Reported: parameter count, memory allocated after the build.
-2. sampler, per temperature: `model.sampling.generate_text` on `batch` random prompts, all of
-   `prompt_length` tokens (no padding). The warm-up is the same call with one step per block. A plain run
-   gives the wall, generated tokens/s (tokens that are no longer [MASK] after it, ÷ wall) and peak memory;
-   a second run under jobs.bench.sampler's `SideBySideNetwork` gives the overhead ratio (sampler wall ÷
-   forward passes × full-forward wall) and inner ratio as that benchmark defines them. On CUDA every
-   network call is followed by a synchronize (and each step preceded by one), so its clocks time kernels,
-   not launches. fwd TFLOP/s = 2 × non-embedding parameters × batch × (prompt + gen) ÷ full-forward wall
-   (attention's own FLOPs left out).
-3. update: one `rl.update.unigrpo_update` (μ inner steps) on a RolloutBatch of groups × samples random text
-   rows (prompt_length + gen_length tokens, no EOS, so every response token is scored; rewards 1, 0, 1, ...
-   within a group), one micro-batch of all rows, β = 0.01 against a second random network as π_ref, activation
-   checkpointing on. Optimizer: `PlainEngine` (grad clip 1.0) around `torch.optim.AdamW(lr=1e-6)`, fused on
-   CUDA. AdamW keeps its moments in the parameters' dtype, so with --dtype bf16 weights, gradients and both
-   moments are bf16 (8B: 16 GB each, 64 GB + 16 GB π_ref); fp32 moments or master weights are not used.
-   Caveat: at lr 1e-6 most bf16 weight updates round away (a weight of 0.02 has a bf16 spacing of 1.2e-4).
-   Reported: wall per update, peak memory, the loss and grad norm, a float64 checksum of the weights
-   before and after the timed update.
-
-With `--modes none,dual,dual@0.9` (the default) the sampler phase is followed by the fast modes side by side at
-temperature 0 on the same prompts (`jobs/bench/sampler_modes.py`: tokens/s, forwards per token, speed ratio and
-token agreement against `none`; docs/sampling.md). Random weights are never confident, so a threshold reveals
-one token per forward here; the forwards a trained policy saves are measured by `jobs.bench sampler
---policy-eval`.
+It measures what an 8B run costs on one GPU (build time, sampler throughput, one UniGRPO update's wall and peak
+memory) without a checkpoint, Ray or DeepSpeed: it imports only torch, `model/` and `rl/`, and builds the
+weights on the device from a seed. The sampler and the update run once as a warm-up at the same shapes, and
+every phase is timed between CUDA synchronizes. The phases and every reported column: docs/gpu.md §Phases and columns; the measured results:
+docs/gpu.md.
 """
 
 from __future__ import annotations
