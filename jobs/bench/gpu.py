@@ -5,8 +5,8 @@
 It measures what an 8B run costs on one GPU (build time, sampler throughput, one UniGRPO update's wall and peak
 memory) without a checkpoint, Ray or DeepSpeed: it imports only torch, `model/` and `rl/`, and builds the
 weights on the device from a seed. The sampler and the update run once as a warm-up at the same shapes, and
-every phase is timed between CUDA synchronizes. The phases and every reported column: docs/gpu.md §Phases and columns; the measured results:
-docs/gpu.md.
+every phase is timed between CUDA synchronizes. The phases and every reported column: docs/gpu.md §Phases and
+columns; the measured results: docs/gpu.md.
 """
 
 from __future__ import annotations
