@@ -18,7 +18,7 @@ blocks, and the test kills the process group once the marker is there.
 
 Async mode (3 steps, one kill): step 2's samples, drawn from the weights before update 1, are in flight when
 step 1 is checkpointed; the checkpoint saves them, and a run killed in step 2 and resumed equals the
-uninterrupted async run in the same ways.
+uninterrupted async run in the same ways. That run trains LoRA adapters, so it also shows a LoRA resume exact.
 """
 
 from __future__ import annotations
@@ -117,22 +117,19 @@ def checkpoint_cursor(run_dir: Path, step: int) -> dict:
     return verify(run_dir / "checkpoints" / f"step_{step}")["data"]
 
 
-# LoRA (docs/lora.md): the checkpoint holds the adapters and their Adam state (the base is rebuilt from the
-# network source), the workers the adapters the learner synced; both must come back exactly.
-@pytest.mark.parametrize("extra", [(), ("learner.lora.rank=4", "learner.lora.alpha=8")], ids=["full", "lora"])
-def test_sigkill_and_resume_twice_equals_uninterrupted(tmp_path, ray_session, monkeypatch, extra):
+def test_sigkill_and_resume_twice_equals_uninterrupted(tmp_path, ray_session, monkeypatch):
     eight_prompts(tmp_path)
     monkeypatch.chdir(REPO)  # the config's reward file and data paths are relative to the repository
-    reference = train(load_config(CONFIG, overrides(tmp_path, "reference", extra=extra)))
+    reference = train(load_config(CONFIG, overrides(tmp_path, "reference")))
     assert reference["final_step"] == STEPS
 
     run_dir = tmp_path / "killed"
-    run_driver(tmp_path, "killed", hang_at_call=2, log_name="first", extra=extra)  # killed in step 2
+    run_driver(tmp_path, "killed", hang_at_call=2, log_name="first")  # killed in step 2
     assert {k: checkpoint_cursor(run_dir, 1)[k] for k in ("epoch", "position")} == {"epoch": 0, "position": 4}
     assert PENDING_FILE not in read_marker(run_dir / "checkpoints" / "step_1")["files"]  # sync: prompts drawn again
-    run_driver(tmp_path, "killed", hang_at_call=2, log_name="second", extra=extra)  # resumes after step 1, killed in step 3
+    run_driver(tmp_path, "killed", hang_at_call=2, log_name="second")  # resumes after step 1, killed in step 3
     assert {k: checkpoint_cursor(run_dir, 2)[k] for k in ("epoch", "position")} == {"epoch": 1, "position": 0}
-    run_driver(tmp_path, "killed", hang_at_call=None, log_name="third", extra=extra)  # resumes after step 2, to the end
+    run_driver(tmp_path, "killed", hang_at_call=None, log_name="third")  # resumes after step 2, to the end
 
     expected_metrics = read_jsonl(tmp_path / "reference" / "metrics.jsonl")
     expected_rollouts = read_jsonl(tmp_path / "reference" / "rollouts.jsonl")
@@ -152,21 +149,25 @@ def test_sigkill_and_resume_twice_equals_uninterrupted(tmp_path, ray_session, mo
     assert summary["start_step"] == 2 and summary["policy_version"] == STEPS
     assert summary["learner_checksums"] == reference["learner_checksums"]  # weights and optimizer restored
     assert summary["worker_checksums"] == reference["worker_checksums"]
-    assert (run_dir / "export" / "adapter" / "adapter_model.safetensors").exists() == bool(extra)
 
 
 def test_async_sigkill_after_a_checkpoint_with_samples_in_flight_resumes_exactly(tmp_path, ray_session, monkeypatch):
     """Step 2's samples come from the weights before update 1 (version 0), which a resumed run no longer has:
-    drawn again, they would be sampled at version 1. Saved with step_1, they are trained on as they were."""
+    drawn again, they would be sampled at version 1. Saved with step_1, they are trained on as they were.
+
+    The run trains LoRA adapters (docs/lora.md), so the same kill also shows a LoRA resume exact: the checkpoint
+    holds the adapters and their Adam state (the base is rebuilt from the network source), the workers get the
+    adapters the learner synced, and both come back bit for bit (one run for both: each costs about a minute)."""
     eight_prompts(tmp_path)
     monkeypatch.chdir(REPO)
-    steps = 3
-    reference = train(load_config(CONFIG, overrides(tmp_path, "reference", steps=steps, mode="async")))
+    steps, lora = 3, ("learner.lora.rank=4", "learner.lora.alpha=8")
+    reference = train(load_config(CONFIG, overrides(tmp_path, "reference", steps=steps, mode="async", extra=lora)))
 
     run_dir = tmp_path / "killed"
-    run_driver(tmp_path, "killed", hang_at_call=2, log_name="first", steps=steps, mode="async")  # killed in step 2
+    run_driver(tmp_path, "killed", hang_at_call=2, log_name="first", steps=steps, mode="async",
+               extra=lora)  # killed in step 2
     first_checkpoint = verify(run_dir / "checkpoints" / "step_1")  # complete before the kill; read before the resume
-    run_driver(tmp_path, "killed", hang_at_call=None, log_name="second", steps=steps, mode="async")
+    run_driver(tmp_path, "killed", hang_at_call=None, log_name="second", steps=steps, mode="async", extra=lora)
 
     expected_metrics = read_jsonl(tmp_path / "reference" / "metrics.jsonl")
     expected_rollouts = read_jsonl(tmp_path / "reference" / "rollouts.jsonl")
@@ -181,8 +182,9 @@ def test_async_sigkill_after_a_checkpoint_with_samples_in_flight_resumes_exactly
     assert all(metrics[s]["loss/pg_loss"] != 0 for s in range(1, steps + 1))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["start_step"] == 1 and summary["policy_version"] == steps
-    assert summary["learner_checksums"] == reference["learner_checksums"]
+    assert summary["learner_checksums"] == reference["learner_checksums"]  # base + adapters and Adam state
     assert summary["worker_checksums"] == reference["worker_checksums"]
+    assert (run_dir / "export" / "adapter" / "adapter_model.safetensors").is_file()  # the adapter in PEFT's layout
 
     # what made it exact: step_1 holds step 2's samples and the cursor after their draw (all 8 prompts drawn)
     assert first_checkpoint["pending_step"] == 2 and first_checkpoint["policy_version"] == 1
