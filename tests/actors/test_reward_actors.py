@@ -11,7 +11,6 @@ import pytest
 import ray
 
 from actors.cluster import check_resources
-from actors.group import wait
 from actors.rewards import (
     CPU_GROUP,
     RewardActor,
@@ -24,6 +23,7 @@ from actors.rewards import (
 )
 from rewards import RewardsConfig, RewardService, RewardTermConfig, Sample
 from rewards.service import metric_term
+from tests.actors.test_group import ends_as_died
 from tests.rewards.batches import batch_of
 
 PLUGINS = '''
@@ -215,7 +215,7 @@ def test_a_term_that_cannot_be_scored_is_none_with_a_reason_after_bounded_retrie
         assert "reward/text/total/mean" not in metrics
         assert router.health_metrics() == health(restarts=1, failures=1)
         given_up = router.actor(dying)  # killed now, replaced at the next call (before its first attempt)
-        assert dict(wait({"x": given_up.start.remote()}, 30))["x"].status == "died"
+        assert ends_as_died(given_up.start, within_s=30)
         again, _ = router.score(batch_of(samples))
         assert again.reward_reasons[dying][0] == reason
         assert router.health_metrics() == health(restarts=3, failures=2)  # both tries were failed starts
