@@ -213,6 +213,18 @@ class RolloutWorker:
             batch = batch.select(sorted(range(len(order)), key=order.__getitem__))  # request order (rows validated when built)
         return batch
 
+    def decode(self, prompts: list[list[int]], sampler: dict[str, Any], *, seed: int, mask_id: int,
+               pad_id: int | None) -> tuple[int, list[list[int]], int]:
+        """One sampler call of held-out evaluation on this worker's weights (jobs/evaluate.py, via
+        `RolloutPool.decode`): (this worker's version, response window ids [b][L], forward passes)."""
+        from model.sampling import response_ids
+
+        version = self.receiver.version
+        if version is None:
+            raise WeightSyncError("this worker holds no valid weights (a sync failed half-way); "
+                                  "send a complete version before decoding")
+        return (version, *response_ids(self.network, prompts, sampler, mask_id=mask_id, pad_id=pad_id, seed=seed))
+
     def _sample_text(self, requests: list[PromptRequest], kind: str, cfg: TextSamplerConfig, seed: int,
                      version: int) -> Any:
         """text / mmu requests -> RolloutBatch rows (mmu: image codes spliced in front of the chat prompt)."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,56 @@ class RolloutPool:
         in async mode saves step s+1's shards so (jobs/train.py `save`); the sync of step s has waited for them."""
         batches, _ = self.collect(pending)
         return [PendingShard.delivered(k, batch, pending[0].dispatched_version) for k, batch in enumerate(batches)]
+
+    def decode(self, calls: Sequence[tuple[list[list[int]], int]], sampler: dict[str, Any], *, mask_id: int,
+               pad_id: int | None) -> Iterator[tuple[list[list[int]], int]]:
+        """Held-out evaluation's sampler calls (jobs/evaluate.py `Decode`) on the workers, at the version they
+        all hold (`sync`): one call in flight per worker, the next sent as one returns; yields (response ids,
+        forward passes) per call in order. A worker that dies or overruns `rollout.sample_timeout_s` on a call
+        is replaced (with the current weights) and the call sent again: same prompts, seed and weights, so the
+        same answer; more than `max_restarts_per_step` replacements end the evaluation with an error."""
+        results: list[Any] = [None] * len(calls)
+        queue = deque(range(len(calls)))
+        in_flight: dict[int, tuple[int, Any, float]] = {}  # worker -> (call index, future, sent at)
+        restarts, next_out = 0, 0
+
+        def send(worker: int) -> None:
+            if queue:
+                index = queue.popleft()
+                prompts, seed = calls[index]
+                future = self.workers[worker].decode.remote(prompts, sampler, seed=seed, mask_id=mask_id,
+                                                            pad_id=pad_id)
+                in_flight[worker] = (index, future, time.monotonic())
+
+        for worker in range(len(self.workers)):
+            send(worker)
+        while in_flight:
+            due = min(sent for _, _, sent in in_flight.values()) + self.cfg.sample_timeout_s
+            worker, outcome = next(wait({w: f for w, (_, f, _) in in_flight.items()}, due - time.monotonic()))
+            if outcome.status == "timeout":  # every call still running is reported: the oldest is the one due
+                worker = min(in_flight, key=lambda w: in_flight[w][2])
+            index, _, _ = in_flight.pop(worker)
+            if outcome.status == "error":
+                raise RuntimeError(f"held-out decoding failed on rollout worker {worker}: "
+                                   f"{outcome.describe(None)}") from outcome.error
+            if outcome.status == "ok":
+                version, responses, forwards = outcome.value
+                if version != self.version:
+                    raise RuntimeError(f"rollout worker {worker} decoded at version {version}; the pool synced "
+                                       f"version {self.version}")
+                results[index] = (responses, forwards)
+            else:  # died or overran: a fresh worker decodes the same call again
+                restarts += 1
+                if restarts > self.max_restarts_per_step:
+                    why = outcome.describe(self.cfg.sample_timeout_s, SAMPLE_KEY)
+                    raise RuntimeError(f"rollout workers failed {restarts} times in one evaluation; giving up "
+                                       f"(last: worker {worker}: {why})") from outcome.error
+                self._restart(worker, outcome)
+                queue.appendleft(index)
+            send(worker)
+            while next_out < len(calls) and results[next_out] is not None:
+                yield results[next_out]
+                next_out += 1
 
     def health(self) -> dict[str, float]:
         return {"health/worker_restarts": float(self.restarts), "health/worker_timeouts": float(self.timeouts)}

@@ -184,8 +184,14 @@ class EvalConfig:
     More than 1 only makes sense with temperature > 0 (greedy decoding repeats itself)."""
     batch_size: int = 128
     """Prompts per sampler call."""
+    where: Literal["rollout_workers", "driver"] = "rollout_workers"
+    """Where `jobs.train` decodes its evaluations: "rollout_workers" (the calls spread over the workers, which hold
+    the step's weights already: their device, in learner.dtype, which eval.dtype must equal), or "driver" (a copy of
+    learner rank 0's weights in the driver, in eval.dtype on eval.device). jobs.sft, jobs.eval and jobs.sample
+    always decode in their own process. docs/sampling.md §Where evaluation runs."""
     torch_threads: int = 2
-    """CPU threads the driver's evaluation may use (the learner and workers are idle while it runs)."""
+    """CPU threads the evaluation may use when it decodes in this process (the learner and workers are idle
+    while it runs)."""
     dtype: Literal["fp32", "bf16"] = "fp32"
     """Weights and activations of the evaluated policy (a checkpoint stored in another dtype is cast), in
     training and in `python -m jobs.eval` / `jobs.sample`; also the rollout workers' of `jobs.rollout`."""
@@ -196,8 +202,9 @@ class EvalConfig:
     """`python -m jobs.eval`: the summary JSON file, every sample going to `<stem>.samples.jsonl` beside it (null:
     print the summary only). Training writes its evaluations to `<run dir>/eval/`."""
     device: str = "cpu"
-    """Where the evaluated policy and its sampler run, in training (the driver's copy) and in `python -m jobs.eval`
-    / `jobs.sample`: "cpu", "cuda", "cuda:N", or "auto" (the first CUDA device when torch sees one, else the CPU)."""
+    """Where the evaluated policy and its sampler run when they run in this process (`python -m jobs.eval` /
+    `jobs.sample`, jobs.sft, training with eval.where: driver): "cpu", "cuda", "cuda:N", or "auto" (the first CUDA
+    device when torch sees one, else the CPU)."""
 
     def __post_init__(self):
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):

@@ -49,7 +49,7 @@ def parser():
 
 def evaluate(cfg: TrainConfig) -> dict:
     """The whole evaluation; returns the summary (and writes the files when `eval.out` is set)."""
-    from jobs.evaluate import default_ks
+    from jobs.evaluate import default_ks, local_decoder
     from jobs.heldout import eval_sampler, evaluate_heldout, heldout_records, load_eval_policy
 
     if not cfg.data.eval:
@@ -58,7 +58,8 @@ def evaluate(cfg: TrainConfig) -> dict:
     loaded = load_eval_policy(cfg)
     ks = sorted(set(cfg.eval.pass_at_k)) or default_ks(cfg.eval.samples)
     started = time.perf_counter()
-    rows, scores = evaluate_heldout(cfg, loaded, records, ks=ks)
+    rows, scores = evaluate_heldout(cfg, loaded.tokenizer, loaded.config, records,
+                                    decode=local_decoder(loaded.network), ks=ks)
     summary = {
         "model": str(DEMO_POLICY) if cfg.model.path == "demo" else cfg.model.path,
         "data": cfg.data.eval, "skipped_rows": len(skipped),

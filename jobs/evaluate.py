@@ -2,7 +2,10 @@
 and SFT's evaluation (jobs/sft.py) all call `evaluate_policy`, so the same model and settings give the same numbers.
 
 Decode: every problem gets K samples from the LLaDA text sampler (`model.generate_text`) on its chat prompt; the
-response is the whole `gen_length` window decoded with special tokens skipped. Judge: the registered `correctness`
+response is the whole `gen_length` window decoded with special tokens skipped. The sampler calls run where the
+caller's `decode` says: in this process (`local_decoder`), or on the rollout workers during training
+(`RolloutPool.decode`, docs/sampling.md §Where evaluation runs); each call's answer depends only on its prompts,
+seed and weights, so both places give the same rows. Judge: the registered `correctness`
 and `format` rewards (the ones training uses). pass@k is the unbiased estimator of Chen et al. 2021 (Codex),
 averaged over problems: with n = K samples of which c are correct,
 
@@ -27,6 +30,7 @@ import math
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger("unigrpo.eval")
 
@@ -53,44 +57,57 @@ def response_length(ids: list[int], stop_ids: set[int]) -> int:
     return next((i for i, token in enumerate(ids) if token in stop_ids), len(ids))
 
 
-def generate_all(loaded, records, *, samples: int, sampler: dict, thinking: bool, seed: int, batch_size: int):
+Decode = Callable[..., Iterable[tuple[list[list[int]], int]]]
+"""Where an evaluation's sampler calls run: `decode(calls, sampler, mask_id=, pad_id=)` with `calls` a list of
+(prompt ids [b][P], seed) yields (response window ids [b][L], forward passes) per call, in order. `local_decoder`
+runs them in this process; `actors.rollout_pool.RolloutPool.decode` on the rollout workers."""
+
+
+def local_decoder(network) -> Decode:
+    """A `Decode` running the calls one after another on `network`, in this process."""
+    from model.sampling import response_ids
+
+    def decode(calls, sampler: dict, *, mask_id: int, pad_id: int | None):
+        network.eval()
+        for prompts, seed in calls:
+            yield response_ids(network, prompts, sampler, mask_id=mask_id, pad_id=pad_id, seed=seed)
+
+    return decode
+
+
+def generate_all(tokenizer, records, *, samples: int, sampler: dict, thinking: bool, seed: int, batch_size: int,
+                 decode: Decode):
     """One row per (problem, sample index): dicts with the response text, its token ids and length."""
-    import torch
     from tqdm import tqdm
 
-    import model
     from model.templates import chat_prompt_ids, special_ids
     from rl.masking import stable_seed
 
-    special = special_ids(loaded.tokenizer)
+    special = special_ids(tokenizer)
     stop_ids = {i for i in (special.eos, special.pad, special.eot) if i is not None}
-    prompts = [chat_prompt_ids(loaded.tokenizer, r.prompt, thinking=thinking) for r in records]
-    network = loaded.network.eval()
+    prompts = [chat_prompt_ids(tokenizer, r.prompt, thinking=thinking) for r in records]
+    starts = [(sample_index, start) for sample_index in range(samples) for start in range(0, len(records), batch_size)]
+    calls = [(prompts[start:start + batch_size], stable_seed(seed, "eval", sample_index, start))
+             for sample_index, start in starts]
     rows: list[dict] = [None] * (len(records) * samples)  # type: ignore[list-item]
     bar = tqdm(total=len(rows), desc="eval", unit=" answers", file=sys.stderr, disable=None, leave=False,
                dynamic_ncols=True)  # shown in a terminal only (disable=None)
-    for sample_index in range(samples):
-        for start in range(0, len(records), batch_size):
-            batch_seed = stable_seed(seed, "eval", sample_index, start)
-            with torch.no_grad():
-                sequences, _, forwards = model.generate_text(
-                    network, prompts[start:start + batch_size], **sampler, mask_id=special.mask,
-                    pad_id=special.pad, seed=batch_seed,
-                )  # [b, P+L], forward passes of this batch
-            responses = sequences[:, -sampler["gen_length"]:].tolist()  # [b, L], on the host (from eval.device)
-            for offset, ids in enumerate(responses):
-                problem = start + offset
-                record = records[problem]
-                rows[problem * samples + sample_index] = {
-                    "uid": record.uid, "task": record.task, "sample_index": sample_index, "prompt": record.prompt,
-                    "answer": record.answer,
-                    "response": loaded.tokenizer.decode(ids, skip_special_tokens=True),
-                    "response_tokens": response_length(ids, stop_ids), "sampler_forwards": forwards,
-                }
-            bar.update(len(responses))
-            if bar.disable:  # no terminal (a log file, a submitted job): a line per batch instead of the bar
-                done = sample_index * len(records) + start + len(responses)
-                log.info("eval: %d/%d answers", done, len(rows))
+    done = 0
+    results = decode(calls, sampler, mask_id=special.mask, pad_id=special.pad)
+    for (sample_index, start), (responses, forwards) in zip(starts, results, strict=True):
+        for offset, ids in enumerate(responses):  # ids: [L] on the host
+            problem = start + offset
+            record = records[problem]
+            rows[problem * samples + sample_index] = {
+                "uid": record.uid, "task": record.task, "sample_index": sample_index, "prompt": record.prompt,
+                "answer": record.answer,
+                "response": tokenizer.decode(ids, skip_special_tokens=True),
+                "response_tokens": response_length(ids, stop_ids), "sampler_forwards": forwards,
+            }
+        done += len(responses)
+        bar.update(len(responses))
+        if bar.disable:  # no terminal (a log file, a submitted job): a line per batch instead of the bar
+            log.info("eval: %d/%d answers", done, len(rows))
     bar.close()
     return rows
 
@@ -136,18 +153,19 @@ def summarise(rows: list[dict], *, samples: int, ks: list[int]) -> dict:
     return {**metrics(rows), "per_task": {task: metrics(group) for task, group in sorted(by_task.items())}}
 
 
-def evaluate_policy(loaded, records, *, samples: int, sampler: dict, thinking: bool, seed: int, batch_size: int,
-                    ks: list[int] | tuple[int, ...] = (1,)) -> tuple[list[dict], dict]:
-    """Decode and judge `loaded` (a model.LoadedModel) on text `records`: (scored rows, `summarise` summary)."""
+def evaluate_policy(tokenizer, config, records, *, decode: Decode, samples: int, sampler: dict, thinking: bool,
+                    seed: int, batch_size: int, ks: list[int] | tuple[int, ...] = (1,)) -> tuple[list[dict], dict]:
+    """Decode (with `decode`) and judge a policy with `tokenizer` and BackboneConfig `config` on text `records`:
+    (scored rows, `summarise` summary)."""
     from jobs.data import check_prompt_records  # prompts longer than the model takes: logged and skipped
 
-    records, _ = check_prompt_records(records, loaded.tokenizer, max_sequence_length=loaded.config.max_sequence_length,
+    records, _ = check_prompt_records(records, tokenizer, max_sequence_length=config.max_sequence_length,
                                       gen_length=sampler["gen_length"], thinking=thinking)
     started = time.perf_counter()
     log.info("eval: %d problems x %d sample(s), %d-token responses, batches of %d", len(records), samples,
              sampler["gen_length"], batch_size)
-    rows = generate_all(loaded, records, samples=samples, sampler=sampler, thinking=thinking, seed=seed,
-                        batch_size=batch_size)
+    rows = generate_all(tokenizer, records, samples=samples, sampler=sampler, thinking=thinking, seed=seed,
+                        batch_size=batch_size, decode=decode)
     score_rows(rows)
     summary = summarise(rows, samples=samples, ks=list(ks))
     log.info("eval: done in %.1f s: %s on %d problems", time.perf_counter() - started,

@@ -1,18 +1,20 @@
 """Held-out evaluation: pass@1 and format rate of a policy on `data.eval`, with the settings of the `eval` section.
 
-The training driver calls `HeldoutEvaluator.evaluate(step, state_dict)` before the first step, every `eval.every`
+The training driver calls `HeldoutEvaluator.evaluate(step, decode)` before the first step, every `eval.every`
 steps and after the last one; `python -m jobs.eval` calls `evaluate_heldout` on a checkpoint. Both read the same
 problems (`heldout_records`), sampler (`eval_sampler`: `rollout.sampler` with `eval.temperature`), dtype, thinking,
 seed, batch size and number of samples from the same config tree, and decode + judge with jobs/evaluate.py, so
 `jobs.eval --config <the run's config.yaml> --model <its export>` repeats the run's last evaluation, and the
 curve's first point is the starting policy's `jobs.eval` score.
 
-Where it runs in training: in the driver process, on the weights learner rank 0 returns (`state_dict_for_sync`),
-copied into a policy of `eval.dtype` on `eval.device` (`eval_device`: the CPU by default, a GPU the driver sees
-when asked). In sync mode the learner and the rollout workers are idle while it runs, so it competes with nothing;
-`eval.torch_threads` bounds its CPU threads. Not yet done (issue 16): evaluating on a rollout worker, where the
-weights already are, instead of copying them to the driver (docs/sampling.md §Where evaluation runs). With `eval.samples` = K every problem is
-answered K times and `eval/pass@1` is the mean over the K x N responses.
+Where it decodes in training (`eval.where`): on the rollout workers by default, which hold the step's weights
+already (the sync came first, and in sync mode the next step's sampling waits for the evaluation), the sampler
+calls spread over them (`RolloutPool.decode`); or, with `eval.where: driver`, on a copy of learner rank 0's weights
+(`state_dict_for_sync`) in the driver, in `eval.dtype` on `eval.device` (`eval_device`). Judging runs in the
+driver either way. jobs.sft has no rollout workers: its evaluator keeps the driver's copy, which is also what it
+saves. docs/sampling.md §Where evaluation runs.
+
+With `eval.samples` = K every problem is answered K times and `eval/pass@1` is the mean over the K x N responses.
 
 Only text problems can be evaluated this way (a file with image tasks is a DataError naming them).
 
@@ -73,6 +75,19 @@ def eval_device(cfg) -> torch.device:
     return device
 
 
+def check_placement(cfg) -> None:
+    """jobs.train's check of `eval.where`: on the rollout workers the policy runs in learner.dtype, so eval.dtype
+    must say the same (`jobs.eval --config <the run's config.yaml>` then repeats the run's evaluations); a
+    ConfigError naming both keys otherwise."""
+    from jobs.config import ConfigError
+
+    if cfg.data.eval and cfg.eval.where == "rollout_workers" and cfg.eval.dtype != cfg.learner.dtype:
+        raise ConfigError([f"eval.dtype: {cfg.eval.dtype}, but eval.where: rollout_workers evaluates on the rollout "
+                           f"workers, which hold the policy in learner.dtype {cfg.learner.dtype}; set eval.dtype to "
+                           f"{cfg.learner.dtype}, or eval.where: driver to evaluate a {cfg.eval.dtype} copy in the "
+                           "driver"])
+
+
 def load_eval_policy(cfg):
     """`model.path` loaded in this process as the evaluation runs it (`eval.dtype` on `eval.device`; a tiny twin
     drawn from `run.seed` at `model.tiny_size`, as training draws it); a ModelSpecError naming `model.path`."""
@@ -82,50 +97,62 @@ def load_eval_policy(cfg):
                       dtype=cfg.eval.dtype, device=eval_device(cfg))
 
 
-def evaluate_heldout(cfg, loaded, records, *, ks: list[int] | tuple[int, ...] = (1,)) -> tuple[list[dict], dict]:
-    """jobs/evaluate.py's `evaluate_policy` of `loaded` on `records` with the settings of `cfg`'s `eval` section,
-    under `eval.torch_threads` threads: (scored rows, summary with pass@k for `ks`)."""
+def evaluate_heldout(cfg, tokenizer, config, records, *, decode, ks: list[int] | tuple[int, ...] = (1,)
+                     ) -> tuple[list[dict], dict]:
+    """jobs/evaluate.py's `evaluate_policy` on `records` with the settings of `cfg`'s `eval` section, the sampler
+    calls run by `decode` (in this process under `eval.torch_threads` threads): (scored rows, summary with pass@k
+    for `ks`). `tokenizer`, `config`: the policy's tokenizer and BackboneConfig."""
     from jobs.evaluate import evaluate_policy
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.eval.torch_threads)
     try:
-        return evaluate_policy(loaded, records, samples=cfg.eval.samples, sampler=eval_sampler(cfg),
-                               thinking=cfg.data.thinking, seed=cfg.run.seed, batch_size=cfg.eval.batch_size, ks=ks)
+        return evaluate_policy(tokenizer, config, records, decode=decode, samples=cfg.eval.samples,
+                               sampler=eval_sampler(cfg), thinking=cfg.data.thinking, seed=cfg.run.seed,
+                               batch_size=cfg.eval.batch_size, ks=ks)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 class HeldoutEvaluator:
-    """Greedy (by default) pass@1 of the learner's weights on a held-out prompt file, during training."""
+    """Greedy (by default) pass@1 of the policy on a held-out prompt file, during training: the sampler calls
+    run on the rollout workers (`RolloutPool.decode`) or, given `driver_copy`, on a copy of the policy here."""
 
-    def __init__(self, cfg, backbone, tokenizer, run_dir: Path):
-        """`cfg`: the TrainConfig; `backbone`: the policy's BackboneConfig; `tokenizer`: its tokenizer."""
+    def __init__(self, cfg, backbone, tokenizer, run_dir: Path, *, driver_copy: bool):
+        """`cfg`: the TrainConfig; `backbone`: the policy's BackboneConfig; `tokenizer`: its tokenizer;
+        `driver_copy`: build the copy of the policy (eval.dtype on eval.device) that `driver_decoder` loads."""
         from model.checkpoint import resolve_dtype
         from model.network import MaskedDiffusionLM
 
         self.records, _ = heldout_records(cfg)
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        with torch.device("meta"):
-            network = MaskedDiffusionLM(backbone)
-        dtype = resolve_dtype(cfg.eval.dtype, torch.float32)
-        self.network = network.to_empty(device=eval_device(cfg)).to(dtype).eval().requires_grad_(False)
+        self.cfg, self.backbone, self.tokenizer = cfg, backbone, tokenizer
+        self.network = None
+        if driver_copy:
+            with torch.device("meta"):
+                network = MaskedDiffusionLM(backbone)
+            dtype = resolve_dtype(cfg.eval.dtype, torch.float32)
+            self.network = network.to_empty(device=eval_device(cfg)).to(dtype).eval().requires_grad_(False)
         self.out_dir = run_dir / "eval"
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
-    def evaluate(self, step: int, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Load `state_dict` into the evaluation copy and score it; returns the `eval/*` metrics."""
-        from model.checkpoint import LoadedModel
+    def driver_decoder(self, step: int, state_dict: dict[str, torch.Tensor]):
+        """A jobs/evaluate.py `Decode` on the driver's copy of the policy, loaded with `state_dict` (the learner's
+        weights at `step`)."""
+        from jobs.evaluate import local_decoder
 
-        started = time.perf_counter()
-        log.info("held-out evaluation of the policy at step %d (data.eval: %s)", step, self.cfg.data.eval)
+        if self.network is None:
+            raise RuntimeError("driver_decoder: this evaluator was built without driver_copy")
         missing, unexpected = self.network.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise RuntimeError(f"held-out evaluation at step {step}: the learner's weights do not match the policy "
                                f"config (missing {missing[:4]}, unexpected {unexpected[:4]})")
-        loaded = LoadedModel(network=self.network, tokenizer=self.tokenizer, config=self.network.config, path=None)
-        rows, summary = evaluate_heldout(self.cfg, loaded, self.records)
+        return local_decoder(self.network)
+
+    def evaluate(self, step: int, decode) -> dict[str, float]:
+        """Score the policy at `step`, its sampler calls run by `decode`; returns the `eval/*` metrics."""
+        started = time.perf_counter()
+        log.info("held-out evaluation of the policy at step %d (data.eval: %s)", step, self.cfg.data.eval)
+        rows, summary = evaluate_heldout(self.cfg, self.tokenizer, self.backbone, self.records, decode=decode)
         with (self.out_dir / f"step_{step}.jsonl").open("w") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")

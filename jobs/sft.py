@@ -109,7 +109,7 @@ def setup(cfg: TrainConfig) -> Session:
                                      gen_length=cfg.rollout.sampler.gen_length, eos_id=ids.eos)
     except ValueError as exc:  # a row without a usable response, named by file:row
         raise DataError(str(exc)) from exc
-    evaluator = HeldoutEvaluator(cfg, parts.config, parts.tokenizer, run_dir)
+    evaluator = HeldoutEvaluator(cfg, parts.config, parts.tokenizer, run_dir, driver_copy=True)  # no workers
     metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg), resume_step=-1)  # fresh
     stream = PromptStream(train_set, seed=cfg.run.seed, shuffle=cfg.data.shuffle, weights=cfg.data.train_weights)
     print(f"[sft] {len(examples)} training rows, {len(evaluator.records)} held-out; policy "
@@ -131,7 +131,8 @@ def evaluate(session: Session, progress: Progress) -> bool:
     import model
 
     cfg, evaluator = session.cfg, session.evaluator
-    scores = evaluator.evaluate(progress.step, session.group.state_dict_for_sync())
+    scores = evaluator.evaluate(progress.step,
+                                evaluator.driver_decoder(progress.step, session.group.state_dict_for_sync()))
     pass1 = scores["eval/pass@1"]
     wall_seconds = time.perf_counter() - session.started
     if pass1 > progress.best_pass1 + cfg.sft.min_delta:

@@ -31,7 +31,7 @@ from jobs.checkpoint import CheckpointError, CheckpointManager, capture_rng_stat
 from jobs.config import DEFAULT_CONFIG, TrainConfig, job_parser, load_config, write_resolved
 from jobs.configtree import ConfigError, to_dict
 from jobs.data import DataError, PromptStream
-from jobs.heldout import HeldoutEvaluator, should_evaluate
+from jobs.heldout import HeldoutEvaluator, check_placement, should_evaluate
 from jobs.metrics import MetricsLogger
 from jobs.multitask import build_requests, image_loader, t2i_grid
 from jobs.preflight import preflight, with_dry_run
@@ -99,7 +99,9 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     config_path = write_resolved(cfg, run_dir)
     policy = policy_parts(cfg)
     stream, records = load_data(cfg, policy.config, policy.tokenizer)
-    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, run_dir) if cfg.data.eval else None  # reads data.eval
+    evaluator = None  # reads data.eval; a copy of the policy in the driver only with eval.where: driver
+    if cfg.data.eval:
+        evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, run_dir, driver_copy=cfg.eval.where == "driver")
     load_image = image_loader(cache_size=4 * cfg.run.prompts_per_step)
     scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), policy.source, cleanup)
     resumed = resume(checkpoints, learners, pool, stream, cfg)  # (step, version, pending), or None: a fresh run
@@ -120,11 +122,12 @@ def dispatch(run: Run, state: RunState, step: int) -> None:
 
 
 def rl_step(run: Run, state: RunState, step: int) -> StepResult:
-    """Collect → score → advantages → update → sync, with the next step's prompts dispatched: in sync mode
-    after the sync, in async mode as soon as this step's samples are in (sampling overlaps the update)."""
+    """Collect → score → advantages → update → sync; in async mode the next step's prompts are dispatched as soon
+    as this step's samples are in (sampling overlaps the update), in sync mode `train` dispatches them after the
+    step's held-out evaluation (which may run on the workers)."""
     cfg, started = run.cfg, time.perf_counter()
     batch, metrics = collect(run.pool, state.pending, step, state.version, cfg.run.max_policy_lag)
-    state.pending = None
+    state.pending = None  # sync mode: the next step is dispatched by `train`, after this step's evaluation
     if cfg.run.mode == "async" and step < cfg.run.steps:
         dispatch(run, state, step + 1)  # sampled with the current weights while the learner trains
     batch, reward_metrics = score(batch, run.scorer)
@@ -135,8 +138,6 @@ def rl_step(run: Run, state: RunState, step: int) -> StepResult:
         metrics.update(update(run.learners, kept, advantages, cfg, step))
         state.version += 1
         metrics.update(run.pool.sync(run.learners, state.version))
-    if state.pending is None and step < cfg.run.steps:
-        dispatch(run, state, step + 1)
     metrics.update(rollout_metrics(batch, metrics["perf/rollout_collect_s"], state.version, started))
     if "perf/weight_sync_s" in metrics:
         metrics["perf/weight_sync_frac"] = metrics["perf/weight_sync_s"] / metrics["perf/step_s"]
@@ -144,10 +145,14 @@ def rl_step(run: Run, state: RunState, step: int) -> StepResult:
 
 
 def heldout_metrics(run: Run, step: int) -> dict[str, float]:
-    """Held-out pass@1 of the learner's weights at step 0, every `eval.every` steps and at the end; else {}."""
+    """Held-out pass@1 of the learner's weights at step 0, every `eval.every` steps and at the end; else {}.
+    On the rollout workers (eval.where), which hold those weights since the step's sync and sample nothing
+    meanwhile: async mode's next shards were waited for by the sync, sync mode's are dispatched after this."""
     if run.evaluator is None or not should_evaluate(step, every=run.cfg.eval.every, last_step=run.cfg.run.steps):
         return {}
-    return run.evaluator.evaluate(step, run.learners.state_dict_for_sync())
+    if run.cfg.eval.where == "driver":
+        return run.evaluator.evaluate(step, run.evaluator.driver_decoder(step, run.learners.state_dict_for_sync()))
+    return run.evaluator.evaluate(step, run.pool.decode)
 
 
 def log_step(run: Run, step: int, result: StepResult) -> None:
@@ -203,6 +208,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             result.metrics.update({"health/nonfinite_skips": run.learners.skipped_steps - skipped_before,
                                    "health/nonfinite_updates_in_a_row": in_a_row})
             result.metrics.update(heldout_metrics(run, step))
+            if state.pending is None and step < cfg.run.steps:  # sync mode: the next step samples after the evaluation
+                dispatch(run, state, step + 1)
             log_step(run, step, result)
             progress.set_postfix(reward=mean_reward(result.batch), v=state.version)
             diverged = in_a_row >= cfg.learner.max_nonfinite_steps
@@ -221,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+        check_placement(cfg)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -39,8 +39,9 @@ What each does, when it is exact, and what it measured: docs/sampling.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 
@@ -253,6 +254,16 @@ def generate_text_with(network, prompts: list[list[int]], cfg: TextSamplerConfig
         temperature=cfg.temperature, remasking=cfg.remasking, cfg_scale=cfg.cfg_scale, cache=cfg.cache,
         threshold=cfg.threshold, mask_id=mask_id, seed=seed, pad_id=pad_id,
     )
+
+
+def response_ids(network, prompts: list[list[int]], sampler: Mapping[str, Any], *, mask_id: int,
+                 pad_id: int | None, seed: int) -> tuple[list[list[int]], int]:
+    """The `gen_length`-token response window of each prompt as host lists [N][L], and the forward passes:
+    one sampler call of held-out evaluation (`sampler`: generate_text's knobs), whether it runs in the
+    evaluating process (jobs/evaluate.py) or on a rollout worker (`RolloutWorker.decode`)."""
+    sequences, _, forwards = generate_text(network, prompts, **sampler, mask_id=mask_id, pad_id=pad_id,
+                                           seed=seed)  # [N, P+L]
+    return sequences[:, -sampler["gen_length"]:].tolist(), forwards
 
 
 class _Forwards:

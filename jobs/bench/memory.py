@@ -297,8 +297,9 @@ def learner_setup(cfg, config, prompt_length: int) -> LearnerSetup:
 
 
 def worker_rows(cfg, config, prompt_length: int) -> list[Row]:
-    """A rollout worker: its weights in `learner.dtype` and the larger of the text and t2i samplers' working sets
-    for a whole shard (the prompts of a step × G / workers, sampled in one call)."""
+    """A rollout worker: its weights in `learner.dtype` and the largest of the samplers' working sets: text and t2i
+    for a whole shard (the prompts of a step × G / workers, sampled in one call), and the text sampler for a batch
+    of the held-out evaluation when the workers run it (`eval.where`)."""
     act = activation_dtype_bytes(cfg)
     params = parameter_count(config)
     rows = cfg.run.prompts_per_step * cfg.algo.group_size // cfg.rollout.num_workers
@@ -308,6 +309,12 @@ def worker_rows(cfg, config, prompt_length: int) -> list[Row]:
                             block_length=sampler.block_length, act=act, temperature=sampler.temperature,
                             cfg_scale=sampler.cfg_scale, cache=sampler.cache)
     how = f"{rows} rows × {seq_len} tokens, blocks of {sampler.block_length}, cache {sampler.cache}"
+    if cfg.data.eval and cfg.eval.where == "rollout_workers" and cfg.eval.batch_size > rows:
+        working = max(working, sampler_bytes(config, rows=cfg.eval.batch_size, seq_len=seq_len,
+                                             block_length=sampler.block_length, act=act,
+                                             temperature=cfg.eval.temperature, cfg_scale=sampler.cfg_scale,
+                                             cache=sampler.cache))
+        how += f"; held-out batches of {cfg.eval.batch_size}"
     if cfg.rollout.image_tokenizer is not None and config.mmada:
         image = cfg.rollout.image_sampler
         t2i = image_sampler_bytes(config, rows=rows, seq_len=image.text_length + config.mmada["num_vq_tokens"] + 2,

@@ -92,7 +92,7 @@ def policy_rows(modes, *, problems: int, batch_size: int) -> list[dict]:
     `run.seed`) but for the mode's cache and threshold."""
     import model
     from jobs.config import DEFAULT_CONFIG, load_config
-    from jobs.evaluate import generate_all, score_rows, summarise
+    from jobs.evaluate import generate_all, local_decoder, score_rows, summarise
     from jobs.heldout import eval_sampler, heldout_records
     from model.resolve import DEMO_POLICY
 
@@ -103,8 +103,8 @@ def policy_rows(modes, *, problems: int, batch_size: int) -> list[dict]:
     for cache, threshold in modes:
         sampler = {**eval_sampler(cfg), "cache": cache, "threshold": threshold}
         started = time.perf_counter()
-        samples = generate_all(loaded, records, samples=1, sampler=sampler, thinking=cfg.data.thinking,
-                               seed=cfg.run.seed, batch_size=batch_size)
+        samples = generate_all(loaded.tokenizer, records, samples=1, sampler=sampler, thinking=cfg.data.thinking,
+                               seed=cfg.run.seed, batch_size=batch_size, decode=local_decoder(loaded.network))
         seconds = time.perf_counter() - started
         score_rows(samples)
         summary = summarise(samples, samples=1, ks=[1])

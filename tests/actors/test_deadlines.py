@@ -29,7 +29,7 @@ from actors.config import (
     RolloutConfig,
     WeightSyncConfig,
 )
-from actors.group import ActorLost
+from actors.group import ActorLost, Outcome
 from actors.learner import LearnerGroup
 from actors.rewards import CPU_GROUP, RewardRouter
 from actors.rollout import PromptRequest
@@ -191,6 +191,51 @@ def test_a_worker_stopped_with_a_shard_in_flight_is_replaced_by_the_sync(pipelin
     assert [(u, i) for b in batches for u, i in zip(b.uid, b.sample_index)] == [
         (r.uid, r.sample_index) for r in requests()]
     assert pool.versions() == [dispatched_at + 1] * 2
+
+
+def test_heldout_decoding_on_the_workers_equals_decoding_here_and_survives_a_stopped_worker(pipeline, kit):
+    """RolloutPool.decode (eval.where: rollout_workers) gives what jobs.eval's in-process decode gives on the
+    learner's weights, call by call; a worker stopped mid-evaluation is replaced at the current version and its
+    call decoded again, to the same answer."""
+    from jobs.evaluate import local_decoder
+
+    learners, pool = pipeline
+    version = train_and_sync(learners, pool)
+    network = kit.policy_source(0)()
+    network.load_state_dict(learners.state_dict_for_sync())  # what the workers hold: the learner's weights
+    config = network.config
+    sampler = {"gen_length": 8, "steps": 4, "block_length": 8, "temperature": 0.8}  # sampled: the seeds matter
+    calls = [([list(range(5 + c, 9 + c + c % 3))], 100 + c) for c in range(5)]  # 5 calls over 2 workers
+    ids = {"mask_id": config.mask_token_id, "pad_id": config.pad_token_id}
+    expected = list(local_decoder(network)(calls, sampler, **ids))
+    assert len({str(e) for e in expected}) == 5  # different prompts and seeds: different answers
+    assert list(pool.decode(calls, sampler, **ids)) == expected
+    restarts, timeouts, old = pool.restarts, pool.timeouts, pool.workers[1]
+    started = time.monotonic()
+    with stopped(pid_of(old)) as survivors:
+        assert list(pool.decode(calls, sampler, **ids)) == expected
+        elapsed = time.monotonic() - started
+    assert not survivors and pool.workers[1] is not old and DEADLINE_S <= elapsed < BOUND_S
+    assert (pool.restarts, pool.timeouts) == (restarts + 1, timeouts + 1)
+    assert pool.versions() == [version] * 2
+    with pytest.raises(RuntimeError, match=r"held-out decoding failed on rollout worker 0: .*block_length"):
+        list(pool.decode(calls, {**sampler, "block_length": 3}, **ids))  # 8 is not a multiple of 3
+    pool.version += 1  # as if a sync had been missed: a worker's answer from other weights is refused
+    try:
+        with pytest.raises(RuntimeError, match=rf"rollout worker 0 decoded at version {version}; the pool synced "
+                                               rf"version {version + 1}"):
+            list(pool.decode(calls, sampler, **ids))
+    finally:
+        pool.version -= 1
+    pool.max_restarts_per_step = 0
+    try:
+        with stopped(pid_of(pool.workers[1])):
+            with pytest.raises(RuntimeError, match=r"rollout workers failed 1 times in one evaluation; giving up "
+                                                   r"\(last: worker 1: no answer within 3 s"):
+                list(pool.decode(calls, sampler, **ids))
+            pool._restart(1, Outcome("timeout"))  # killed before its SIGCONT; the pool goes on with a fresh one
+    finally:
+        pool.max_restarts_per_step = 2
 
 
 def test_more_overruns_in_a_step_than_the_restart_limit_fail_the_step(pipeline):

@@ -46,16 +46,17 @@ def test_a_summary_without_evaluation_is_an_error(tmp_path):
 
 @pytest.mark.slow
 def test_one_real_run_per_variant_flag(tmp_path):
-    """A real (tiny, one-step) diffu_grpo run: the variant's override reaches the resolved config."""
+    """A real (tiny, one-step) diffu_grpo run: the variant's override reaches the resolved config. It evaluates on
+    the driver's copy of the policy (eval.where: driver; the demo test covers the rollout workers')."""
     from jobs.config import load_config
 
     assert ablation.main([
         "--config", str(REPO / "tests/jobs/configs/tiny_lengths.yaml"), "--out", str(tmp_path),
         "--variants", "diffu_grpo", "--seeds", "3",
         "--set", "run.steps=1", "--set", "data.eval=tests/jobs/data/arith_small.jsonl", "--set", "eval.limit=4",
-        "--set", "checkpoint.every=0"]) == 0
+        "--set", "checkpoint.every=0", "--set", "eval.where=driver"]) == 0
     cfg = load_config(tmp_path / "diffu_grpo-seed3" / "config.yaml")
-    assert cfg.algo.estimator == "diffu_grpo" and cfg.run.seed == 3
+    assert cfg.algo.estimator == "diffu_grpo" and cfg.run.seed == 3 and cfg.eval.where == "driver"
     row = json.loads((tmp_path / "ablation.json").read_text())["runs"][0]
     assert row["final_step"] == 1 and row["problems"] == 4 and row["wall_s"] > 0
 

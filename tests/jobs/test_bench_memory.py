@@ -26,6 +26,7 @@ from jobs.bench.memory import (
     published_shapes,
     resolve_shape,
     sampler_bytes,
+    worker_rows,
 )
 from model.checkpoint import config_to_json
 from model.tiny import tiny_model
@@ -164,6 +165,25 @@ def test_sampler_kv_cache_adds_keys_and_values_of_every_layer():
     plain = sampler_bytes(LLADA_8B, rows=8, seq_len=384, block_length=32, act=2, temperature=0.0)
     cached = sampler_bytes(LLADA_8B, rows=8, seq_len=384, block_length=32, act=2, temperature=0.0, cache="dual")
     assert cached - plain == 8 * 384 * 2 * LAYERS * D * 2  # keys and values, [B, H, T, hd] per layer, bf16
+
+
+def test_a_worker_that_evaluates_plans_for_the_larger_of_a_shard_and_a_heldout_batch():
+    """The full-fine-tune recipe: shards of 64 × 8 / 8 = 64 rows, held-out batches of 128 at τ = 0 on the workers
+    (eval.where's default); with eval.where: driver the workers sample shards only."""
+    from jobs.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "llada8b_gsm8k_full_8gpu.yaml")
+    assert (cfg.eval.batch_size, cfg.eval.where, cfg.rollout.sampler.block_length) == (128, "rollout_workers", 32)
+    seq_len = 200 + cfg.rollout.sampler.gen_length  # a 200-token prompt
+    shard = sampler_bytes(LLADA_8B, rows=64, seq_len=seq_len, block_length=32, act=2,
+                          temperature=cfg.rollout.sampler.temperature)
+    heldout = sampler_bytes(LLADA_8B, rows=128, seq_len=seq_len, block_length=32, act=2, temperature=0.0)
+    assert heldout > shard
+    weights, working = worker_rows(cfg, LLADA_8B, 200)
+    assert weights.bytes == 8_015_581_184 * 2
+    assert working.bytes == heldout and working.how.endswith("; held-out batches of 128")
+    driver = load_config(CONFIG_DIR / "llada8b_gsm8k_full_8gpu.yaml", ["eval.where=driver"])
+    assert worker_rows(driver, LLADA_8B, 200)[1].bytes == shard
 
 
 def test_shapes_come_from_config_json_tiny_twins_or_published_names(tmp_path):

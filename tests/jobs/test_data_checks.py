@@ -166,7 +166,7 @@ def test_training_check_uses_the_run_config_and_counts_image_tokens(tmp_path, to
 
 
 def test_evaluation_skips_and_reports_a_prompt_too_long(tmp_path, caplog):
-    from jobs.evaluate import evaluate_policy
+    from jobs.evaluate import evaluate_policy, local_decoder
     from model.tiny import tiny_model
 
     loaded = tiny_model(0, max_sequence_length=64)
@@ -174,8 +174,8 @@ def test_evaluation_skips_and_reports_a_prompt_too_long(tmp_path, caplog):
     records = PromptDataset(path).records
     sampler = {"gen_length": 8, "steps": 4, "block_length": 8, "temperature": 0.0, "remasking": "low_confidence"}
     with caplog.at_level(logging.WARNING, logger="jobs.data"):
-        rows, summary = evaluate_policy(loaded, records, samples=1, sampler=sampler, thinking=False, seed=0,
-                                        batch_size=4)
+        rows, summary = evaluate_policy(loaded.tokenizer, loaded.config, records, decode=local_decoder(loaded.network),
+                                        samples=1, sampler=sampler, thinking=False, seed=0, batch_size=4)
     assert [r["uid"] for r in rows] == ["ok"] and summary["n_problems"] == 1
     assert f"{path}:2: the chat prompt has" in caplog.text and "max_sequence_length 64 - gen_length 8" in caplog.text
 

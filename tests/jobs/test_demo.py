@@ -57,6 +57,13 @@ def test_embedded_demo_runs_end_to_end(tmp_path):
     assert len(rollouts) == 2 and all(len(r["rows"]) == 64 for r in rollouts)
     assert [json.loads(line)["step"] for line in (run_dir / "samples.jsonl").read_text().splitlines()] == [1, 2]
     assert len(list((run_dir / "eval").glob("step_*.jsonl"))) == 2
+    # evaluated on the rollout worker (eval.where's default); jobs.eval of the export repeats it here, row for row
+    from jobs.eval import main as eval_main
+
+    again = tmp_path / "again.json"
+    assert eval_main(["--config", str(run_dir / "config.yaml"), "--model", summary["export"], "--out", str(again)]) == 0
+    assert ([json.loads(line) for line in again.with_name("again.samples.jsonl").read_text().splitlines()]
+            == [json.loads(line) for line in (run_dir / "eval" / "step_2.jsonl").read_text().splitlines()])
     assert any((run_dir / "tensorboard").iterdir())
 
     start_policy = REPO / load_config(REPO / "jobs/configs/demo.yaml").model.path  # the shipped cold start

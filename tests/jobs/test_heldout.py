@@ -52,10 +52,10 @@ def test_evaluator_equals_jobs_eval_with_the_same_config(tmp_path, overrides):
     policy = weights_of(overrides)
     settings = ["eval.limit=12", "eval.batch_size=5", *overrides]
     cfg = load_config(DEMO, settings)
-    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
+    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path, driver_copy=True)
     assert next(evaluator.network.parameters()).dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.eval.dtype]
     assert next(evaluator.network.parameters()).device == eval_device(cfg)
-    metrics = evaluator.evaluate(7, policy.network.state_dict())
+    metrics = evaluator.evaluate(7, evaluator.driver_decoder(7, policy.network.state_dict()))
     out = tmp_path / "jobs_eval.json"
     assert eval_main(["--config", str(DEMO), *[a for o in settings for a in ("--set", o)], "--out", str(out)]) == 0
     reference = json.loads(out.read_text())
@@ -76,10 +76,32 @@ def test_weights_that_do_not_fit_the_policy_are_refused(tmp_path):
     from model.tiny import tiny_model
 
     policy = load(REPO / "model/assets/demo_policy")
-    evaluator = HeldoutEvaluator(load_config(DEMO, ["eval.limit=2"]), policy.config, policy.tokenizer, tmp_path)
+    cfg = load_config(DEMO, ["eval.limit=2"])
+    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path, driver_copy=True)
     random_policy = tiny_model(seed=0, d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=384)
-    with pytest.raises(RuntimeError, match="do not match the policy config"):
-        evaluator.evaluate(8, {"unexpected.weight": random_policy.network.state_dict()["model.transformer.wte.weight"]})
+    with pytest.raises(RuntimeError, match="at step 8: the learner's weights do not match the policy config"):
+        evaluator.driver_decoder(8, {"unexpected.weight": random_policy.network.state_dict()["model.transformer.wte.weight"]})
+    without_copy = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path, driver_copy=False)
+    assert without_copy.network is None  # eval.where: rollout_workers: no policy copy in the driver
+    with pytest.raises(RuntimeError, match="built without driver_copy"):
+        without_copy.driver_decoder(8, policy.network.state_dict())
+
+
+def test_jobs_train_refuses_an_eval_dtype_the_rollout_workers_do_not_run(capsys):
+    """On the workers the policy runs in learner.dtype: another eval.dtype is refused before Ray starts (and by
+    --dry-run), naming both keys and both ways out; each way out passes."""
+    from jobs.heldout import check_placement
+    from jobs.train import main as train_main
+
+    message = ("eval.dtype: bf16, but eval.where: rollout_workers evaluates on the rollout workers, which hold the "
+               "policy in learner.dtype fp32; set eval.dtype to fp32, or eval.where: driver to evaluate a bf16 copy "
+               "in the driver")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_placement(load_config(DEMO, ["eval.dtype=bf16"]))
+    for fine in (["eval.where=driver"], ["learner.dtype=bf16"], ["data.eval=null", "eval.every=0"]):
+        check_placement(load_config(DEMO, ["eval.dtype=bf16", *fine]))
+    assert train_main(["--set", "eval.dtype=bf16", "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_eval_history_reads_the_evaluated_steps(tmp_path):
@@ -132,7 +154,7 @@ def test_a_heldout_file_with_image_tasks_is_refused(tmp_path):
     policy = load(REPO / "model/assets/demo_policy")
     cfg = load_config(DEMO, [f"data.eval={rows}"])
     with pytest.raises(DataError, match=r"rows of task\(s\) \['t2i'\] are not text"):
-        HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
+        HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path, driver_copy=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine where torch sees no GPU")
@@ -155,6 +177,6 @@ def test_a_cuda_device_torch_does_not_see_is_refused_naming_the_key(tmp_path):
         message = (f"eval.device: '{name}', but torch sees {visible} CUDA device(s) here; use 'cpu', 'auto' (cuda "
                    "when torch sees one, else cpu) or 'cuda:N' with N below that count")
         with pytest.raises(ConfigError, match=re.escape(message)):
-            HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)
+            HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path, driver_copy=True)
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_eval_policy(cfg)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from jobs.data import PromptDataset
-from jobs.evaluate import evaluate_policy
+from jobs.evaluate import evaluate_policy, local_decoder
 
 REPO = Path(__file__).resolve().parents[2]
 HELDOUT = REPO / "data" / "arithmetic" / "heldout.jsonl"
@@ -21,7 +21,8 @@ def test_evaluation_and_weight_loading_report_their_progress_on_stderr(caplog, c
     caplog.set_level(logging.INFO)
     loaded = model.load(POLICY)
     records = PromptDataset(str(HELDOUT)).records[:3]
-    _, summary = evaluate_policy(loaded, records, samples=1, sampler=SAMPLER, thinking=False, seed=0, batch_size=2)
+    _, summary = evaluate_policy(loaded.tokenizer, loaded.config, records, decode=local_decoder(loaded.network),
+                                 samples=1, sampler=SAMPLER, thinking=False, seed=0, batch_size=2)
     lines = [(r.name, r.getMessage()) for r in caplog.records if r.name.startswith("unigrpo.")]
     files = list(POLICY.glob("*.safetensors"))
     size = sum(f.stat().st_size for f in files) / 1e9

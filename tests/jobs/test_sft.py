@@ -35,12 +35,14 @@ def tiny():
 def sft_evaluation(loaded, config: Path, *, limit: int):
     """What `jobs.sft.run` evaluates with (jobs/heldout.py, as in training and `python -m jobs.eval`) on the first
     `limit` held-out problems of `config`, in one batch: (records, scored rows, summary)."""
+    from jobs.evaluate import local_decoder
     from jobs.heldout import evaluate_heldout, heldout_records
 
     cfg = load_config(config, [f"eval.limit={limit}", f"eval.batch_size={limit}",
                                f"data.eval={REPO / load_config(config).data.eval}"])
     records, _ = heldout_records(cfg)
-    return (records, *evaluate_heldout(cfg, loaded, records))
+    return (records, *evaluate_heldout(cfg, loaded.tokenizer, loaded.config, records,
+                                       decode=local_decoder(loaded.network)))
 
 
 def examples_of(*pairs) -> list[Example]:
