@@ -10,6 +10,8 @@ Training test: a random tiny policy scores 0 on correctness, so the run is rewar
 - both learner ranks hold identical weights, and the export is exactly them;
 - the rollout workers hold the learner's weights (checksums) at the final policy version;
 - no process of the run (Ray's, the actors', DeepSpeed's rendezvous) listened on all interfaces.
+The one-GPU recipe's learner setting (LoRA in bf16 with gradient checkpointing; here with the broadcast sync
+and ZeRO-2 too): the adapters train, from B = 0, and every rank and worker ends on the same weights.
 
 Bad configs: an unknown key, an impossible resource request and a missing data file make
 `python -m jobs.train` exit with code 2 and a message naming the key (or file), before Ray starts;
@@ -89,6 +91,23 @@ def test_two_workers_two_ranks_train_every_parameter_and_sync(tmp_path, ray_sess
     moved = (before[wte] != after[wte]).any(dim=1)  # [V] embedding rows that changed
     assert all(moved[t] for t in seen), sorted(t for t in seen if not moved[t])
     assert (before[head] != after[head]).any(dim=1).all(), "an LM-head row did not train"
+
+
+def test_lora_in_bf16_with_checkpointing_and_broadcast_sync_trains_the_adapters(tmp_path, ray_session, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config(CONFIG, [f"run.output_dir={tmp_path}", "run.name=lora", "run.steps=2", "checkpoint.every=0",
+                               "learner.lora.rank=4", "learner.dtype=bf16", "learner.gradient_checkpointing=true",
+                               "rollout.weight_sync.backend=broadcast"])
+    summary = train(cfg)
+    assert summary["policy_version"] == 2 and summary["worker_versions"] == [2, 2]
+    first = summary["learner_checksums"][0]
+    assert summary["learner_checksums"] == [first] * 2 and summary["worker_checksums"] == [first] * 2
+    adapter = load_file(Path(summary["export"]) / "adapter" / "adapter_model.safetensors")
+    b_matrices = {name: tensor for name, tensor in adapter.items() if "lora_B" in name}
+    assert b_matrices and all(t.dtype == torch.bfloat16 for t in adapter.values())
+    assert all(t.abs().max() > 0 for t in b_matrices.values()), "an adapter's B stayed at its zero init"
 
 
 PROBE = """
