@@ -1,12 +1,16 @@
 """`python -m jobs.bench gpu`: the LLaDA-8B backbone with random weights on one GPU — build, sample, update.
 
     python -m jobs.bench gpu --size 8b --out gpu.json        # one GPU; --size tiny --device cpu is its CPU test
+    python -m jobs.bench gpu --size 8b --lora 128 --out gpu_lora.json   # the one-GPU LoRA recipe's learner
 
 It measures what an 8B run costs on one GPU (build time, sampler throughput, one UniGRPO update's wall and peak
-memory) without a checkpoint, Ray or DeepSpeed: it imports only torch, `model/` and `rl/`, and builds the
-weights on the device from a seed. The sampler and the update run once as a warm-up at the same shapes, and
-every phase is timed between CUDA synchronizes. The phases and every reported column: docs/gpu.md §Phases and
-columns; the measured results: docs/gpu.md.
+memory) without a checkpoint, Ray or DeepSpeed: it imports only torch, `model/` and `rl/` (and peft with
+`--lora`), and builds the weights on the device from a seed. The sampler and the update run once as a warm-up at
+the same shapes, and every phase is timed between CUDA synchronizes. With `--lora R` the network carries rank-R
+adapters (alpha R/2, every block linear, unmerged, as a rollout worker runs them), the update trains them only
+against the same network with adapters disabled as π_ref (no second network), and a sync phase times the adapter
+tensors' copy to the host and counts their bytes against a full sync's. The phases and every reported column:
+docs/gpu.md §Phases and columns; the measured results: docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from jobs.bench.sampler import SideBySideNetwork, forward_passes
 from jobs.bench.sampler_modes import parse_modes, print_speed, speed_rows
+from model.lora import adapter_state, add_lora, has_lora
 from model.network import BackboneConfig, MaskedDiffusionLM, RMSNorm
 from model.sampling import TextSamplerConfig, generate_text
 from model.tiny import INIT_STD, tiny_model
@@ -187,10 +192,12 @@ def rollout_batch(config: BackboneConfig, *, groups, samples, prompt_length, gen
 
 
 def bench_update(network, ref_network, batch: RolloutBatch, *, device, mu: int) -> dict:
-    """One warm-up update, then one timed; the network is left with the weights after both."""
+    """One warm-up update, then one timed; the network is left with the weights after both. With adapters
+    (`add_lora`) only they train, and `ref_network` is `network` itself (the update disables its adapters)."""
     network.gradient_checkpointing = True
     network.train()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=LR, fused=device.type == "cuda")
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=LR, fused=device.type == "cuda")
     engine = PlainEngine(network, optimizer, grad_clip=1.0)
     cfg = AlgoConfig(mu=mu, beta=BETA)
     advantages = group_advantages(batch.total, batch.uid)  # [G]
@@ -209,12 +216,27 @@ def bench_update(network, ref_network, batch: RolloutBatch, *, device, mu: int) 
     network.eval()
     return dict(
         rows=batch.num_rows, seq_len=batch.seq_len, mu=mu, beta=BETA, micro_batch_size=batch.num_rows,
-        gradient_checkpointing=True, wall_s=wall, wall_per_optimizer_step_s=wall / mu, peak_gib=peak,
+        gradient_checkpointing=True, trainable_params=sum(p.numel() for p in trainable),
+        reference="the policy with adapters disabled" if ref_network is network else "a second network",
+        wall_s=wall, wall_per_optimizer_step_s=wall / mu, peak_gib=peak,
         allocated_gib_after=allocated_gib(device), loss=stats["loss"], grad_norm=stats.get("grad_norm"),
         checksum_before=before, checksum_after=after, weights_changed=before != after,
         optimizer=f"torch.optim.AdamW(lr={LR:g}, fused={device.type == 'cuda'}), grad clip 1.0; weights, grads "
                   f"and moments in {next(network.parameters()).dtype}",
     )
+
+
+def bench_adapter_sync(network, *, device) -> dict:
+    """What a LoRA weight sync moves (actors/weight_sync.py sends the adapter tensors only): their bytes against
+    the base's, and the time to copy them to the host, which the learner's publish starts with."""
+    adapters = adapter_state(network)
+    adapter_bytes = sum(t.numel() * t.element_size() for t in adapters.values())
+    full_bytes = sum(t.numel() * t.element_size() for name, t in network.state_dict().items()
+                     if ".lora_" not in name)  # the base, as a full sync sends it
+    timed(device, lambda: {name: t.to("cpu") for name, t in adapters.items()})  # warm-up: pinned buffers etc.
+    _, wall = timed(device, lambda: {name: t.to("cpu") for name, t in adapters.items()})
+    return dict(tensors=len(adapters), adapter_bytes=adapter_bytes, full_bytes=full_bytes,
+                fraction=adapter_bytes / full_bytes, to_host_s=wall)
 
 
 def _fmt(value, spec: str) -> str:
@@ -238,6 +260,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=4, help="update batch: responses per prompt")
     parser.add_argument("--mu", type=int, default=2, help="inner optimizer steps of the update")
     parser.add_argument("--skip-update", action="store_true", help="sampler only (no π_ref, no optimizer)")
+    parser.add_argument("--lora", type=int, default=0, metavar="RANK",
+                        help="rank-RANK adapters on every block linear, alpha RANK/2 (0: full fine-tuning)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -255,6 +279,8 @@ def main(argv: list[str]) -> int:
     for name in ("batch", "prompt_length", "groups", "samples", "mu"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: {getattr(args, name)} is not a positive integer")
+    if args.lora < 0:
+        parser.error(f"--lora: {args.lora}; give an adapter rank >= 1, or 0 for full fine-tuning")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -265,6 +291,13 @@ def main(argv: list[str]) -> int:
     torch.empty(1, device=device)  # CUDA context outside the build's clock
     network, build_s = timed(device, lambda: build_network(config, device=device, dtype=dtype, seed=0))
     build = dict(params=parameter_count(network), wall_s=build_s, allocated_gib=allocated_gib(device))
+    lora = None
+    if args.lora:
+        from actors.config import LoraConfig  # plain dataclasses: no Ray
+
+        add_lora(network, LoraConfig(rank=args.lora, alpha=args.lora / 2))
+        lora = dict(rank=args.lora, alpha=args.lora / 2, adapter_params=sum(
+            p.numel() for p in network.parameters() if p.requires_grad), allocated_gib=allocated_gib(device))
     print(f"\n| build | params | wall s | allocated GiB |\n|---|---|---|---|\n"
           f"| {args.size} | {build['params']:,} | {build_s:.2f} | {_fmt(build['allocated_gib'], '.2f')} |",
           flush=True)
@@ -294,7 +327,8 @@ def main(argv: list[str]) -> int:
 
     update = None
     if not args.skip_update:
-        ref_network = build_network(config, device=device, dtype=dtype, seed=1).requires_grad_(False)
+        ref_network = network if has_lora(network) else build_network(config, device=device, dtype=dtype,
+                                                                         seed=1).requires_grad_(False)
         batch = rollout_batch(config, groups=args.groups, samples=args.samples, prompt_length=args.prompt_length,
                               gen_length=args.gen_length, steps=args.steps)
         update = bench_update(network, ref_network, batch, device=device, mu=args.mu)
@@ -304,12 +338,19 @@ def main(argv: list[str]) -> int:
               f"| {update['rows']} | {update['seq_len']} | {args.mu} | {update['wall_s']:.3f} | "
               f"{update['wall_per_optimizer_step_s']:.3f} | {_fmt(update['peak_gib'], '.2f')} | "
               f"{update['loss']:.4g} | {_fmt(update['grad_norm'], '.4g')} | {update['weights_changed']} |\n"
-              f"optimizer: {update['optimizer']}; activation checkpointing on; β = {BETA} against a random π_ref")
+              f"optimizer: {update['optimizer']}; activation checkpointing on; β = {BETA} against "
+              f"{update['reference']}")
+    sync = None
+    if has_lora(network):
+        sync = bench_adapter_sync(network, device=device)
+        print(f"\n| LoRA rank | adapter tensors | adapter MB | full MB | fraction | to host s |\n|---|---|---|---|---|---|\n"
+              f"| {args.lora} | {sync['tensors']} | {sync['adapter_bytes'] / 1e6:.1f} | {sync['full_bytes'] / 1e6:.1f} | "
+              f"{sync['fraction']:.2%} | {sync['to_host_s']:.3f} |")
 
     report = dict(torch=torch.__version__, device=str(device), device_name=name, dtype=args.dtype, size=args.size,
                   model=dict(d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads,
                              mlp_hidden_size=config.mlp_hidden_size, vocab_size=config.num_embeddings),
-                  build=build, sampler=sampler_rows, modes=mode_rows, update=update)
+                  build=build, sampler=sampler_rows, modes=mode_rows, update=update, lora=lora, sync=sync)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

@@ -394,16 +394,19 @@ def format_plan(plan: Plan) -> str:
 # -- the two GPU measurements of docs/gpu.md -----------------------------------------------------------------------
 def gpu_bench_predictions(measured: dict) -> list[dict[str, Any]]:
     """The planner on the set-ups `python -m jobs.bench gpu` measured (its JSON, `measured`): the update (plain
-    torch AdamW on bf16 weights: weights, gradients and both moments bf16; a second random network as π_ref;
-    one micro-batch of every row, checkpointing on) and the exact sampler at each temperature."""
+    torch AdamW on bf16 weights: weights, gradients and both moments bf16; a second random network as π_ref, or
+    with `--lora` the adapters trained against the network with adapters disabled; one micro-batch of every row,
+    checkpointing on) and the exact sampler at each temperature."""
+    from actors.config import LORA_TARGETS  # `jobs.bench gpu --lora` adapts every block linear
     from jobs.bench.gpu import LLADA_8B
 
-    config, update = LLADA_8B, measured["update"]
+    config, update, lora = LLADA_8B, measured["update"], measured.get("lora")
     params = parameter_count(config)
+    adapters = 0 if lora is None else lora_parameter_count(config, lora["rank"], LORA_TARGETS)
     gen = measured["sampler"][0]["gen_length"]
     setup = LearnerSetup(
-        params=params, trainable=params, weight_bytes=2, trainable_bytes=2, optimizer_bytes=4, ranks=1,
-        zero_stage=0, reference="copy", optimizer_how="torch AdamW, 2 bf16 moments",
+        params=params, trainable=adapters or params, weight_bytes=2, trainable_bytes=2, optimizer_bytes=4, ranks=1,
+        zero_stage=0, reference="adapters_off" if lora else "copy", optimizer_how="torch AdamW, 2 bf16 moments",
         activations=activation_bytes(config, rows=update["rows"], seq_len=update["seq_len"],
                                      scored=update["rows"] * gen, act=2, checkpointing=True, chunk=1024))
     out = [dict(what="update", predicted_gib=sum(r.bytes for r in learner_rows(setup)) / GIB,
@@ -411,8 +414,8 @@ def gpu_bench_predictions(measured: dict) -> list[dict[str, Any]]:
     for run in measured["sampler"]:
         working = sampler_bytes(config, rows=run["batch"], seq_len=run["prompt_length"] + run["gen_length"],
                                 block_length=run["block_length"], act=2, temperature=run["temperature"])
-        out.append(dict(what=f"sampler τ {run['temperature']:g}", predicted_gib=(params * 2 + working) / GIB,
-                        measured_gib=run["peak_gib"]))
+        out.append(dict(what=f"sampler τ {run['temperature']:g}",
+                        predicted_gib=((params + adapters) * 2 + working) / GIB, measured_gib=run["peak_gib"]))
     for row in out:
         row["error"] = row["predicted_gib"] / row["measured_gib"] - 1
     return out
@@ -430,12 +433,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompt-length", type=int, default=PROMPT_LENGTH, help="prompt tokens planned for")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--gpu-bench", action="store_true",
-                        help=f"predict the set-ups measured in {MEASUREMENTS.relative_to(MEASUREMENTS.parents[2])}")
+                        help="predict the set-ups `python -m jobs.bench gpu` measured (--measured)")
+    parser.add_argument("--measured", type=Path, default=MEASUREMENTS, metavar="JSON",
+                        help="that run's --out file (default: "
+                             f"{MEASUREMENTS.relative_to(MEASUREMENTS.parents[2])})")
     args = parser.parse_args(argv)
     if args.gpu_gib <= 0 or args.prompt_length < 1:
         parser.error(f"--gpu-gib {args.gpu_gib:g} and --prompt-length {args.prompt_length} must be positive")
     if args.gpu_bench:
-        rows = gpu_bench_predictions(json.loads(MEASUREMENTS.read_text()))
+        try:
+            rows = gpu_bench_predictions(json.loads(args.measured.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: --measured {args.measured}: not a `python -m jobs.bench gpu --out` file of the 8B shape "
+                  f"with an update ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
         if args.json:
             print(json.dumps(rows, indent=2))
         for row in [] if args.json else rows:

@@ -28,7 +28,8 @@ def test_cpu_run_reports_what_it_measured(tmp_path):
     assert bench_main(["gpu", *SMALL, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"torch", "device", "device_name", "dtype", "size", "model", "build", "sampler", "modes",
-                           "update"}
+                           "update", "lora", "sync"}
+    assert report["lora"] is None and report["sync"] is None  # full fine-tuning
     assert [row["mode"] for row in report["modes"]] == ["none", "dual", "dual@0.9"]  # the default modes
     none, dual, fast = report["modes"]
     assert none["forwards"] == dual["forwards"] == 4 and 2 <= fast["forwards"] <= 16
@@ -76,6 +77,35 @@ def test_builder_matches_the_tiny_twin_and_the_update_moves_the_weights():
     assert not network.gradient_checkpointing and not network.training
 
 
+def test_lora_run_trains_the_adapters_only_against_the_base_and_counts_the_sync(tmp_path):
+    """`--lora 2` on the tiny twin (2 blocks, d_model 64, MLP 128, fp32): rank × (in + out) adapter values on each
+    of the 7 block linears, 4 × 2 × 128 + 3 × 2 × 192 = 2,176 per block; the base never moves."""
+    out = tmp_path / "gpu.json"
+    assert bench_main(["gpu", *SMALL, "--lora", "2", "--temperatures", "0", "--modes", "", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    adapters, base = 2 * 2_176, sum(p.numel() for p in tiny_model().network.parameters())
+    assert report["build"]["params"] == base  # built before the adapters
+    assert report["lora"] == {"rank": 2, "alpha": 1.0, "adapter_params": adapters, "allocated_gib": None}
+    update = report["update"]
+    assert update["trainable_params"] == adapters and update["reference"] == "the policy with adapters disabled"
+    assert update["weights_changed"]
+    sync = report["sync"]
+    assert (sync["tensors"], sync["adapter_bytes"], sync["full_bytes"]) == (2 * 7 * 2, adapters * 4, base * 4)
+    assert sync["fraction"] == pytest.approx(adapters / base)
+
+    from actors.config import LoraConfig
+    from model.lora import add_lora, is_adapter_key
+
+    config = backbone_config("tiny")
+    network = add_lora(build_network(config, device="cpu", dtype=torch.float32, seed=0), LoraConfig(rank=2, alpha=1.0))
+    before = {name: p.detach().clone() for name, p in network.named_parameters()}
+    batch = rollout_batch(config, groups=2, samples=2, prompt_length=6, gen_length=8, steps=4)
+    bench_update(network, network, batch, device=torch.device("cpu"), mu=2)
+    after = dict(network.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if not is_adapter_key(n))  # the base, bit for bit
+    assert any(not torch.equal(before[n], after[n]) for n in before if ".lora_B." in n)  # B moved from 0
+
+
 def test_8b_layout_on_the_meta_device_has_the_published_parameter_count():
     network = build_network(backbone_config("8b"), device="meta", dtype=torch.bfloat16)
     assert all(p.is_meta and p.dtype == torch.bfloat16 for p in network.parameters())
@@ -92,6 +122,7 @@ def test_8b_layout_on_the_meta_device_has_the_published_parameter_count():
         (["--steps", "3"], "steps: 3 is not a multiple of the number of blocks"),
         (["--samples", "0"], "--samples: 0 is not a positive integer"),
         (["--size", "70b"], "invalid choice: '70b'"),
+        (["--lora", "-1"], "--lora: -1; give an adapter rank >= 1, or 0 for full fine-tuning"),
     ],
 )
 def test_bad_options_name_the_problem(capsys, extra, message):

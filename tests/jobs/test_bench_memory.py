@@ -161,6 +161,25 @@ def test_the_two_gpu_measurements_are_predicted_within_15_percent():
     assert rows["update"]["predicted_gib"] > 10 * 8_015_581_184 / GIB
 
 
+def test_a_lora_gpu_run_is_predicted_without_a_reference_and_with_adapter_state_only(tmp_path, capsys):
+    """`jobs.bench gpu --lora 128`'s JSON: the base (2 Ψ) stays, the π_ref copy (2 Ψ), the full gradients (2 Ψ)
+    and moments (4 Ψ) give way to the adapters' weights, gradients and moments (2 + 2 + 4 bytes each)."""
+    measured = json.loads(MEASUREMENTS.read_text())
+    full = {row["what"]: row["predicted_gib"] for row in gpu_bench_predictions(measured)}
+    adapters = LAYERS * 128 * (4 * (D + D) + 3 * (D + MLP))  # q, k, v, attn_out; ff_proj, up_proj, ff_out
+    lora = {row["what"]: row["predicted_gib"] for row in gpu_bench_predictions({**measured, "lora": {"rank": 128}})}
+    psi = 8_015_581_184
+    assert (lora["update"] - full["update"]) * GIB == pytest.approx(8 * adapters - 8 * psi, abs=1)
+    assert (lora["sampler τ 0"] - full["sampler τ 0"]) * GIB == pytest.approx(2 * adapters, abs=1)
+    path = tmp_path / "lora.json"
+    path.write_text(json.dumps({**measured, "lora": {"rank": 128}}))
+    assert main(["--gpu-bench", "--measured", str(path)]) == 0
+    assert "update " in capsys.readouterr().out
+    path.write_text(json.dumps({"sampler": []}))
+    assert main(["--gpu-bench", "--measured", str(path)]) == 2
+    assert f"error: --measured {path}: not a `python -m jobs.bench gpu --out` file" in capsys.readouterr().err
+
+
 def test_sampler_kv_cache_adds_keys_and_values_of_every_layer():
     plain = sampler_bytes(LLADA_8B, rows=8, seq_len=384, block_length=32, act=2, temperature=0.0)
     cached = sampler_bytes(LLADA_8B, rows=8, seq_len=384, block_length=32, act=2, temperature=0.0, cache="dual")
