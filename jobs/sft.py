@@ -126,10 +126,19 @@ def setup(cfg: TrainConfig) -> Session:
                    group, groups, time.perf_counter())
 
 
+def save_policy(session: Session, network: Any, path: Path) -> None:
+    """`network` (the evaluated copy of the learner's weights: with LoRA merged) in the published format at
+    `path`, and with LoRA the learner's adapter in PEFT's layout in `path/adapter/`, as jobs.train exports."""
+    import model
+    from model.lora import save_adapter
+
+    model.save((network, session.tokenizer), path, max_shard_bytes=None)
+    if session.cfg.learner.lora is not None:
+        save_adapter(session.group.adapter_state_dict(), session.cfg.learner.lora, path / "adapter")
+
+
 def evaluate(session: Session, progress: Progress) -> bool:
     """Held-out pass@1 of the learner's weights now; a gain saves best_policy. True when patience has run out."""
-    import model
-
     cfg, evaluator = session.cfg, session.evaluator
     scores = evaluator.evaluate(progress.step,
                                 evaluator.driver_decoder(progress.step, session.group.state_dict_for_sync()))
@@ -137,7 +146,7 @@ def evaluate(session: Session, progress: Progress) -> bool:
     wall_seconds = time.perf_counter() - session.started
     if pass1 > progress.best_pass1 + cfg.sft.min_delta:
         progress.best_pass1, progress.best_step, progress.evals_without_gain = pass1, progress.step, 0
-        model.save((evaluator.network, session.tokenizer), session.run_dir / "best_policy", max_shard_bytes=None)
+        save_policy(session, evaluator.network, session.run_dir / "best_policy")
         shutil.copyfile(evaluator.out_dir / f"step_{progress.step}.jsonl", session.run_dir / "best_samples.jsonl")
     else:
         progress.evals_without_gain += 1
@@ -185,11 +194,9 @@ def train(session: Session, progress: Progress) -> None:
 
 def save_last(session: Session) -> None:
     """The weights after the last step, to `<run dir>/last_policy/` (the run's policy with sft.select=last)."""
-    import model
-
     network = session.evaluator.network
     network.load_state_dict(session.group.state_dict_for_sync())
-    model.save((network, session.tokenizer), session.run_dir / "last_policy", max_shard_bytes=None)
+    save_policy(session, network, session.run_dir / "last_policy")
 
 
 def finish(session: Session, progress: Progress) -> dict[str, Any]:

@@ -234,6 +234,50 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
                                                      best.network.state_dict().values()))
 
 
+def test_lora_sft_saves_the_merged_policy_and_its_adapter_in_peft_layout(tmp_path):
+    """learner.lora in jobs.sft: the adapters train and the saved policy carries `adapter/` beside the merged
+    weights, each adapted weight being the tiny twin's + (alpha / rank) · B A of the saved adapter."""
+    import ray
+    from safetensors.torch import load_file
+
+    import model
+    from jobs.sft import run
+    from jobs.tasks.arithmetic import generate, write_jsonl
+    from model.resolve import tiny_twin
+
+    splits = generate(32, 4, seed=1)
+    write_jsonl(splits["train"], tmp_path / "train.jsonl")
+    write_jsonl(splits["heldout"], tmp_path / "heldout.jsonl")
+    size = {"d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden_size": 64}
+    cfg = load_config(DEMO_CONFIG, [
+        f"run.output_dir={tmp_path}", "run.name=lora", f"data.train={tmp_path / 'train.jsonl'}",
+        f"data.eval={tmp_path / 'heldout.jsonl'}", f"model.tiny_size={json.dumps(size)}", "sft.max_steps=3",
+        "sft.batch_size=8", "eval.every=0", "eval.limit=4", "rollout.sampler.gen_length=48",
+        "rollout.sampler.steps=3", "rollout.sampler.block_length=16", "learner.micro_batch_size=8",
+        "learner.lr=0.01", "sft.select=last", "learner.lora={rank: 4, alpha: 8.0}"])
+    started_here = not ray.is_initialized()
+    try:
+        summary = run(cfg)
+    finally:
+        if started_here:
+            ray.shutdown()
+    saved = Path(summary["policy"])
+    assert {f.name for f in (saved / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert (Path(summary["best_policy"]) / "adapter" / "adapter_model.safetensors").is_file()
+    adapter = load_file(saved / "adapter" / "adapter_model.safetensors")
+    merged = model.load(saved).network.state_dict()
+    base = tiny_twin("tiny", cfg.run.seed, **size).network.state_dict()
+    layers = [name[len("base_model.model."):-len(".lora_A.weight")] for name in adapter if ".lora_A." in name]
+    assert len(layers) == 7  # every block linear of the one block
+    for layer in layers:
+        a = adapter[f"base_model.model.{layer}.lora_A.weight"]  # [r, in]
+        b = adapter[f"base_model.model.{layer}.lora_B.weight"]  # [out, r]
+        assert b.abs().max() > 0  # trained from its zero init
+        torch.testing.assert_close(merged[f"{layer}.weight"], base[f"{layer}.weight"] + 2.0 * b @ a)
+    untouched = [k for k in base if not any(k == f"{layer}.weight" for layer in layers)]
+    assert all(torch.equal(merged[k], base[k]) for k in untouched)  # embeddings, norms, LM head: frozen
+
+
 DEMO_HELDOUT_CORRECT_OF_32 = 4  # docs/demo.md: greedy pass@1 of the shipped policy on the first 32 held-out rows
 """Greedy decoding is deterministic, so on the machine that recorded it the count is exact; elsewhere a different
 BLAS / CPU can round a logit differently and flip an argmax or a reveal order where two candidates are within
