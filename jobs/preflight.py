@@ -106,11 +106,14 @@ def dry_run(cfg: TrainConfig) -> int:
     """Print the config's data report and memory plan; 0 when nothing is wrong, 2 otherwise (see the module
     docstring). Imports no Ray."""
     from jobs.bench.memory import PlanError, resolve_shape
+    from jobs.configtree import ConfigError
+    from jobs.heldout import check_placement
 
     try:
+        check_placement(cfg)
         backbone, shape = resolve_shape(cfg.model.path, cfg.model.tiny_size)
         plan, _ = memory_plan_text(cfg)
-    except PlanError as exc:
+    except (ConfigError, PlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     lines, notes, errors = data_report(cfg, backbone)

@@ -92,6 +92,7 @@ class RunState:
 def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunState]:
     """Config → data → cluster and actors → resume state → logs. Data and task problems are raised before
     Ray starts; whatever starts is stopped by `cleanup`, in reverse order."""
+    check_placement(cfg)  # eval.where vs eval.dtype: a ConfigError before anything is written
     run_dir = cfg.run.run_dir
     checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint)
     checkpoints.preflight()  # another run's checkpoints here: refused before anything is written or started
@@ -228,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
-        check_placement(cfg)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

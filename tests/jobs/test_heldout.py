@@ -87,7 +87,7 @@ def test_weights_that_do_not_fit_the_policy_are_refused(tmp_path):
         without_copy.driver_decoder(8, policy.network.state_dict())
 
 
-def test_jobs_train_refuses_an_eval_dtype_the_rollout_workers_do_not_run(capsys):
+def test_jobs_train_refuses_an_eval_dtype_the_rollout_workers_do_not_run(capsys, tmp_path):
     """On the workers the policy runs in learner.dtype: another eval.dtype is refused before Ray starts (and by
     --dry-run), naming both keys and both ways out; each way out passes."""
     from jobs.heldout import check_placement
@@ -102,6 +102,8 @@ def test_jobs_train_refuses_an_eval_dtype_the_rollout_workers_do_not_run(capsys)
         check_placement(load_config(DEMO, ["eval.dtype=bf16", *fine]))
     assert train_main(["--set", "eval.dtype=bf16", "--dry-run"]) == 2
     assert message in capsys.readouterr().err
+    assert train_main(["--set", "eval.dtype=bf16", "--set", f"run.output_dir={tmp_path}"]) == 2  # before Ray starts
+    assert message in capsys.readouterr().err and not (tmp_path / "demo").exists()
 
 
 def test_eval_history_reads_the_evaluated_steps(tmp_path):
