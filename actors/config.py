@@ -172,8 +172,8 @@ class LearnerConfig:
     """Train LoRA adapters instead of every weight (null: full fine-tuning), docs/lora.md."""
     max_nonfinite_steps: int = 3
     """A step whose loss or gradient is NaN/inf on any rank is skipped on every rank; this many RL steps in a
-    row whose update was skipped entirely stop jobs.train with a checkpoint and exit status 3
-    (docs/reliability.md §12)."""
+    row whose update was skipped entirely stop jobs.train with a checkpoint and exit status 3 (jobs.sft: this many
+    SFT steps, status 3, its best policy kept; docs/reliability.md §12)."""
 
     def __post_init__(self):
         if self.num_ranks < 1:

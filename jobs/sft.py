@@ -41,6 +41,12 @@ from rl.sft import sft_step
 SFT_CONFIG = CONFIG_DIR / "sft_demo.yaml"  # what `python -m jobs.sft` reads without --config: the demo policy's SFT
 
 
+class SFTDiverged(RuntimeError):
+    """`learner.max_nonfinite_steps` SFT steps in a row were skipped entirely (a NaN or inf loss or gradient)."""
+
+    exit_code = 3  # as jobs.train's NonFiniteUpdates: neither an input error (2) nor a signal
+
+
 class SFTJobError(RuntimeError):
     """Resources the cluster cannot give (actors.cluster's ResourceError, whose module imports Ray), for `main`."""
 
@@ -172,11 +178,19 @@ def train_step(session: Session, progress: Progress) -> None:
                                      num_sequences_global=cfg.sft.batch_size)
     progress.losses.append(sum(s["loss"] for s in stats))
     progress.step += 1
+    in_a_row = session.group.skipped_updates_in_a_row
+    if in_a_row >= cfg.learner.max_nonfinite_steps:
+        raise SFTDiverged(
+            f"step {progress.step}: the last {in_a_row} SFT steps were skipped entirely (a NaN or inf loss or gradient "
+            f"on a learner rank; learner.max_nonfinite_steps is {cfg.learner.max_nonfinite_steps}); stopped. The best "
+            f"policy so far (step {progress.best_step}, held-out pass@1 {progress.best_pass1:.3f}) is in "
+            f"{session.run_dir / 'best_policy'}; lower learner.lr or check the data, then rerun")
     if progress.step % cfg.sft.log_every == 0:
         loss = sum(progress.losses) / len(progress.losses)
         grad_norm = stats[0].get("grad_norm")
         session.metrics.log(progress.step, {"loss/sft": loss, "loss/lr": lr, "perf/data_epoch": session.stream.epoch,
                                             "perf/wall_s": time.perf_counter() - session.started,
+                                            "health/nonfinite_skips": float(session.group.skipped_steps),
                                             **({} if grad_norm is None else {"loss/grad_norm": grad_norm})})
         print(f"[sft] step {progress.step}: loss {loss:.4f} lr {lr:.2e}", flush=True)
         progress.losses = []
@@ -238,7 +252,19 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def job(cfg: TrainConfig) -> int:
-    run(cfg)
+    """`run`; a run that cannot go on (diverged, or a learner rank that died or hung) prints why and exits with
+    its status (3, 4) as jobs.train does."""
+    from actors.group import ActorLost
+
+    try:
+        run(cfg)
+    except SFTDiverged as exc:
+        print(f"aborted: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ActorLost as exc:
+        print(f"aborted: {exc}\nthe best policy so far is in {cfg.run.run_dir / 'best_policy'} (SFT keeps no "
+              "checkpoint to resume from: a rerun starts from model.path)", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

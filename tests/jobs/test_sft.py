@@ -278,6 +278,51 @@ def test_lora_sft_saves_the_merged_policy_and_its_adapter_in_peft_layout(tmp_pat
     assert all(torch.equal(merged[k], base[k]) for k in untouched)  # embeddings, norms, LM head: frozen
 
 
+def test_sft_steps_skipped_in_a_row_stop_the_run_with_status_3(tmp_path, capsys):
+    """A learning rate of 1e38 (the warm-up's first step: 1e36) sends the weights past what fp32 can multiply: from
+    the second step on every gradient is non-finite and skipped; with learner.max_nonfinite_steps 2 the run stops
+    at step 3 naming the best policy so far, which the step-0 evaluation saved."""
+    import ray
+
+    from jobs.tasks.arithmetic import generate, write_jsonl
+
+    write_jsonl(generate(32, 4, seed=1)["train"], tmp_path / "t.jsonl")
+    overrides = [f"run.output_dir={tmp_path}", "run.name=nan", f"data.train={tmp_path / 't.jsonl'}", "eval.every=0",
+                 "eval.limit=4", "sft.max_steps=8", "sft.log_every=1", "sft.batch_size=8",
+                 "learner.micro_batch_size=8", "learner.lr=1e38", "learner.max_nonfinite_steps=2",
+                 "model.tiny_size={d_model: 32, n_layers: 1, n_heads: 2, mlp_hidden_size: 64}"]
+    started_here = not ray.is_initialized()
+    try:
+        assert main([arg for o in overrides for arg in ("--set", o)]) == 3
+    finally:
+        if started_here:
+            ray.shutdown()
+    err = capsys.readouterr().err
+    assert (f"aborted: step 3: the last 2 SFT steps were skipped entirely (a NaN or inf loss or gradient on a learner "
+            f"rank; learner.max_nonfinite_steps is 2); stopped. The best policy so far (step 0, held-out pass@1 0.000) "
+            f"is in {tmp_path / 'nan' / 'best_policy'}") in err
+    assert (tmp_path / "nan" / "best_policy" / "config.json").is_file()
+    lines = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["health/nonfinite_skips"] for x in lines if "loss/sft" in x] == [0.0, 1.0]  # step 3 stops before its line
+
+
+def test_a_lost_learner_rank_is_status_4_naming_the_best_policy(monkeypatch, capsys, tmp_path):
+    """jobs.sft's handler of `ActorLost` (what LearnerGroup raises for a rank that died or overran its deadline:
+    tests/actors/test_deadlines.py makes one for real): the run stands in for that here, the handler is real."""
+    import jobs.sft
+    from actors.group import ActorLost, Outcome
+
+    def lost(cfg):
+        raise ActorLost("learner rank 0 of 1: no answer within 3 s (learner.call_timeout_s)", Outcome("timeout"))
+
+    monkeypatch.setattr(jobs.sft, "run", lost)
+    assert main(["--set", f"run.output_dir={tmp_path}", "--set", "run.name=lost"]) == 4
+    assert capsys.readouterr().err == (
+        "aborted: learner rank 0 of 1: no answer within 3 s (learner.call_timeout_s)\nthe best policy so far is in "
+        f"{tmp_path / 'lost' / 'best_policy'} (SFT keeps no checkpoint to resume from: a rerun starts from "
+        "model.path)\n")
+
+
 DEMO_HELDOUT_CORRECT_OF_32 = 4  # docs/demo.md: greedy pass@1 of the shipped policy on the first 32 held-out rows
 """Greedy decoding is deterministic, so on the machine that recorded it the count is exact; elsewhere a different
 BLAS / CPU can round a logit differently and flip an argmax or a reveal order where two candidates are within
