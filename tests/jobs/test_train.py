@@ -11,7 +11,7 @@ Training test: a random tiny policy scores 0 on correctness, so the run is rewar
 - the rollout workers hold the learner's weights (checksums) at the final policy version;
 - no process of the run (Ray's, the actors', DeepSpeed's rendezvous) listened on all interfaces.
 The one-GPU recipe's learner setting (LoRA in bf16 with gradient checkpointing; here with the broadcast sync
-and ZeRO-2 too): the adapters train, from B = 0, and every rank and worker ends on the same weights.
+and ZeRO-2 too): one step trains the adapters from B = 0, and every rank and worker ends on the same weights.
 
 Bad configs: an unknown key, an impossible resource request and a missing data file make
 `python -m jobs.train` exit with code 2 and a message naming the key (or file), before Ray starts;
@@ -97,11 +97,11 @@ def test_lora_in_bf16_with_checkpointing_and_broadcast_sync_trains_the_adapters(
     from safetensors.torch import load_file
 
     monkeypatch.chdir(REPO)
-    cfg = load_config(CONFIG, [f"run.output_dir={tmp_path}", "run.name=lora", "run.steps=2", "checkpoint.every=0",
+    cfg = load_config(CONFIG, [f"run.output_dir={tmp_path}", "run.name=lora", "run.steps=1", "checkpoint.every=0",
                                "learner.lora.rank=4", "learner.dtype=bf16", "learner.gradient_checkpointing=true",
                                "rollout.weight_sync.backend=broadcast"])
     summary = train(cfg)
-    assert summary["policy_version"] == 2 and summary["worker_versions"] == [2, 2]
+    assert summary["policy_version"] == 1 and summary["worker_versions"] == [1, 1]
     first = summary["learner_checksums"][0]
     assert summary["learner_checksums"] == [first] * 2 and summary["worker_checksums"] == [first] * 2
     adapter = load_file(Path(summary["export"]) / "adapter" / "adapter_model.safetensors")
