@@ -243,7 +243,8 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, torch.device, list[float], list]:
+    """The command line, checked: (args, device, sampler temperatures, sampler modes)."""
     parser = argparse.ArgumentParser(prog="python -m jobs.bench gpu", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=SIZES, default="8b", help="the LLaDA-8B layout or the tiny twin")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -281,6 +282,69 @@ def main(argv: list[str]) -> int:
             parser.error(f"--{name.replace('_', '-')}: {getattr(args, name)} is not a positive integer")
     if args.lora < 0:
         parser.error(f"--lora: {args.lora}; give an adapter rank >= 1, or 0 for full fine-tuning")
+    return args, device, temperatures, modes
+
+
+def sampler_phase(network, args: argparse.Namespace, device: torch.device, temperatures: list[float]) -> list[dict]:
+    """`bench_sampler` at each temperature, printed as a table row each."""
+    shape = dict(batch=args.batch, prompt_length=args.prompt_length, gen_length=args.gen_length,
+                 steps=args.steps, block_length=args.block_length)
+    print("\n| temp | B | P | L | S | blk | wall s | tok/s | peak GiB | fwd ms | fwd TFLOP/s | overhead | inner |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for temperature in temperatures:
+        row = bench_sampler(network, device=device, temperature=temperature, **shape)
+        rows.append(row)
+        print(f"| {temperature:g} | {args.batch} | {args.prompt_length} | {args.gen_length} | {args.steps} | "
+              f"{args.block_length} | {row['wall_s']:.3f} | {row['tokens_per_s']:.1f} | "
+              f"{_fmt(row['peak_gib'], '.2f')} | {1e3 * row['forward_s']:.2f} | {row['forward_tflops']:.3g} | "
+              f"{row['overhead_ratio']:.3f} | {row['inner_ratio']:.3f} |", flush=True)
+    return rows
+
+
+def modes_phase(network, args: argparse.Namespace, modes: list) -> list[dict]:
+    """The fast sampler modes side by side at temperature 0 (jobs/bench/sampler_modes.py), printed."""
+    if not modes:
+        return []
+    cfg = network.config
+    prompts = torch.randint(0, plain_ids(cfg), (args.batch, args.prompt_length),
+                            generator=torch.Generator().manual_seed(0)).tolist()
+    rows = speed_rows(network, prompts, modes, mask_id=cfg.mask_token_id, pad_id=cfg.pad_token_id,
+                      temperature=0.0, gen_length=args.gen_length, steps=args.steps, block_length=args.block_length)
+    print_speed(rows, f"\nsampler modes at temperature 0 (batch {args.batch}, prompt {args.prompt_length})")
+    return rows
+
+
+def update_phase(network, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """`bench_update` against a second random network as π_ref (with adapters: the network itself), printed."""
+    config = network.config
+    ref_network = network if has_lora(network) else build_network(config, device=device, dtype=dtype,
+                                                                     seed=1).requires_grad_(False)
+    batch = rollout_batch(config, groups=args.groups, samples=args.samples, prompt_length=args.prompt_length,
+                          gen_length=args.gen_length, steps=args.steps)
+    update = bench_update(network, ref_network, batch, device=device, mu=args.mu)
+    del ref_network
+    print(f"\n| update rows | T | μ | wall s | s/step | peak GiB | loss | grad norm | weights changed |\n"
+          f"|---|---|---|---|---|---|---|---|---|\n"
+          f"| {update['rows']} | {update['seq_len']} | {args.mu} | {update['wall_s']:.3f} | "
+          f"{update['wall_per_optimizer_step_s']:.3f} | {_fmt(update['peak_gib'], '.2f')} | "
+          f"{update['loss']:.4g} | {_fmt(update['grad_norm'], '.4g')} | {update['weights_changed']} |\n"
+          f"optimizer: {update['optimizer']}; activation checkpointing on; β = {BETA} against "
+          f"{update['reference']}")
+    return update
+
+
+def sync_phase(network, args: argparse.Namespace, device: torch.device) -> dict:
+    """`bench_adapter_sync`, printed."""
+    sync = bench_adapter_sync(network, device=device)
+    print(f"\n| LoRA rank | adapter tensors | adapter MB | full MB | fraction | to host s |\n|---|---|---|---|---|---|\n"
+          f"| {args.lora} | {sync['tensors']} | {sync['adapter_bytes'] / 1e6:.1f} | {sync['full_bytes'] / 1e6:.1f} | "
+          f"{sync['fraction']:.2%} | {sync['to_host_s']:.3f} |")
+    return sync
+
+
+def main(argv: list[str]) -> int:
+    args, device, temperatures, modes = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -302,51 +366,10 @@ def main(argv: list[str]) -> int:
           f"| {args.size} | {build['params']:,} | {build_s:.2f} | {_fmt(build['allocated_gib'], '.2f')} |",
           flush=True)
 
-    shape = dict(batch=args.batch, prompt_length=args.prompt_length, gen_length=args.gen_length,
-                 steps=args.steps, block_length=args.block_length)
-    print("\n| temp | B | P | L | S | blk | wall s | tok/s | peak GiB | fwd ms | fwd TFLOP/s | overhead | inner |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    sampler_rows = []
-    for temperature in temperatures:
-        row = bench_sampler(network, device=device, temperature=temperature, **shape)
-        sampler_rows.append(row)
-        print(f"| {temperature:g} | {args.batch} | {args.prompt_length} | {args.gen_length} | {args.steps} | "
-              f"{args.block_length} | {row['wall_s']:.3f} | {row['tokens_per_s']:.1f} | "
-              f"{_fmt(row['peak_gib'], '.2f')} | {1e3 * row['forward_s']:.2f} | {row['forward_tflops']:.3g} | "
-              f"{row['overhead_ratio']:.3f} | {row['inner_ratio']:.3f} |", flush=True)
-
-    mode_rows = []
-    if modes:
-        cfg = network.config
-        prompts = torch.randint(0, plain_ids(cfg), (args.batch, args.prompt_length),
-                                generator=torch.Generator().manual_seed(0)).tolist()
-        mode_rows = speed_rows(network, prompts, modes, mask_id=cfg.mask_token_id, pad_id=cfg.pad_token_id,
-                               temperature=0.0, gen_length=args.gen_length, steps=args.steps,
-                               block_length=args.block_length)
-        print_speed(mode_rows, f"\nsampler modes at temperature 0 (batch {args.batch}, prompt {args.prompt_length})")
-
-    update = None
-    if not args.skip_update:
-        ref_network = network if has_lora(network) else build_network(config, device=device, dtype=dtype,
-                                                                         seed=1).requires_grad_(False)
-        batch = rollout_batch(config, groups=args.groups, samples=args.samples, prompt_length=args.prompt_length,
-                              gen_length=args.gen_length, steps=args.steps)
-        update = bench_update(network, ref_network, batch, device=device, mu=args.mu)
-        del ref_network
-        print(f"\n| update rows | T | μ | wall s | s/step | peak GiB | loss | grad norm | weights changed |\n"
-              f"|---|---|---|---|---|---|---|---|---|\n"
-              f"| {update['rows']} | {update['seq_len']} | {args.mu} | {update['wall_s']:.3f} | "
-              f"{update['wall_per_optimizer_step_s']:.3f} | {_fmt(update['peak_gib'], '.2f')} | "
-              f"{update['loss']:.4g} | {_fmt(update['grad_norm'], '.4g')} | {update['weights_changed']} |\n"
-              f"optimizer: {update['optimizer']}; activation checkpointing on; β = {BETA} against "
-              f"{update['reference']}")
-    sync = None
-    if has_lora(network):
-        sync = bench_adapter_sync(network, device=device)
-        print(f"\n| LoRA rank | adapter tensors | adapter MB | full MB | fraction | to host s |\n|---|---|---|---|---|---|\n"
-              f"| {args.lora} | {sync['tensors']} | {sync['adapter_bytes'] / 1e6:.1f} | {sync['full_bytes'] / 1e6:.1f} | "
-              f"{sync['fraction']:.2%} | {sync['to_host_s']:.3f} |")
-
+    sampler_rows = sampler_phase(network, args, device, temperatures)
+    mode_rows = modes_phase(network, args, modes)
+    update = None if args.skip_update else update_phase(network, args, device, dtype)
+    sync = sync_phase(network, args, device) if has_lora(network) else None
     report = dict(torch=torch.__version__, device=str(device), device_name=name, dtype=args.dtype, size=args.size,
                   model=dict(d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads,
                              mlp_hidden_size=config.mlp_hidden_size, vocab_size=config.num_embeddings),
