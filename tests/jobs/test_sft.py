@@ -172,10 +172,22 @@ def test_the_tiny_policy_is_sized_by_the_model_section_and_a_bad_path_names_the_
         run(bad)
 
 
+def in_own_ray(job, *args):
+    """`job(*args)` (jobs.sft's `run` or `main`, which start Ray unless it runs), and Ray shut down after it if
+    it started there, so the next test starts from the state it found."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    try:
+        return job(*args)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def test_end_to_end_run_on_the_learner_group(tmp_path):
     """A few steps of `jobs.sft.run` on a 1-rank DeepSpeed group: outputs written, loss down, policy loads;
     with `sft.select=last` the exported policy is the last step's weights, and best_policy the best step's."""
-    import ray
 
     import model
     from jobs.eval import main as eval_main
@@ -192,12 +204,7 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
         "sft.max_steps=12", "sft.batch_size=16", "learner.lr_warmup_steps=2", "sft.log_every=4", "eval.every=6",
         "eval.limit=8", "rollout.sampler.gen_length=48", "rollout.sampler.steps=6", "rollout.sampler.block_length=16",
         "learner.micro_batch_size=8", "learner.lr=0.003", "sft.select=last"])
-    started_here = not ray.is_initialized()
-    try:
-        summary = run(cfg)
-    finally:
-        if started_here:
-            ray.shutdown()
+    summary = in_own_ray(run, cfg)
     lines = [json.loads(x) for x in (tmp_path / "e2e" / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if "loss/sft" in x]
     assert [x["step"] for x in lines if "eval/pass@1" in x] == [0, 6, 12] and [x["step"] for x in train] == [4, 8, 12]
@@ -237,7 +244,6 @@ def test_end_to_end_run_on_the_learner_group(tmp_path):
 def test_lora_sft_saves_the_merged_policy_and_its_adapter_in_peft_layout(tmp_path):
     """learner.lora in jobs.sft: the adapters train and the saved policy carries `adapter/` beside the merged
     weights, each adapted weight being the tiny twin's + (alpha / rank) · B A of the saved adapter."""
-    import ray
     from safetensors.torch import load_file
 
     import model
@@ -255,12 +261,7 @@ def test_lora_sft_saves_the_merged_policy_and_its_adapter_in_peft_layout(tmp_pat
         "sft.batch_size=8", "eval.every=0", "eval.limit=4", "rollout.sampler.gen_length=48",
         "rollout.sampler.steps=3", "rollout.sampler.block_length=16", "learner.micro_batch_size=8",
         "learner.lr=0.01", "sft.select=last", "learner.lora={rank: 4, alpha: 8.0}"])
-    started_here = not ray.is_initialized()
-    try:
-        summary = run(cfg)
-    finally:
-        if started_here:
-            ray.shutdown()
+    summary = in_own_ray(run, cfg)
     saved = Path(summary["policy"])
     assert {f.name for f in (saved / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
     assert (Path(summary["best_policy"]) / "adapter" / "adapter_model.safetensors").is_file()
@@ -282,7 +283,6 @@ def test_sft_steps_skipped_in_a_row_stop_the_run_with_status_3(tmp_path, capsys)
     """A learning rate of 1e38 (the warm-up's first step: 1e36) sends the weights past what fp32 can multiply: from
     the second step on every gradient is non-finite and skipped; with learner.max_nonfinite_steps 2 the run stops
     at step 3 naming the best policy so far, which the step-0 evaluation saved."""
-    import ray
 
     from jobs.tasks.arithmetic import generate, write_jsonl
 
@@ -291,12 +291,7 @@ def test_sft_steps_skipped_in_a_row_stop_the_run_with_status_3(tmp_path, capsys)
                  "eval.limit=4", "sft.max_steps=8", "sft.log_every=1", "sft.batch_size=8",
                  "learner.micro_batch_size=8", "learner.lr=1e38", "learner.max_nonfinite_steps=2",
                  "model.tiny_size={d_model: 32, n_layers: 1, n_heads: 2, mlp_hidden_size: 64}"]
-    started_here = not ray.is_initialized()
-    try:
-        assert main([arg for o in overrides for arg in ("--set", o)]) == 3
-    finally:
-        if started_here:
-            ray.shutdown()
+    assert in_own_ray(main, [arg for o in overrides for arg in ("--set", o)]) == 3
     err = capsys.readouterr().err
     assert (f"aborted: step 3: the last 2 SFT steps were skipped entirely (a NaN or inf loss or gradient on a learner "
             f"rank; learner.max_nonfinite_steps is 2); stopped. The best policy so far (step 0, held-out pass@1 0.000) "
