@@ -513,12 +513,17 @@ class LearnerGroup:
         (`model.checkpoint.save_state_dict`: LoRA merged), and with LoRA its adapter in PEFT's layout in
         `path/adapter/` (`model.lora.save_adapter`; docs/lora.md)."""
         from model.checkpoint import save_state_dict
-        from model.lora import save_adapter
 
         path = save_state_dict(self.state_dict_for_sync(), backbone, tokenizer, path)
-        if self.cfg.lora is not None:
-            save_adapter(self.adapter_state_dict(), self.cfg.lora, path / "adapter")
+        self.save_adapter(path / "adapter")
         return path
+
+    def save_adapter(self, path: str | Path) -> None:
+        """With LoRA, the adapter in PEFT's layout in `path` (`model.lora.save_adapter`); nothing without."""
+        from model.lora import save_adapter
+
+        if self.cfg.lora is not None:
+            save_adapter(self.adapter_state_dict(), self.cfg.lora, path)
 
     def publish_weights(self, version: int, bucket_mb: float) -> tuple[WeightManifest, list[ray.ObjectRef]]:
         return self._all("publish_weights", version, bucket_mb)[0]
