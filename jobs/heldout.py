@@ -118,14 +118,17 @@ class HeldoutEvaluator:
     """Greedy (by default) pass@1 of the policy on a held-out prompt file, during training: the sampler calls
     run on the rollout workers (`RolloutPool.decode`) or, given `driver_copy`, on a copy of the policy here."""
 
-    def __init__(self, cfg, backbone, tokenizer, run_dir: Path, *, driver_copy: bool):
+    def __init__(self, cfg, backbone, tokenizer, run_dir: Path, *, driver_copy: bool | None = None):
         """`cfg`: the TrainConfig; `backbone`: the policy's BackboneConfig; `tokenizer`: its tokenizer;
-        `driver_copy`: build the copy of the policy (eval.dtype on eval.device) that `driver_decoder` loads."""
+        `driver_copy`: build the copy of the policy (eval.dtype on eval.device) that `driver_decoder` loads (None:
+        as `eval.where` says; jobs.sft, which has no rollout workers, always does)."""
         from model.checkpoint import resolve_dtype
         from model.network import MaskedDiffusionLM
 
         self.records, _ = heldout_records(cfg)
         self.cfg, self.backbone, self.tokenizer = cfg, backbone, tokenizer
+        if driver_copy is None:
+            driver_copy = cfg.eval.where == "driver"
         self.network = None
         if driver_copy:
             with torch.device("meta"):
@@ -147,6 +150,13 @@ class HeldoutEvaluator:
             raise RuntimeError(f"held-out evaluation at step {step}: the learner's weights do not match the policy "
                                f"config (missing {missing[:4]}, unexpected {unexpected[:4]})")
         return local_decoder(self.network)
+
+    def training_decoder(self, step: int, pool, learners):
+        """Where training's evaluation at `step` decodes (eval.where): the driver's copy loaded with learner rank 0's
+        weights when this evaluator has one, else the rollout workers (`RolloutPool.decode`), which hold those
+        weights since the step's sync and sample nothing meanwhile (async mode's next shards were waited for by
+        the sync; sync mode dispatches the next step after the evaluation)."""
+        return pool.decode if self.network is None else self.driver_decoder(step, learners.state_dict_for_sync())
 
     def evaluate(self, step: int, decode) -> dict[str, float]:
         """Score the policy at `step`, its sampler calls run by `decode`; returns the `eval/*` metrics."""

@@ -100,9 +100,7 @@ def setup(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> tuple[Run, RunStat
     config_path = write_resolved(cfg, run_dir)
     policy = policy_parts(cfg)
     stream, records = load_data(cfg, policy.config, policy.tokenizer)
-    evaluator = None  # reads data.eval; a copy of the policy in the driver only with eval.where: driver
-    if cfg.data.eval:
-        evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, run_dir, driver_copy=cfg.eval.where == "driver")
+    evaluator = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, run_dir) if cfg.data.eval else None  # reads data.eval
     load_image = image_loader(cache_size=4 * cfg.run.prompts_per_step)
     scorer, learners, pool = start_actors(cfg, sorted({r.task for r in records}), policy.source, cleanup)
     resumed = resume(checkpoints, learners, pool, stream, cfg)  # (step, version, pending), or None: a fresh run
@@ -123,9 +121,8 @@ def dispatch(run: Run, state: RunState, step: int) -> None:
 
 
 def rl_step(run: Run, state: RunState, step: int) -> StepResult:
-    """Collect → score → advantages → update → sync; in async mode the next step's prompts are dispatched as soon
-    as this step's samples are in (sampling overlaps the update), in sync mode `train` dispatches them after the
-    step's held-out evaluation (which may run on the workers)."""
+    """Collect → score → advantages → update → sync; async mode dispatches the next step once the samples are in
+    (sampling overlaps the update), sync mode in `train` after the step's held-out evaluation."""
     cfg, started = run.cfg, time.perf_counter()
     batch, metrics = collect(run.pool, state.pending, step, state.version, cfg.run.max_policy_lag)
     state.pending = None  # sync mode: the next step is dispatched by `train`, after this step's evaluation
@@ -146,14 +143,10 @@ def rl_step(run: Run, state: RunState, step: int) -> StepResult:
 
 
 def heldout_metrics(run: Run, step: int) -> dict[str, float]:
-    """Held-out pass@1 of the learner's weights at step 0, every `eval.every` steps and at the end; else {}.
-    On the rollout workers (eval.where), which hold those weights since the step's sync and sample nothing
-    meanwhile: async mode's next shards were waited for by the sync, sync mode's are dispatched after this."""
+    """Held-out pass@1 of the learner's weights at step 0, every `eval.every` steps and at the end; else {}."""
     if run.evaluator is None or not should_evaluate(step, every=run.cfg.eval.every, last_step=run.cfg.run.steps):
         return {}
-    if run.cfg.eval.where == "driver":
-        return run.evaluator.evaluate(step, run.evaluator.driver_decoder(step, run.learners.state_dict_for_sync()))
-    return run.evaluator.evaluate(step, run.pool.decode)
+    return run.evaluator.evaluate(step, run.evaluator.training_decoder(step, run.pool, run.learners))
 
 
 def log_step(run: Run, step: int, result: StepResult) -> None:

@@ -81,8 +81,10 @@ def test_weights_that_do_not_fit_the_policy_are_refused(tmp_path):
     random_policy = tiny_model(seed=0, d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=384)
     with pytest.raises(RuntimeError, match="at step 8: the learner's weights do not match the policy config"):
         evaluator.driver_decoder(8, {"unexpected.weight": random_policy.network.state_dict()["model.transformer.wte.weight"]})
-    without_copy = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path, driver_copy=False)
-    assert without_copy.network is None  # eval.where: rollout_workers: no policy copy in the driver
+    without_copy = HeldoutEvaluator(cfg, policy.config, policy.tokenizer, tmp_path)  # as eval.where says
+    assert cfg.eval.where == "rollout_workers" and without_copy.network is None  # no policy copy in the driver
+    driver = load_config(DEMO, ["eval.limit=2", "eval.where=driver"])
+    assert HeldoutEvaluator(driver, policy.config, policy.tokenizer, tmp_path).network is not None
     with pytest.raises(RuntimeError, match="built without driver_copy"):
         without_copy.driver_decoder(8, policy.network.state_dict())
 
