@@ -487,7 +487,9 @@ def job_main(parser: argparse.ArgumentParser, argv: list[str] | None,
              job: Callable[[TrainConfig], int], errors: tuple[type[Exception], ...] = ()) -> int:
     """A job's `main`: read the tree from the command line, print it (`--print-config`) or run `job(cfg)`.
 
-    A ConfigError, or one of `errors` (bad data, an unusable model), is printed as `error: ...` and exits 2."""
+    A ConfigError, or one of `errors` (bad data, an unusable model), is printed as `error: ...` and exits 2; an
+    exception that carries an `exit_code` (a run that cannot go on and says why: a lost actor, 4; a diverged run,
+    3) is printed as `aborted: ...` and exits with that code."""
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config, job_overrides(args))
@@ -498,3 +500,8 @@ def job_main(parser: argparse.ArgumentParser, argv: list[str] | None,
     except (ConfigError, *errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not isinstance(getattr(exc, "exit_code", None), int):
+            raise
+        print(f"aborted: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -7,7 +7,7 @@ from (run.seed, step) (jobs/sft_data.py), so they do not depend on the number of
 and only compute. The config is the tree of every job (jobs/config.py): the `sft` section, and `run`, `data`,
 `model`, `rollout.sampler`, `eval`, `learner`, `cluster` as the other jobs read them (docs/demo.md §2).
 
-Phases: `setup`, `train` (a line every `sft.log_every`), `evaluate` (step 0, every `eval.every` and the last, by
+Phases: `setup` (jobs/sft_parts.py), `train` (a line every `sft.log_every`), `evaluate` (step 0, every `eval.every` and the last, by
 jobs/heldout.py's in-training `HeldoutEvaluator`) and `finish`. The best checkpoint by pass@1 goes to `<run
 dir>/best_policy/`; training stops after `sft.patience` evaluations without a gain above `sft.min_delta` (not
 before `sft.min_steps`) or at `sft.max_steps`.
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.config import CONFIG_DIR, ConfigError, TrainConfig, job_main, job_parser, write_resolved
+from jobs.config import CONFIG_DIR, ConfigError, TrainConfig, job_main, job_parser
 from jobs.data import DataError
-from jobs.heldout import HeldoutEvaluator, should_evaluate
-from jobs.sft_data import Example, make_batch, shard, tokenize_examples
+from jobs.heldout import should_evaluate
+from jobs.sft_data import make_batch, shard
+from jobs.sft_parts import Session, SFTJobError, setup
 from model.resolve import ModelSpecError
 from rl.sft import sft_step
 
@@ -45,10 +46,6 @@ class SFTDiverged(RuntimeError):
     """`learner.max_nonfinite_steps` SFT steps in a row were skipped entirely (a NaN or inf loss or gradient)."""
 
     exit_code = 3  # as jobs.train's NonFiniteUpdates: neither an input error (2) nor a signal
-
-
-class SFTJobError(RuntimeError):
-    """Resources the cluster cannot give (actors.cluster's ResourceError, whose module imports Ray), for `main`."""
 
 
 def check_sft(cfg: TrainConfig) -> None:
@@ -65,23 +62,6 @@ def check_sft(cfg: TrainConfig) -> None:
 
 # -- driver ---------------------------------------------------------------------------------------
 @dataclass
-class Session:
-    """What `setup` builds: fixed for the run (the learner group's weights change, the handle does not)."""
-
-    cfg: TrainConfig
-    run_dir: Path
-    metrics: Any  # jobs.metrics.MetricsLogger: metrics.jsonl, TensorBoard, W&B as `logging` says
-    tokenizer: Any
-    ids: Any  # model.templates.special_ids: .mask, .pad, .eos
-    train_examples: dict[str, Example]  # uid -> Example
-    stream: Any  # jobs.data.PromptStream over the training rows
-    evaluator: Any  # jobs.heldout.HeldoutEvaluator: its `network`, loaded from rank 0, is also what is saved
-    group: Any  # actors.learner.LearnerGroup
-    placement_groups: Any
-    started: float  # time.perf_counter() once the learner group is up
-
-
-@dataclass
 class Progress:
     """What changes as the run goes: the step, the best evaluation so far, the losses since the last line."""
 
@@ -92,55 +72,12 @@ class Progress:
     losses: list[float] = field(default_factory=list)
 
 
-def setup(cfg: TrainConfig) -> Session:
-    """Run directory and resolved config, the policy's parts and the tokenised data (a bad `model.path` or data
-    file raises here, before Ray starts), then the learner group."""
-    from actors.cluster import ResourceError, create_placement_groups, init_ray, learner_role
-    from actors.learner import LearnerGroup
-    from jobs.configtree import to_dict
-    from jobs.data import PromptDataset, PromptStream
-    from jobs.metrics import MetricsLogger
-    from model.resolve import model_parts
-    from model.templates import special_ids
-
-    run_dir = cfg.run.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_resolved(cfg, run_dir)
-    parts = model_parts(cfg.model.path, key="model.path", seed=cfg.run.seed, size=cfg.model.tiny_size)
-    ids = special_ids(parts.tokenizer)
-    train_set = PromptDataset(cfg.data.train_files, default_task=cfg.data.default_task, fields=cfg.data.fields)
-    column = cfg.data.fields.get("response", "response")
-    try:
-        examples = tokenize_examples(train_set.records, parts.tokenizer, column=column, thinking=cfg.data.thinking,
-                                     gen_length=cfg.rollout.sampler.gen_length, eos_id=ids.eos)
-    except ValueError as exc:  # a row without a usable response, named by file:row
-        raise DataError(str(exc)) from exc
-    evaluator = HeldoutEvaluator(cfg, parts.config, parts.tokenizer, run_dir, driver_copy=True)  # no workers
-    metrics = MetricsLogger(run_dir, cfg.logging, run_name=cfg.run.name, config=to_dict(cfg), resume_step=-1)  # fresh
-    stream = PromptStream(train_set, seed=cfg.run.seed, shuffle=cfg.data.shuffle, weights=cfg.data.train_weights)
-    print(f"[sft] {len(examples)} training rows, {len(evaluator.records)} held-out; policy "
-          f"{sum(p.numel() for p in evaluator.network.parameters()) / 1e6:.2f}M parameters; run dir {run_dir}",
-          flush=True)
-    try:
-        role = learner_role(cfg.learner)
-        init_ray(cfg.cluster, [role])
-        groups = create_placement_groups([role], cfg.cluster)
-    except ResourceError as exc:
-        raise SFTJobError(str(exc)) from exc
-    group = LearnerGroup(cfg.learner, parts.source, total_steps=cfg.sft.max_steps, placement_group=groups[role.name])
-    return Session(cfg, run_dir, metrics, parts.tokenizer, ids, {e.uid: e for e in examples}, stream, evaluator,
-                   group, groups, time.perf_counter())
-
-
-def save_policy(session: Session, network: Any, path: Path) -> None:
-    """`network` (the evaluated copy of the learner's weights: with LoRA merged) in the published format at
-    `path`, and with LoRA the learner's adapter in PEFT's layout in `path/adapter/`, as jobs.train exports."""
+def save_policy(session: Session, path: Path) -> None:
+    """The evaluator's copy of the learner's weights (LoRA: merged) at `path`, and `adapter/`, as jobs.train exports."""
     import model
-    from model.lora import save_adapter
 
-    model.save((network, session.tokenizer), path, max_shard_bytes=None)
-    if session.cfg.learner.lora is not None:
-        save_adapter(session.group.adapter_state_dict(), session.cfg.learner.lora, path / "adapter")
+    model.save((session.evaluator.network, session.tokenizer), path, max_shard_bytes=None)
+    session.group.save_adapter(path / "adapter")
 
 
 def evaluate(session: Session, progress: Progress) -> bool:
@@ -152,7 +89,7 @@ def evaluate(session: Session, progress: Progress) -> bool:
     wall_seconds = time.perf_counter() - session.started
     if pass1 > progress.best_pass1 + cfg.sft.min_delta:
         progress.best_pass1, progress.best_step, progress.evals_without_gain = pass1, progress.step, 0
-        save_policy(session, evaluator.network, session.run_dir / "best_policy")
+        save_policy(session, session.run_dir / "best_policy")
         shutil.copyfile(evaluator.out_dir / f"step_{progress.step}.jsonl", session.run_dir / "best_samples.jsonl")
     else:
         progress.evals_without_gain += 1
@@ -208,9 +145,8 @@ def train(session: Session, progress: Progress) -> None:
 
 def save_last(session: Session) -> None:
     """The weights after the last step, to `<run dir>/last_policy/` (the run's policy with sft.select=last)."""
-    network = session.evaluator.network
-    network.load_state_dict(session.group.state_dict_for_sync())
-    save_policy(session, network, session.run_dir / "last_policy")
+    session.evaluator.network.load_state_dict(session.group.state_dict_for_sync())
+    save_policy(session, session.run_dir / "last_policy")
 
 
 def finish(session: Session, progress: Progress) -> dict[str, Any]:
@@ -252,25 +188,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def job(cfg: TrainConfig) -> int:
-    """`run`; a run that cannot go on (diverged, or a learner rank that died or hung) prints why and exits with
-    its status (3, 4) as jobs.train does."""
-    from actors.group import ActorLost
-
-    try:
-        run(cfg)
-    except SFTDiverged as exc:
-        print(f"aborted: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except ActorLost as exc:
-        print(f"aborted: {exc}\nthe best policy so far is in {cfg.run.run_dir / 'best_policy'} (SFT keeps no "
-              "checkpoint to resume from: a rerun starts from model.path)", file=sys.stderr)
-        return exc.exit_code
+    run(cfg)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0, or 2 with one `error: ...` line on stderr for an input error: the config, the model
-    (`model.path`, its checkpoint checked before Ray starts), the data, or resources the cluster cannot give."""
+    (`model.path`, its checkpoint checked before Ray starts), the data, or resources the cluster cannot give; 3
+    (diverged) or 4 (a learner rank lost) with an `aborted: ...` line (`job_main`)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")  # progress lines, stderr
     parser = job_parser("python -m jobs.sft", __doc__, default_config=SFT_CONFIG)
     return job_main(parser, argv, job, errors=(ModelSpecError, DataError, SFTJobError))

@@ -301,9 +301,10 @@ def test_sft_steps_skipped_in_a_row_stop_the_run_with_status_3(tmp_path, capsys)
     assert [x["health/nonfinite_skips"] for x in lines if "loss/sft" in x] == [0.0, 1.0]  # step 3 stops before its line
 
 
-def test_a_lost_learner_rank_is_status_4_naming_the_best_policy(monkeypatch, capsys, tmp_path):
-    """jobs.sft's handler of `ActorLost` (what LearnerGroup raises for a rank that died or overran its deadline:
-    tests/actors/test_deadlines.py makes one for real): the run stands in for that here, the handler is real."""
+def test_a_lost_learner_rank_is_status_4_not_a_traceback(monkeypatch, capsys, tmp_path):
+    """`job_main`'s handling of an exception with an `exit_code`, here `ActorLost` (what LearnerGroup raises for a
+    rank that died or overran its deadline: tests/actors/test_deadlines.py makes one for real): the run stands in
+    for that here, the handler is real."""
     import jobs.sft
     from actors.group import ActorLost, Outcome
 
@@ -312,10 +313,10 @@ def test_a_lost_learner_rank_is_status_4_naming_the_best_policy(monkeypatch, cap
 
     monkeypatch.setattr(jobs.sft, "run", lost)
     assert main(["--set", f"run.output_dir={tmp_path}", "--set", "run.name=lost"]) == 4
-    assert capsys.readouterr().err == (
-        "aborted: learner rank 0 of 1: no answer within 3 s (learner.call_timeout_s)\nthe best policy so far is in "
-        f"{tmp_path / 'lost' / 'best_policy'} (SFT keeps no checkpoint to resume from: a rerun starts from "
-        "model.path)\n")
+    assert capsys.readouterr().err == "aborted: learner rank 0 of 1: no answer within 3 s (learner.call_timeout_s)\n"
+    monkeypatch.setattr(jobs.sft, "run", lambda cfg: {}["no such key"])  # any other exception is not swallowed
+    with pytest.raises(KeyError, match="no such key"):
+        main(["--set", f"run.output_dir={tmp_path}"])
 
 
 DEMO_HELDOUT_CORRECT_OF_32 = 4  # docs/demo.md: greedy pass@1 of the shipped policy on the first 32 held-out rows
