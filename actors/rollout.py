@@ -154,6 +154,15 @@ class RolloutWorker:
         return self.broadcast.receive(self.receiver, manifest)
 
     # -- sampling -------------------------------------------------------------------------------
+    def valid_version(self) -> int:
+        """The version of the weights held, which sampling and decoding tag their output with; a WeightSyncError
+        when there is none (a sync failed half-way), so nothing comes from half-written weights."""
+        version = self.receiver.version
+        if version is None:
+            raise WeightSyncError("this worker holds no valid weights (a sync failed half-way); "
+                                  "send a complete version before sampling")
+        return version
+
     def _special_ids(self) -> tuple[set[int], set[int]]:
         """(ids that end a response, special ids never masked in a prompt)."""
         config = self.network.config
@@ -178,10 +187,7 @@ class RolloutWorker:
         from rl.batch import RolloutBatch
         from rl.masking import stable_seed
 
-        version = self.receiver.version
-        if version is None:
-            raise WeightSyncError("this worker holds no valid weights (a sync failed half-way); "
-                                  "send a complete version before sampling")
+        version = self.valid_version()
         if not requests:
             raise ValueError("sample: no requests")
         bad = next((i for i, r in enumerate(requests) if not isinstance(r, PromptRequest)), None)
@@ -219,11 +225,7 @@ class RolloutWorker:
         `RolloutPool.decode`): (this worker's version, response window ids [b][L], forward passes)."""
         from model.sampling import response_ids
 
-        version = self.receiver.version
-        if version is None:
-            raise WeightSyncError("this worker holds no valid weights (a sync failed half-way); "
-                                  "send a complete version before decoding")
-        return (version, *response_ids(self.network, prompts, sampler, mask_id=mask_id, pad_id=pad_id, seed=seed))
+        return (self.valid_version(), *response_ids(self.network, prompts, sampler, mask_id=mask_id, pad_id=pad_id, seed=seed))
 
     def _sample_text(self, requests: list[PromptRequest], kind: str, cfg: TextSamplerConfig, seed: int,
                      version: int) -> Any:

@@ -66,11 +66,13 @@ def test_full_state_dicts_are_applied_only_when_newer_and_complete(worker, kit):
     assert worker.checksum() == checksum(named_state(other))
 
 
-def test_a_worker_without_valid_weights_refuses_to_sample(kit):
+def test_a_worker_without_valid_weights_refuses_to_sample_or_decode(kit):
     worker = RolloutWorker(kit.policy_source(0))
     worker.receiver.version = None  # what a sync that failed half-way leaves behind
     with pytest.raises(WeightSyncError, match="holds no valid weights"):
         worker.sample([PromptRequest((1, 2, 3), "u", 0, "text")], **SAMPLING)
+    with pytest.raises(WeightSyncError, match="holds no valid weights"):  # held-out evaluation's calls too
+        worker.decode([[1, 2, 3]], {"gen_length": 8, "steps": 4, "block_length": 8}, seed=0, mask_id=0, pad_id=None)
 
 
 def test_worker_from_a_checkpoint_directory(kit, tmp_path):
